@@ -1,0 +1,103 @@
+"""Callbacks that make a run readable: a plain-text log next to TensorBoard, and a summary."""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_only
+
+from detlit.env import collect_env, format_env
+
+log = logging.getLogger("detlit")
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# Lightning's logger does not propagate to the root logger, so it gets the handler too.
+CAPTURED_LOGGERS = ("", "lightning.pytorch", "lightning.fabric")
+
+
+def _fmt(metrics: dict[str, Any], prefix: str) -> str:
+    return ", ".join(f"{k}={float(v):.4f}" for k, v in sorted(metrics.items()) if k.startswith(prefix))
+
+
+class RunLog(Callback):
+    """Writes ``run.log`` in the run folder: command, environment, config, every log message,
+    and the metrics of each epoch; prints where the results are at the end of training."""
+
+    def __init__(self, file_name: str = "run.log"):
+        self.file_name = file_name
+        self.handler: logging.Handler | None = None
+
+    @property
+    def path(self) -> Path | None:
+        return Path(self.handler.baseFilename) if isinstance(self.handler, logging.FileHandler) else None
+
+    @rank_zero_only
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self.handler is not None or trainer.log_dir is None:
+            return
+        folder = Path(trainer.log_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.handler = logging.FileHandler(folder / self.file_name, encoding="utf-8")
+        self.handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        self.handler.setLevel(logging.INFO)
+        for name in CAPTURED_LOGGERS:
+            logging.getLogger(name).addHandler(self.handler)
+        logging.captureWarnings(True)
+        log.info("command: %s", shlex.join(sys.orig_argv))
+        log.info("environment:\n%s", format_env(collect_env()))
+        log.info("model hyper-parameters: %s", dict(pl_module.hparams))
+        datamodule = getattr(trainer, "datamodule", None)
+        if datamodule is not None:
+            log.info("data hyper-parameters: %s", dict(datamodule.hparams))
+        log.info("run folder: %s", folder)
+
+    @rank_zero_only
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        log.info(
+            "epoch %d (step %d): %s",
+            trainer.current_epoch,
+            trainer.global_step,
+            _fmt(trainer.callback_metrics, "train/"),
+        )
+
+    @rank_zero_only
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.sanity_checking:
+            log.info(
+                "epoch %d (step %d): %s",
+                trainer.current_epoch,
+                trainer.global_step,
+                _fmt(trainer.callback_metrics, "val/"),
+            )
+
+    @rank_zero_only
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        lines = ["training finished"]
+        val = _fmt(trainer.callback_metrics, "val/")
+        if val:
+            lines.append(f"  final validation: {val}")
+        checkpoint = trainer.checkpoint_callback
+        if isinstance(checkpoint, ModelCheckpoint):
+            if checkpoint.best_model_path:
+                score = float(checkpoint.best_model_score or 0)
+                best = f"{checkpoint.best_model_path} ({checkpoint.monitor}={score:.4f})"
+                lines.append(f"  best checkpoint:  {best}")
+            if checkpoint.last_model_path:
+                lines.append(f"  last checkpoint:  {checkpoint.last_model_path}")
+        if trainer.log_dir:
+            lines.append(f"  run folder:       {trainer.log_dir}")
+            lines.append(f"  TensorBoard:      tensorboard --logdir {Path(trainer.log_dir).parent}")
+        log.info("\n".join(lines))
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self.handler is not None:
+            for name in CAPTURED_LOGGERS:
+                logging.getLogger(name).removeHandler(self.handler)
+            self.handler.close()
+            self.handler = None

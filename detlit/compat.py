@@ -1,0 +1,127 @@
+"""The one door from detlit to detectron2.
+
+Every detlit module imports detectron2 names from here, never from ``detectron2`` directly, so
+the few adjustments that detectron2 v0.6 needs on today's stack are made once, before any
+detectron2 module is loaded:
+
+* Without the compiled extension (the pure-Python build that ``tools/install_detectron2.py``
+  installs from PyPI), ``detectron2._C`` is replaced by a stand-in module. Faster R-CNN does not
+  need it (torchvision provides ``roi_align`` and ``nms``); a rotated-box or deformable op raises
+  :class:`CompiledOpMissingError` naming the op and the fix, only when it is actually called.
+* Pillow 10 removed ``Image.LINEAR``, which detectron2 reads at import time; it is restored as
+  the alias of ``Image.BILINEAR`` that it always was.
+* ``detectron2.model_zoo`` imports ``pkg_resources`` (gone from setuptools >= 82), so model-zoo
+  yaml files are found by path (:func:`model_zoo_config_path`).
+
+With upstream detectron2 (compiled ops present, current Pillow constants) nothing is changed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import types
+import warnings
+from pathlib import Path
+from typing import Any, NoReturn
+
+from PIL import Image
+
+from detlit.errors import ConfigError
+
+INSTALL_GIT_HINT = "python tools/install_detectron2.py --source git"
+INSTALL_HINT = "run `make install` (or `python tools/install_detectron2.py`)"
+
+
+class CompiledOpMissingError(RuntimeError):
+    """A detectron2 op that needs the compiled extension was called without it."""
+
+
+def _missing_op(name: str) -> Any:
+    def op(*args: Any, **kwargs: Any) -> NoReturn:
+        raise CompiledOpMissingError(
+            f"detectron2 op '{name}' needs detectron2's compiled extension, which this "
+            f"installation does not have (pure-Python build); install upstream detectron2 "
+            f"with `{INSTALL_GIT_HINT}`"
+        )
+
+    op.__name__ = name
+    return op
+
+
+class _CompiledOpsStandIn(types.ModuleType):
+    """Stands in for ``detectron2._C``: every attribute is an op that raises when called."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _missing_op(name)
+
+
+def _prepare() -> bool:
+    """Apply the import-time adjustments; return whether compiled ops are present."""
+    if not hasattr(Image, "LINEAR"):
+        Image.LINEAR = Image.BILINEAR  # type: ignore[attr-defined]
+    if importlib.util.find_spec("detectron2") is None:
+        raise ImportError(f"detectron2 is not installed; {INSTALL_HINT}")
+    compiled = importlib.util.find_spec("detectron2._C") is not None
+    if not compiled and "detectron2._C" not in sys.modules:
+        sys.modules["detectron2._C"] = _CompiledOpsStandIn("detectron2._C")
+    return compiled
+
+
+HAS_COMPILED_OPS = _prepare()
+
+# detectron2 may only be imported after _prepare(). Its modules decorate functions with
+# torch.jit.script at import time, which torch now answers with a FutureWarning per call that
+# says nothing actionable to a detlit user.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+    import detectron2
+    import detectron2.layers
+    import detectron2.layers.nms
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.config import CfgNode, get_cfg
+    from detectron2.modeling import GeneralizedRCNN, build_model
+    from detectron2.structures import Boxes, Instances, pairwise_iou
+    from detectron2.utils.events import EventStorage
+
+# detectron2 v0.6 calls torch.meshgrid without `indexing` (its anchors need the default "ij").
+warnings.filterwarnings("ignore", message="torch.meshgrid: in an upcoming release", category=UserWarning)
+
+if not HAS_COMPILED_OPS:
+    # nms_rotated goes through torch.ops, not _C; give it the same clear error.
+    detectron2.layers.nms.nms_rotated = _missing_op("nms_rotated")
+    detectron2.layers.nms_rotated = detectron2.layers.nms.nms_rotated
+
+DETECTRON2_VERSION: str = detectron2.__version__
+
+
+def model_zoo_config_path(name: str) -> Path:
+    """Path of a model-zoo config such as ``COCO-Detection/faster_rcnn_R_50_FPN_3x.yaml``."""
+    configs = Path(detectron2.__file__).parent / "model_zoo" / "configs"
+    path = configs / name
+    if not path.is_file():
+        known = sorted(str(p.relative_to(configs)) for p in configs.glob("COCO-Detection/*.yaml"))
+        raise ConfigError(
+            f"no detectron2 model-zoo config '{name}' under {configs}; "
+            f"detection configs are: {', '.join(known)}"
+        )
+    return path
+
+
+__all__ = [
+    "DETECTRON2_VERSION",
+    "HAS_COMPILED_OPS",
+    "Boxes",
+    "CfgNode",
+    "CompiledOpMissingError",
+    "DetectionCheckpointer",
+    "EventStorage",
+    "GeneralizedRCNN",
+    "Instances",
+    "build_model",
+    "get_cfg",
+    "model_zoo_config_path",
+    "pairwise_iou",
+]

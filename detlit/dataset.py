@@ -1,0 +1,126 @@
+"""Stage [4]: one COCO image record -> one detectron2 input dict.
+
+The dict follows GeneralizedRCNN's contract (design.md section 2):
+
+* ``image``: ``torch.uint8`` (C, H, W) of the resized image, channels in the model's
+  ``INPUT.FORMAT`` order (BGR for model-zoo configs);
+* ``instances``: ``Instances`` with ``gt_boxes`` (XYXY, resized-image pixels) and
+  ``gt_classes`` (int64 contiguous labels); crowd regions are not training targets;
+* ``height``, ``width``: the original image size, so predictions come back in original pixels;
+* ``image_id``: the COCO image id; ``file_name``: the image path.
+
+For evaluation it also carries ``target``: the image's ground truth in original pixels as
+torchmetrics expects it (``boxes`` XYXY, ``labels``, ``iscrowd``, ``area`` from the json), so
+metrics are computed against the json itself, not against resized boxes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import albumentations as A
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch.utils.data import Dataset
+
+from detlit.coco import ImageRecord, LabelMap
+from detlit.compat import Boxes, Instances
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Decode an image as RGB uint8 (H, W, 3) with its EXIF orientation applied."""
+    with Image.open(path) as image:
+        image = ImageOps.exif_transpose(image)
+        return np.asarray(image.convert("RGB"))
+
+
+def eval_target(record: ImageRecord, label_map: LabelMap) -> dict[str, torch.Tensor]:
+    """Ground truth of one image in original pixels, crowd regions included and flagged."""
+    annotations = record.annotations
+    return {
+        "boxes": torch.tensor([a.xyxy for a in annotations], dtype=torch.float32).reshape(-1, 4),
+        "labels": torch.tensor([label_map.label(a.category_id) for a in annotations], dtype=torch.int64),
+        "iscrowd": torch.tensor([int(a.iscrowd) for a in annotations], dtype=torch.int64),
+        "area": torch.tensor([a.area for a in annotations], dtype=torch.float32),
+    }
+
+
+def _training_boxes(
+    record: ImageRecord, label_map: LabelMap, height: int, width: int
+) -> tuple[np.ndarray, list[int]]:
+    """XYXY boxes and labels of the non-crowd objects, clipped to the image, empty ones dropped."""
+    boxes, labels = [], []
+    for annotation in record.annotations:
+        if annotation.iscrowd:
+            continue
+        x1, y1, x2, y2 = annotation.xyxy
+        x1, x2 = min(max(x1, 0.0), width), min(max(x2, 0.0), width)
+        y1, y2 = min(max(y1, 0.0), height), min(max(y2, 0.0), height)
+        if np.isfinite([x1, y1, x2, y2]).all() and x2 > x1 and y2 > y1:
+            boxes.append((x1, y1, x2, y2))
+            labels.append(label_map.label(annotation.category_id))
+    return np.asarray(boxes, dtype=np.float32).reshape(-1, 4), labels
+
+
+class DetectionDataset(Dataset[dict[str, Any]]):
+    """COCO image records as detectron2 input dicts.
+
+    Args:
+        records: the images to serve, with their annotations.
+        image_root: folder that ``file_name`` entries are relative to.
+        label_map: COCO category id <-> contiguous label.
+        transform: Albumentations pipeline with ``pascal_voc`` boxes and a ``labels`` field.
+        image_format: channel order the model expects (``BGR`` or ``RGB``).
+    """
+
+    def __init__(
+        self,
+        records: Sequence[ImageRecord],
+        image_root: Path,
+        label_map: LabelMap,
+        transform: A.Compose,
+        image_format: str = "BGR",
+    ):
+        if image_format not in ("BGR", "RGB"):
+            raise ValueError(f"image_format must be 'BGR' or 'RGB', not '{image_format}'")
+        self.records = list(records)
+        self.image_root = Path(image_root)
+        self.label_map = label_map
+        self.transform = transform
+        self.image_format = image_format
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        record = self.records[index]
+        path = self.image_root / record.file_name
+        image = read_image(path)
+        height, width = image.shape[:2]
+        boxes, labels = _training_boxes(record, self.label_map, height, width)
+        out = self.transform(image=image, bboxes=boxes, labels=labels)
+        pixels = out["image"]
+        if self.image_format == "BGR":
+            pixels = pixels[:, :, ::-1]
+        instances = Instances(pixels.shape[:2])
+        instances.gt_boxes = Boxes(
+            torch.as_tensor(np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4))
+        )
+        instances.gt_classes = torch.as_tensor(np.asarray(out["labels"], dtype=np.int64).reshape(-1))
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))),
+            "instances": instances,
+            "height": height,
+            "width": width,
+            "image_id": record.id,
+            "file_name": str(path),
+            "target": eval_target(record, self.label_map),
+        }
+
+
+def collate(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """detectron2 models take a list of dicts: batching (padding) happens inside the model."""
+    return batch

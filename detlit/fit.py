@@ -1,0 +1,84 @@
+"""``python -m detlit.fit``: train a detector from a YAML config (a LightningCLI).
+
+Examples::
+
+    python -m detlit.fit --config configs/sample_cpu.yaml
+    python -m detlit.fit --config configs/sample_cpu.yaml --trainer.max_epochs=2
+    python -m detlit.fit --config configs/sample_cpu.yaml \
+        --ckpt_path runs/sample/version_0/checkpoints/last.ckpt
+    python -m detlit.fit --config configs/sample_cpu.yaml --print_config
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lightning.pytorch import Callback, Trainer
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from detlit.callbacks import RunLog
+from detlit.cli import run_cli
+from detlit.datamodule import CocoDataModule
+from detlit.module import DetectionModule
+
+# The data decides these; the model receives them, so they are never typed twice.
+LINKED_FROM_DATA_AT_PARSE = ("min_size_train", "max_size_train", "min_size_test", "max_size_test")
+LINKED_FROM_DATA_AT_INSTANTIATION = ("num_classes", "class_names", "category_ids")
+
+
+class DetlitCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument(
+            "--ckpt_path", type=str | None, default=None, help="checkpoint to resume training from"
+        )
+        for name in LINKED_FROM_DATA_AT_PARSE:
+            parser.link_arguments(f"data.{name}", f"model.{name}")
+        for name in LINKED_FROM_DATA_AT_INSTANTIATION:
+            parser.link_arguments(f"data.{name}", f"model.{name}", apply_on="instantiate")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val/map",
+                "checkpoint.mode": "max",
+                "checkpoint.save_last": True,
+                "checkpoint.filename": "best-epoch{epoch:02d}-map{val/map:.4f}",
+                "checkpoint.auto_insert_metric_name": False,
+                "trainer.default_root_dir": "runs",
+                "trainer.logger": {
+                    "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                    "init_args": {"save_dir": "runs", "name": "detlit"},
+                },
+            }
+        )
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
+        # Callbacks every run gets, minus those a switched-off trainer feature would reject:
+        # `--trainer.enable_checkpointing=false` or `--trainer.logger=false` just work.
+        callbacks = [*callbacks, RunLog()]
+        if config.get("enable_checkpointing") is False:
+            callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
+        if config.get("logger") is not False:
+            callbacks.append(LearningRateMonitor("step"))
+        if config.get("enable_progress_bar") is not False:
+            callbacks.append(RichProgressBar())
+        return super()._instantiate_trainer(config, callbacks)
+
+
+def cli_main(args: list[str] | None = None) -> None:
+    cli = DetlitCLI(
+        DetectionModule,
+        CocoDataModule,
+        run=False,
+        args=args,
+        save_config_kwargs={"overwrite": True},
+    )
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path)
+
+
+def main(args: list[str] | None = None) -> None:
+    run_cli(cli_main, args)
+
+
+if __name__ == "__main__":
+    main()

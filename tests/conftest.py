@@ -1,0 +1,73 @@
+"""Shared fixtures: a small synthetic dataset, a tiny model config, the real rbc data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from detlit.sample import write_sample
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A Faster R-CNN small enough for CPU unit tests: ResNet-18 FPN, GroupNorm, few proposals.
+TINY_OVERRIDES: dict[str, Any] = {
+    "MODEL.RESNETS.DEPTH": 18,
+    "MODEL.RESNETS.RES2_OUT_CHANNELS": 64,
+    "MODEL.RESNETS.NORM": "GN",
+    "MODEL.FPN.NORM": "GN",
+    "MODEL.FPN.OUT_CHANNELS": 64,
+    "MODEL.BACKBONE.FREEZE_AT": 0,
+    "MODEL.PIXEL_STD": [57.375, 57.12, 58.395],
+    "MODEL.ROI_BOX_HEAD.FC_DIM": 64,
+    "MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO": 2,
+    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE": 32,
+    "MODEL.RPN.PRE_NMS_TOPK_TRAIN": 200,
+    "MODEL.RPN.POST_NMS_TOPK_TRAIN": 50,
+    "MODEL.RPN.PRE_NMS_TOPK_TEST": 200,
+    "MODEL.RPN.POST_NMS_TOPK_TEST": 50,
+}
+TINY_SIZES: dict[str, Any] = {
+    "min_size_train": [128],
+    "max_size_train": 192,
+    "min_size_test": 128,
+    "max_size_test": 192,
+}
+
+
+@pytest.fixture(scope="session")
+def sample_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small copy of the synthetic sample dataset (12 train, 6 val images)."""
+    out = tmp_path_factory.mktemp("sample")
+    write_sample(out, train=12, val=6, seed=1)
+    return out
+
+
+@pytest.fixture(scope="session")
+def rbc_dir() -> Path:
+    """The real blood-cell dataset, from $DETLIT_RBC_DIR or ../shared/data/rbc."""
+    path = Path(os.environ.get("DETLIT_RBC_DIR", REPO.parent / "shared" / "data" / "rbc"))
+    if not (path / "train" / "_annotations.coco.json").is_file():
+        pytest.skip(f"real rbc dataset not found at {path} (set DETLIT_RBC_DIR to run this test)")
+    return path
+
+
+def tiny_cli_args(sample: Path) -> list[str]:
+    """CLI arguments that train the tiny model on a sample folder."""
+    args = [
+        f"--data.train_json={sample / 'train.json'}",
+        f"--data.train_images={sample / 'train'}",
+        f"--data.val_json={sample / 'val.json'}",
+        f"--data.val_images={sample / 'val'}",
+        "--data.batch_size=2",
+        "--data.num_workers=0",
+        "--data.min_size_train=[128]",
+        "--data.max_size_train=192",
+        "--data.min_size_test=128",
+        "--data.max_size_test=192",
+        "--model.weights=null",
+    ]
+    args += [f"--model.overrides.{key}={value}" for key, value in TINY_OVERRIDES.items()]
+    return args

@@ -1,0 +1,151 @@
+"""Stages [3]-[5]: the detectron2 input dict contract, after augmentation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from detlit.coco import load_coco
+from detlit.compat import Instances
+from detlit.datamodule import CocoDataModule
+from detlit.dataset import DetectionDataset, read_image
+from detlit.errors import ConfigError
+from detlit.transforms import eval_transform, resized_shape, train_transform
+
+
+def _datamodule(sample_dir: Path, **kwargs: object) -> CocoDataModule:
+    return CocoDataModule(
+        train_json=str(sample_dir / "train.json"),
+        train_images=str(sample_dir / "train"),
+        val_json=str(sample_dir / "val.json"),
+        val_images=str(sample_dir / "val"),
+        min_size_train=[160, 200],
+        max_size_train=260,
+        min_size_test=180,
+        max_size_test=260,
+        num_workers=0,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def test_train_dict_contract(sample_dir: Path) -> None:
+    dm = _datamodule(sample_dir)
+    dm.setup("fit")
+    records = {r.id: r for r in dm.train_data.images}
+    for item in dm.datasets["train"]:
+        image, instances = item["image"], item["instances"]
+        assert image.dtype == torch.uint8 and image.ndim == 3 and image.shape[0] == 3
+        assert isinstance(instances, Instances)
+        assert instances.image_size == tuple(image.shape[1:])
+        assert min(image.shape[1:]) in (160, 200) or max(image.shape[1:]) == 260
+        record = records[item["image_id"]]
+        assert (item["height"], item["width"]) == (record.height, record.width)
+        boxes = instances.gt_boxes.tensor
+        assert boxes.dtype == torch.float32 and instances.gt_classes.dtype == torch.int64
+        assert len(boxes) == len(record.annotations)
+        h, w = image.shape[1:]
+        assert (boxes[:, 0] >= 0).all() and (boxes[:, 1] >= 0).all()
+        assert (boxes[:, 2] <= w).all() and (boxes[:, 3] <= h).all()
+        assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
+        assert set(instances.gt_classes.tolist()) <= {0, 1, 2}
+
+
+def test_channel_order_is_bgr_for_model_zoo_configs(sample_dir: Path) -> None:
+    dataset = load_coco(sample_dir / "val.json", sample_dir / "val")
+    record = dataset.images[0]
+    rgb = read_image(sample_dir / "val" / record.file_name)
+    transform = (
+        eval_transform(record.height, 10_000)
+        if record.height <= record.width
+        else eval_transform(record.width, 10_000)
+    )
+    label_map = dataset.label_map()
+    bgr_item = DetectionDataset([record], dataset.image_root, label_map, transform, "BGR")[0]
+    rgb_item = DetectionDataset([record], dataset.image_root, label_map, transform, "RGB")[0]
+    assert torch.equal(rgb_item["image"], torch.from_numpy(rgb.copy()).permute(2, 0, 1))
+    assert torch.equal(bgr_item["image"], rgb_item["image"].flip(0))
+
+
+def test_boxes_follow_a_flip_and_resize(tmp_path: Path) -> None:
+    image = np.zeros((100, 200, 3), dtype=np.uint8)
+    image[20:40, 10:50] = 255  # the object: x 10..50, y 20..40
+    Image.fromarray(image).save(tmp_path / "a.png")
+    coco = {
+        "images": [{"id": 3, "file_name": "a.png", "width": 200, "height": 100}],
+        "annotations": [{"id": 1, "image_id": 3, "category_id": 5, "bbox": [10, 20, 40, 20]}],
+        "categories": [{"id": 5, "name": "thing"}],
+    }
+    (tmp_path / "a.json").write_text(json.dumps(coco))
+    dataset = load_coco(tmp_path / "a.json", tmp_path)
+    seen = set()
+    for seed in range(12):
+        transform = train_transform("flip", [50], 1000)
+        transform.set_random_seed(seed)
+        item = DetectionDataset(dataset.images, tmp_path, dataset.label_map(), transform)[0]
+        box = item["instances"].gt_boxes.tensor[0].tolist()
+        pixels = item["image"][0].numpy()
+        ys, xs = np.nonzero(pixels > 127)
+        assert box == pytest.approx([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], abs=1.0)
+        seen.add(round(box[0]))
+    assert seen == {5, 75}  # both unflipped and flipped at half size were drawn
+
+
+def test_empty_image_has_no_instances(tmp_path: Path) -> None:
+    Image.new("RGB", (64, 48)).save(tmp_path / "e.jpg")
+    coco = {
+        "images": [{"id": 1, "file_name": "e.jpg", "width": 64, "height": 48}],
+        "annotations": [],
+        "categories": [{"id": 1, "name": "x"}],
+    }
+    (tmp_path / "e.json").write_text(json.dumps(coco))
+    dataset = load_coco(tmp_path / "e.json", tmp_path)
+    item = DetectionDataset(dataset.images, tmp_path, dataset.label_map(), train_transform("flip", [32], 64))[
+        0
+    ]
+    assert len(item["instances"]) == 0 and item["instances"].gt_boxes.tensor.shape == (0, 4)
+    assert item["target"]["boxes"].shape == (0, 4)
+
+
+def test_crowd_regions_are_targets_for_metrics_only(tmp_path: Path) -> None:
+    Image.new("RGB", (64, 48)).save(tmp_path / "c.jpg")
+    coco = {
+        "images": [{"id": 1, "file_name": "c.jpg", "width": 64, "height": 48}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 10, 10]},
+            {"id": 2, "image_id": 1, "category_id": 1, "bbox": [20, 20, 30, 20], "iscrowd": 1},
+        ],
+        "categories": [{"id": 1, "name": "x"}],
+    }
+    (tmp_path / "c.json").write_text(json.dumps(coco))
+    dataset = load_coco(tmp_path / "c.json", tmp_path)
+    item = DetectionDataset(dataset.images, tmp_path, dataset.label_map(), eval_transform(48, 64))[0]
+    assert len(item["instances"]) == 1
+    assert item["target"]["iscrowd"].tolist() == [0, 1]
+
+
+def test_resize_matches_detectron2() -> None:
+    from detectron2.data.transforms import ResizeShortestEdge
+
+    for h, w in [(416, 416), (480, 640), (1000, 300), (333, 501)]:
+        for short, cap in [(800, 1333), (256, 384), (600, 600)]:
+            expected = ResizeShortestEdge.get_output_shape(h, w, short, cap)
+            assert resized_shape(h, w, short, cap) == expected
+
+
+def test_unknown_preset_lists_the_known_ones() -> None:
+    with pytest.raises(ValueError, match="unknown augmentation preset 'heavy'; known presets: none, flip"):
+        train_transform("heavy", [100], 200)
+    with pytest.raises(ConfigError):
+        train_transform("heavy", [100], 200)
+
+
+def test_datamodule_exposes_label_map(sample_dir: Path) -> None:
+    dm = _datamodule(sample_dir)
+    assert dm.num_classes == 3
+    assert dm.category_ids == [1, 3, 7]
+    assert dm.class_names == ["circle", "square", "triangle"]
