@@ -82,8 +82,11 @@ with warnings.catch_warnings():
     import detectron2.layers.nms
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.config import CfgNode, get_cfg
+    from detectron2.data import DatasetCatalog, MetadataCatalog
     from detectron2.modeling import GeneralizedRCNN, build_model
-    from detectron2.structures import Boxes, Instances, pairwise_iou
+    from detectron2.modeling.proposal_generator import PROPOSAL_GENERATOR_REGISTRY, RPN
+    from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
+    from detectron2.structures import Boxes, BoxMode, Instances, pairwise_ioa, pairwise_iou
     from detectron2.utils.events import EventStorage
 
 # detectron2 v0.6 calls torch.meshgrid without `indexing` (its anchors need the default "ij").
@@ -104,8 +107,7 @@ def model_zoo_config_path(name: str) -> Path:
     if not path.is_file():
         known = sorted(str(p.relative_to(configs)) for p in configs.glob("COCO-Detection/*.yaml"))
         raise ConfigError(
-            f"no detectron2 model-zoo config '{name}' under {configs}; "
-            f"detection configs are: {', '.join(known)}"
+            f"no detectron2 model-zoo config '{name}' under {configs}; detection configs are: {', '.join(known)}"
         )
     return path
 
@@ -113,15 +115,23 @@ def model_zoo_config_path(name: str) -> Path:
 __all__ = [
     "DETECTRON2_VERSION",
     "HAS_COMPILED_OPS",
+    "PROPOSAL_GENERATOR_REGISTRY",
+    "ROI_HEADS_REGISTRY",
+    "RPN",
+    "BoxMode",
     "Boxes",
     "CfgNode",
     "CompiledOpMissingError",
+    "DatasetCatalog",
     "DetectionCheckpointer",
     "EventStorage",
     "GeneralizedRCNN",
     "Instances",
+    "MetadataCatalog",
+    "StandardROIHeads",
     "build_model",
     "get_cfg",
     "model_zoo_config_path",
+    "pairwise_ioa",
     "pairwise_iou",
 ]

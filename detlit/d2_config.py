@@ -12,8 +12,16 @@ from typing import Any
 
 from detlit.compat import CfgNode, get_cfg, model_zoo_config_path
 from detlit.errors import ConfigError
+from detlit.heads import CrowdIgnoringROIHeads, CrowdIgnoringRPN
 
 DEFAULT_CONFIG = "COCO-Detection/faster_rcnn_R_50_FPN_3x.yaml"
+CROWD_IGNORING_HEADS = {"RPN": CrowdIgnoringRPN.__name__, "StandardROIHeads": CrowdIgnoringROIHeads.__name__}
+
+
+def ignores_crowd(cfg: CfgNode) -> bool:
+    """Whether the model's heads treat ``gt_crowd`` instances as ignore regions."""
+    names = set(CROWD_IGNORING_HEADS.values())
+    return cfg.MODEL.PROPOSAL_GENERATOR.NAME in names and cfg.MODEL.ROI_HEADS.NAME in names
 
 
 def build_d2_config(
@@ -54,6 +62,10 @@ def build_d2_config(
     cfg.INPUT.MAX_SIZE_TEST = max_size_test
     for key, value in flatten_overrides(overrides or {}).items():
         _set_key(cfg, key, value)
+    # The same heads, with crowd regions as ignore regions (detlit.heads).
+    for node, standard in ((cfg.MODEL.PROPOSAL_GENERATOR, "RPN"), (cfg.MODEL.ROI_HEADS, "StandardROIHeads")):
+        if standard == node.NAME:
+            node.NAME = CROWD_IGNORING_HEADS[standard]
     cfg.freeze()
     return cfg
 

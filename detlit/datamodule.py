@@ -7,16 +7,20 @@ import logging
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
-from detlit.coco import CocoDataset, LabelMap, load_coco, require_images
+from detlit.coco import CocoDataset, LabelMap
 from detlit.dataset import DetectionDataset, collate
 from detlit.errors import DataError
 from detlit.transforms import eval_transform, train_transform
+from detlit.validate import load_checked
 
 log = logging.getLogger(__name__)
 
 
 class CocoDataModule(LightningDataModule):
     """COCO json files and image folders, served as detectron2 input dicts.
+
+    Every json is checked when the module is built (``detlit.validate``): errors stop with one
+    sentence that names the first of them and the command that reports all; warnings are logged.
 
     The label map (contiguous labels <-> COCO category ids) is built from the training json and
     exposed as ``num_classes``, ``class_names`` and ``category_ids``, which the CLI links into
@@ -37,6 +41,8 @@ class CocoDataModule(LightningDataModule):
         min_size_test: shortest-edge size for validation, test and prediction.
         max_size_test: cap on the longest edge for validation, test and prediction.
         image_format: channel order the model expects (``BGR`` for model-zoo configs).
+        check_files: before training, read every image header (missing files, sizes that
+            disagree with the json, EXIF rotation); the json itself is always checked.
     """
 
     def __init__(
@@ -55,15 +61,16 @@ class CocoDataModule(LightningDataModule):
         min_size_test: int = 800,
         max_size_test: int = 1333,
         image_format: str = "BGR",
+        check_files: bool = True,
     ):
         super().__init__()
         self.save_hyperparameters()
         train_transform(augment, min_size_train, max_size_train)  # fail fast on a bad preset
-        self.train_data = load_coco(train_json, train_images)
+        self.train_data = load_checked(train_json, train_images, "data.train_images", check_files)
         self.label_map: LabelMap = self.train_data.label_map()
         log.info("label map (COCO id -> label): %s", self.label_map.describe())
-        self.val_data = self._load_like_train(val_json, val_images or train_images)
-        self.test_data = self._load_like_train(test_json, test_images or val_images or train_images)
+        self.val_data = self._load_like_train(val_json, val_images or train_images, "data.val_images")
+        self.test_data = self._load_like_train(test_json, test_images or val_images or train_images, "data.test_images")
         self.datasets: dict[str, DetectionDataset] = {}
 
     @property
@@ -78,11 +85,11 @@ class CocoDataModule(LightningDataModule):
     def category_ids(self) -> list[int]:
         return list(self.label_map.category_ids)
 
-    def _load_like_train(self, json_path: str | None, image_root: str) -> CocoDataset | None:
-        """Load a validation or test json and check that it speaks the training categories."""
+    def _load_like_train(self, json_path: str | None, image_root: str, option: str) -> CocoDataset | None:
+        """Load and check a validation or test json, and that it speaks the training categories."""
         if json_path is None:
             return None
-        dataset = load_coco(json_path, image_root)
+        dataset = load_checked(json_path, image_root, option, self.hparams["check_files"])
         known = set(self.label_map.category_ids)
         for image in dataset.images:
             for annotation in image.annotations:
@@ -94,8 +101,7 @@ class CocoDataModule(LightningDataModule):
                     )
         return dataset
 
-    def _dataset(self, data: CocoDataset, train: bool, option: str) -> DetectionDataset:
-        require_images(data, option)
+    def _dataset(self, data: CocoDataset, train: bool) -> DetectionDataset:
         hp = self.hparams
         if train:
             transform = train_transform(hp["augment"], hp["min_size_train"], hp["max_size_train"])
@@ -105,13 +111,13 @@ class CocoDataModule(LightningDataModule):
 
     def setup(self, stage: str) -> None:
         if stage == "fit":
-            self.datasets["train"] = self._dataset(self.train_data, True, "data.train_images")
+            self.datasets["train"] = self._dataset(self.train_data, True)
         if stage in ("fit", "validate") and self.val_data is not None:
-            self.datasets["val"] = self._dataset(self.val_data, False, "data.val_images")
+            self.datasets["val"] = self._dataset(self.val_data, False)
         if stage == "test":
             if self.test_data is None:
                 raise DataError("no test set: set data.test_json (and data.test_images) to test")
-            self.datasets["test"] = self._dataset(self.test_data, False, "data.test_images")
+            self.datasets["test"] = self._dataset(self.test_data, False)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         workers = self.hparams["num_workers"]

@@ -4,8 +4,9 @@ The dict follows GeneralizedRCNN's contract (design.md section 2):
 
 * ``image``: ``torch.uint8`` (C, H, W) of the resized image, channels in the model's
   ``INPUT.FORMAT`` order (BGR for model-zoo configs);
-* ``instances``: ``Instances`` with ``gt_boxes`` (XYXY, resized-image pixels) and
-  ``gt_classes`` (int64 contiguous labels); crowd regions are not training targets;
+* ``instances``: ``Instances`` with ``gt_boxes`` (XYXY, resized-image pixels),
+  ``gt_classes`` (int64 contiguous labels) and ``gt_crowd`` (bool): crowd regions are ignore
+  regions for the heads of ``detlit.heads``, never objects;
 * ``height``, ``width``: the original image size, so predictions come back in original pixels;
 * ``image_id``: the COCO image id; ``file_name``: the image path.
 
@@ -44,25 +45,24 @@ def eval_target(record: ImageRecord, label_map: LabelMap) -> dict[str, torch.Ten
         "boxes": torch.tensor([a.xyxy for a in annotations], dtype=torch.float32).reshape(-1, 4),
         "labels": torch.tensor([label_map.label(a.category_id) for a in annotations], dtype=torch.int64),
         "iscrowd": torch.tensor([int(a.iscrowd) for a in annotations], dtype=torch.int64),
-        "area": torch.tensor([a.area for a in annotations], dtype=torch.float32),
+        "area": torch.tensor([a.effective_area for a in annotations], dtype=torch.float32),
     }
 
 
 def _training_boxes(
     record: ImageRecord, label_map: LabelMap, height: int, width: int
-) -> tuple[np.ndarray, list[int]]:
-    """XYXY boxes and labels of the non-crowd objects, clipped to the image, empty ones dropped."""
-    boxes, labels = [], []
+) -> tuple[np.ndarray, list[int], list[bool]]:
+    """XYXY boxes, labels and crowd flags, clipped to the image, empty boxes dropped."""
+    boxes, labels, crowd = [], [], []
     for annotation in record.annotations:
-        if annotation.iscrowd:
-            continue
         x1, y1, x2, y2 = annotation.xyxy
         x1, x2 = min(max(x1, 0.0), width), min(max(x2, 0.0), width)
         y1, y2 = min(max(y1, 0.0), height), min(max(y2, 0.0), height)
         if np.isfinite([x1, y1, x2, y2]).all() and x2 > x1 and y2 > y1:
             boxes.append((x1, y1, x2, y2))
             labels.append(label_map.label(annotation.category_id))
-    return np.asarray(boxes, dtype=np.float32).reshape(-1, 4), labels
+            crowd.append(annotation.iscrowd)
+    return np.asarray(boxes, dtype=np.float32).reshape(-1, 4), labels, crowd
 
 
 class DetectionDataset(Dataset[dict[str, Any]]):
@@ -100,16 +100,15 @@ class DetectionDataset(Dataset[dict[str, Any]]):
         path = self.image_root / record.file_name
         image = read_image(path)
         height, width = image.shape[:2]
-        boxes, labels = _training_boxes(record, self.label_map, height, width)
-        out = self.transform(image=image, bboxes=boxes, labels=labels)
+        boxes, labels, crowd = _training_boxes(record, self.label_map, height, width)
+        out = self.transform(image=image, bboxes=boxes, labels=labels, crowd=crowd)
         pixels = out["image"]
         if self.image_format == "BGR":
             pixels = pixels[:, :, ::-1]
         instances = Instances(pixels.shape[:2])
-        instances.gt_boxes = Boxes(
-            torch.as_tensor(np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4))
-        )
+        instances.gt_boxes = Boxes(torch.as_tensor(np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)))
         instances.gt_classes = torch.as_tensor(np.asarray(out["labels"], dtype=np.int64).reshape(-1))
+        instances.gt_crowd = torch.as_tensor(np.asarray(out["crowd"], dtype=bool).reshape(-1))
         return {
             "image": torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))),
             "instances": instances,

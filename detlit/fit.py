@@ -29,9 +29,7 @@ LINKED_FROM_DATA_AT_INSTANTIATION = ("num_classes", "class_names", "category_ids
 
 class DetlitCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_argument(
-            "--ckpt_path", type=str | None, default=None, help="checkpoint to resume training from"
-        )
+        parser.add_argument("--ckpt_path", type=str | None, default=None, help="checkpoint to resume training from")
         for name in LINKED_FROM_DATA_AT_PARSE:
             parser.link_arguments(f"data.{name}", f"model.{name}")
         for name in LINKED_FROM_DATA_AT_INSTANTIATION:
@@ -70,6 +68,7 @@ def cli_main(args: list[str] | None = None) -> None:
         DetectionModule,
         CocoDataModule,
         run=False,
+        auto_configure_optimizers=False,
         args=args,
         save_config_kwargs={"overwrite": True},
     )

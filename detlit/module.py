@@ -8,11 +8,13 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import OptimizerCallable
 from torch import nn
 
 from detlit.coco import LabelMap
 from detlit.compat import EventStorage, build_model
-from detlit.d2_config import DEFAULT_CONFIG, build_d2_config
+from detlit.d2_config import DEFAULT_CONFIG, build_d2_config, ignores_crowd
+from detlit.heads import split_crowd
 from detlit.metrics import as_prediction, coco_map, coco_scalars
 from detlit.weights import load_pretrained
 
@@ -40,8 +42,8 @@ class DetectionModule(LightningModule):
         max_size_train: cap on the longest edge in training (linked from the data).
         min_size_test: shortest-edge size at inference (linked from the data).
         max_size_test: cap on the longest edge at inference (linked from the data).
-        lr: peak learning rate of AdamW.
-        weight_decay: AdamW weight decay (not applied to norm layers and biases).
+        optimizer: optimizer class and its arguments (``lr``, ``weight_decay``, ...); norm
+            layers and biases are put in a parameter group without weight decay.
         warmup_steps: optimizer steps of linear warm-up before the cosine decay.
     """
 
@@ -57,24 +59,23 @@ class DetectionModule(LightningModule):
         max_size_train: int = 1333,
         min_size_test: int = 800,
         max_size_test: int = 1333,
-        lr: float = 1e-4,
-        weight_decay: float = 0.05,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
         warmup_steps: int = 100,
     ):
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["optimizer"])
+        self.optimizer_factory = optimizer
         self.label_map = LabelMap(
             tuple(category_ids if category_ids is not None else range(num_classes)),
             tuple(class_names if class_names is not None else (str(i) for i in range(num_classes))),
         )
         if self.label_map.num_classes != num_classes:
-            raise ValueError(
-                f"num_classes={num_classes} but {self.label_map.num_classes} class names/ids were given"
-            )
+            raise ValueError(f"num_classes={num_classes} but {self.label_map.num_classes} class names/ids were given")
         self.cfg = build_d2_config(
             config_name, num_classes, min_size_train, max_size_train, min_size_test, max_size_test, overrides
         )
         self.model: nn.Module = build_model(self.cfg)
+        self.ignores_crowd = ignores_crowd(self.cfg)
         self.val_map = coco_map()
         self._pretrained_loaded = False
 
@@ -91,6 +92,9 @@ class DetectionModule(LightningModule):
         return outputs
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        if not self.ignores_crowd:
+            # Heads chosen through overrides know no ignore regions: crowd boxes are left out.
+            batch = [{**x, "instances": split_crowd([x["instances"]])[0][0]} for x in batch]
         with EventStorage(self.global_step):
             losses: dict[str, torch.Tensor] = self.model(batch)
         total = torch.stack(list(losses.values())).sum()
@@ -120,13 +124,10 @@ class DetectionModule(LightningModule):
                 if not param.requires_grad:
                     continue
                 (no_decay if is_norm or name == "bias" else decay).append(param)
-        return [
-            {"params": decay, "weight_decay": self.hparams["weight_decay"]},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
+        return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
 
     def configure_optimizers(self) -> Any:
-        optimizer = torch.optim.AdamW(self.parameter_groups(), lr=self.hparams["lr"])
+        optimizer = self.optimizer_factory(self.parameter_groups())
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = min(self.hparams["warmup_steps"], total)
 

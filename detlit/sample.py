@@ -29,8 +29,8 @@ CATEGORIES: list[dict[str, Any]] = [
 ]
 IMAGE_SIZES = ((256, 256), (320, 240), (240, 320))  # (width, height)
 EMPTY_FRACTION = 0.08
-MAX_OBJECTS = 5
-MIN_SIDE, MAX_SIDE = 18, 110
+MAX_OBJECTS = 8
+MIN_SIDE, MAX_SIDE = 24, 110
 MAX_OVERLAP = 0.35  # of the smaller box covered by the other: objects overlap, none hides
 MIN_CONTRAST = 120  # L1 distance (0..765) between an object's colour and the background under it
 
@@ -65,7 +65,7 @@ def _background(rng: np.random.Generator, width: int, height: int) -> Image.Imag
     pixels = np.stack(channels, axis=-1) + rng.normal(0, 12, size=(height, width, 3))
     image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(image)
-    for _ in range(int(rng.integers(2, 7))):
+    for _ in range(int(rng.integers(1, 5))):
         x0, x1 = rng.uniform(0, width, size=2)
         y0, y1 = rng.uniform(0, height, size=2)
         shade = tuple(int(v) for v in rng.integers(0, 256, size=3))
@@ -83,9 +83,7 @@ def _contrasting_color(rng: np.random.Generator, under: np.ndarray) -> tuple[int
     return int(color[0]), int(color[1]), int(color[2])
 
 
-def _random_outline(
-    rng: np.random.Generator, width: int, height: int
-) -> tuple[int, list[tuple[float, float]]]:
+def _random_outline(rng: np.random.Generator, width: int, height: int) -> tuple[int, list[tuple[float, float]]]:
     """A random category and the polygon of one object of it, inside the image."""
     category = CATEGORIES[int(rng.integers(len(CATEGORIES)))]
     side = float(np.exp(rng.uniform(math.log(MIN_SIDE), math.log(MAX_SIDE))))
@@ -94,8 +92,7 @@ def _random_outline(
     r = side / 2
     if category["name"] == "circle":
         polygon = [
-            (cx + r * math.cos(t), cy + r * math.sin(t))
-            for t in np.linspace(0, 2 * math.pi, 48, endpoint=False)
+            (cx + r * math.cos(t), cy + r * math.sin(t)) for t in np.linspace(0, 2 * math.pi, 48, endpoint=False)
         ]
     elif category["name"] == "square":
         polygon = [(cx - r, cy - r), (cx + r, cy - r), (cx + r, cy + r), (cx - r, cy + r)]
@@ -139,9 +136,7 @@ def make_image(rng: np.random.Generator) -> tuple[Image.Image, list[Shape]]:
     return image, shapes
 
 
-def write_split(
-    out_dir: Path, split: str, count: int, rng: np.random.Generator, first_ann_id: int
-) -> dict[str, Any]:
+def write_split(out_dir: Path, split: str, count: int, rng: np.random.Generator, first_ann_id: int) -> dict[str, Any]:
     """Write ``count`` images under ``out_dir/split`` and return the COCO dict for them."""
     image_dir = out_dir / split
     image_dir.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """Stage [3]: named Albumentations pipelines; boxes follow the image through ``BboxParams``.
 
 Boxes enter and leave every pipeline as ``pascal_voc`` (XYXY absolute pixels), the format
-detectron2 uses, with their contiguous labels in the ``labels`` field.
+detectron2 uses, with their contiguous labels in the ``labels`` field and crowd flags in ``crowd``.
 """
 
 from __future__ import annotations
@@ -33,9 +33,7 @@ class ResizeShortestEdge(A.DualTransform):
     "choice"). Boxes are kept normalised by Albumentations, so they need no change here.
     """
 
-    def __init__(
-        self, min_sizes: Sequence[int], max_size: int, interpolation: int = cv2.INTER_LINEAR, p: float = 1.0
-    ):
+    def __init__(self, min_sizes: Sequence[int], max_size: int, interpolation: int = cv2.INTER_LINEAR, p: float = 1.0):
         super().__init__(p=p)
         if not min_sizes:
             raise ValueError("min_sizes must name at least one size")
@@ -64,7 +62,7 @@ def _compose(steps: list[Any]) -> A.Compose:
     return A.Compose(
         steps,
         bbox_params=A.BboxParams(
-            format="pascal_voc", label_fields=["labels"], clip=True, filter_invalid_bboxes=True
+            format="pascal_voc", label_fields=["labels", "crowd"], clip=True, filter_invalid_bboxes=True
         ),
     )
 

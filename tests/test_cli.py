@@ -15,24 +15,18 @@ pytestmark = pytest.mark.cli
 
 
 def run(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
-    )
+    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
 def test_fit_fast_dev_run(sample_dir: Path, tmp_path: Path) -> None:
     config = REPO / "configs" / "sample_cpu.yaml"
-    result = run(
-        ["detlit.fit", f"--config={config}", *tiny_cli_args(sample_dir), "--trainer.fast_dev_run=1"], tmp_path
-    )
+    result = run(["detlit.fit", f"--config={config}", *tiny_cli_args(sample_dir), "--trainer.fast_dev_run=1"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "training finished" in result.stderr
 
 
 def test_print_config(tmp_path: Path) -> None:
-    result = run(
-        ["detlit.fit", f"--config={REPO / 'configs' / 'sample_cpu.yaml'}", "--print_config"], tmp_path
-    )
+    result = run(["detlit.fit", f"--config={REPO / 'configs' / 'sample_cpu.yaml'}", "--print_config"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "MODEL.RESNETS.DEPTH: 18" in result.stdout
     assert "train_json: data/sample/train.json" in result.stdout
@@ -63,32 +57,24 @@ def _error_line(result: subprocess.CompletedProcess[str]) -> str:
         ("this is not json", "is not valid JSON"),
     ],
 )
-def test_bad_train_json_is_one_sentence(
-    sample_dir: Path, tmp_path: Path, json_text: str | None, expected: str
-) -> None:
+def test_bad_train_json_is_one_sentence(sample_dir: Path, tmp_path: Path, json_text: str | None, expected: str) -> None:
     bad = tmp_path / "bad.json"
     if json_text is not None:
         bad.write_text(json_text)
     args = [*tiny_cli_args(sample_dir), f"--data.train_json={bad}", "--trainer.fast_dev_run=1"]
-    line = _error_line(
-        run(["detlit.fit", f"--config={REPO / 'configs' / 'sample_cpu.yaml'}", *args], tmp_path)
-    )
+    line = _error_line(run(["detlit.fit", f"--config={REPO / 'configs' / 'sample_cpu.yaml'}", *args], tmp_path))
     assert str(bad) in line and expected in line
 
 
 def test_image_folder_without_images_is_one_sentence(sample_dir: Path, tmp_path: Path) -> None:
     args = [*tiny_cli_args(sample_dir), f"--data.train_images={tmp_path}", "--trainer.fast_dev_run=1"]
-    line = _error_line(
-        run(["detlit.fit", f"--config={REPO / 'configs' / 'sample_cpu.yaml'}", *args], tmp_path)
-    )
+    line = _error_line(run(["detlit.fit", f"--config={REPO / 'configs' / 'sample_cpu.yaml'}", *args], tmp_path))
     assert str(tmp_path) in line and "set data.train_images" in line
 
 
 def test_bad_override_is_one_sentence(sample_dir: Path, tmp_path: Path) -> None:
     args = [*tiny_cli_args(sample_dir), "--model.overrides.MODEL.NO_SUCH_KEY=1", "--trainer.fast_dev_run=1"]
-    line = _error_line(
-        run(["detlit.fit", f"--config={REPO / 'configs' / 'sample_cpu.yaml'}", *args], tmp_path)
-    )
+    line = _error_line(run(["detlit.fit", f"--config={REPO / 'configs' / 'sample_cpu.yaml'}", *args], tmp_path))
     assert "unknown detectron2 config key 'MODEL.NO_SUCH_KEY'" in line
 
 
@@ -113,6 +99,4 @@ def test_sample_is_deterministic(tmp_path: Path) -> None:
     assert a == b
     assert [c["id"] for c in a["categories"]] == [1, 3, 7]
     for name in (p.name for p in (tmp_path / "a" / "train").iterdir()):
-        assert (tmp_path / "a" / "train" / name).read_bytes() == (
-            tmp_path / "b" / "train" / name
-        ).read_bytes()
+        assert (tmp_path / "a" / "train" / name).read_bytes() == (tmp_path / "b" / "train" / name).read_bytes()

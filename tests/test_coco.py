@@ -28,9 +28,7 @@ def _write(tmp_path: Path, data: Any, name: str = "data.json") -> Path:
 
 def test_label_map_round_trip_with_non_contiguous_ids(tmp_path: Path) -> None:
     cats = [{"id": 90, "name": "c"}, {"id": 0, "name": "a"}, {"id": 5, "name": "b"}]
-    anns = [
-        {"id": i, "image_id": 10, "category_id": c, "bbox": [1, 2, 3, 4]} for i, c in enumerate((0, 5, 90))
-    ]
+    anns = [{"id": i, "image_id": 10, "category_id": c, "bbox": [1, 2, 3, 4]} for i, c in enumerate((0, 5, 90))]
     label_map = load_coco(_write(tmp_path, _coco(cats, anns)), tmp_path).label_map()
     assert label_map.category_ids == (0, 5, 90)
     assert label_map.names == ("a", "b", "c")

@@ -24,9 +24,7 @@ def test_detectron2_imports_through_compat() -> None:
 
 def test_only_compat_imports_detectron2() -> None:
     pattern = re.compile(r"^\s*(import|from)\s+detectron2\b", re.MULTILINE)
-    offenders = [
-        p.name for p in DETLIT.glob("*.py") if p.name != "compat.py" and pattern.search(p.read_text())
-    ]
+    offenders = [p.name for p in DETLIT.glob("*.py") if p.name != "compat.py" and pattern.search(p.read_text())]
     assert offenders == []
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from detlit.coco import load_coco
 from detlit.compat import Instances
 from detlit.datamodule import CocoDataModule
 from detlit.dataset import DetectionDataset, read_image
-from detlit.errors import ConfigError
+from detlit.errors import ConfigError, DataError
 from detlit.transforms import eval_transform, resized_shape, train_transform
 
 
@@ -60,9 +61,7 @@ def test_channel_order_is_bgr_for_model_zoo_configs(sample_dir: Path) -> None:
     record = dataset.images[0]
     rgb = read_image(sample_dir / "val" / record.file_name)
     transform = (
-        eval_transform(record.height, 10_000)
-        if record.height <= record.width
-        else eval_transform(record.width, 10_000)
+        eval_transform(record.height, 10_000) if record.height <= record.width else eval_transform(record.width, 10_000)
     )
     label_map = dataset.label_map()
     bgr_item = DetectionDataset([record], dataset.image_root, label_map, transform, "BGR")[0]
@@ -104,14 +103,12 @@ def test_empty_image_has_no_instances(tmp_path: Path) -> None:
     }
     (tmp_path / "e.json").write_text(json.dumps(coco))
     dataset = load_coco(tmp_path / "e.json", tmp_path)
-    item = DetectionDataset(dataset.images, tmp_path, dataset.label_map(), train_transform("flip", [32], 64))[
-        0
-    ]
+    item = DetectionDataset(dataset.images, tmp_path, dataset.label_map(), train_transform("flip", [32], 64))[0]
     assert len(item["instances"]) == 0 and item["instances"].gt_boxes.tensor.shape == (0, 4)
     assert item["target"]["boxes"].shape == (0, 4)
 
 
-def test_crowd_regions_are_targets_for_metrics_only(tmp_path: Path) -> None:
+def test_crowd_regions_are_flagged_ignore_regions(tmp_path: Path) -> None:
     Image.new("RGB", (64, 48)).save(tmp_path / "c.jpg")
     coco = {
         "images": [{"id": 1, "file_name": "c.jpg", "width": 64, "height": 48}],
@@ -124,7 +121,7 @@ def test_crowd_regions_are_targets_for_metrics_only(tmp_path: Path) -> None:
     (tmp_path / "c.json").write_text(json.dumps(coco))
     dataset = load_coco(tmp_path / "c.json", tmp_path)
     item = DetectionDataset(dataset.images, tmp_path, dataset.label_map(), eval_transform(48, 64))[0]
-    assert len(item["instances"]) == 1
+    assert item["instances"].gt_crowd.tolist() == [False, True]
     assert item["target"]["iscrowd"].tolist() == [0, 1]
 
 
@@ -149,3 +146,43 @@ def test_datamodule_exposes_label_map(sample_dir: Path) -> None:
     assert dm.num_classes == 3
     assert dm.category_ids == [1, 3, 7]
     assert dm.class_names == ["circle", "square", "triangle"]
+
+
+def test_detectron2_registration(sample_dir: Path) -> None:
+    from detlit.compat import DatasetCatalog, MetadataCatalog
+    from detlit.d2_data import register_detectron2
+
+    dataset = load_coco(sample_dir / "val.json", sample_dir / "val")
+    register_detectron2("detlit_test_val", dataset)
+    dicts = DatasetCatalog.get("detlit_test_val")
+    metadata = MetadataCatalog.get("detlit_test_val")
+    assert len(dicts) == len(dataset.images)
+    assert metadata.thing_classes == ["circle", "square", "triangle"]
+    assert metadata.thing_dataset_id_to_contiguous_id == {1: 0, 3: 1, 7: 2}
+    first = next(d for d in dicts if d["annotations"])
+    assert Path(first["file_name"]).is_file()
+    record = next(r for r in dataset.images if r.id == first["image_id"])
+    assert [a["category_id"] for a in first["annotations"]] == [
+        dataset.label_map().label(a.category_id) for a in record.annotations
+    ]
+    from detectron2.utils.visualizer import Visualizer
+
+    drawn = Visualizer(read_image(Path(first["file_name"])), metadata).draw_dataset_dict(first).get_image()
+    assert drawn.shape == (record.height, record.width, 3)
+
+
+def test_datamodule_stops_on_data_errors_and_logs_warnings(
+    sample_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    coco = json.loads((sample_dir / "train.json").read_text())
+    coco["images"][0]["width"] += 7  # disagrees with the file: an error
+    (tmp_path / "bad.json").write_text(json.dumps(coco))
+    with pytest.raises(DataError, match=r"bad.json: image 1 .* but the json says .*python -m detlit.check"):
+        CocoDataModule(str(tmp_path / "bad.json"), str(sample_dir / "train"), num_workers=0)
+    coco["images"][0]["width"] -= 7
+    coco["annotations"].append({**coco["annotations"][0], "id": 10_000})  # a repeat: a warning
+    (tmp_path / "warn.json").write_text(json.dumps(coco))
+    with caplog.at_level(logging.WARNING):
+        dm = CocoDataModule(str(tmp_path / "warn.json"), str(sample_dir / "train"), num_workers=0)
+    assert dm.num_classes == 3
+    assert "duplicate_annotation" in caplog.text

@@ -15,9 +15,7 @@ from .conftest import REPO
 
 
 def _tool() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "install_detectron2", REPO / "tools" / "install_detectron2.py"
-    )
+    spec = importlib.util.spec_from_file_location("install_detectron2", REPO / "tools" / "install_detectron2.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -191,8 +191,7 @@ def build_wheel(sdist: Path, out_dir: Path) -> Path:
     metadata += [f"Requires-Dist: {req}" for req in kept_requirements(install_requires(setup_py))]
     files[f"{dist_info}/METADATA"] = ("\n".join(metadata) + "\n").encode()
     files[f"{dist_info}/WHEEL"] = (
-        b"Wheel-Version: 1.0\nGenerator: detlit-install-detectron2\n"
-        b"Root-Is-Purelib: true\nTag: py3-none-any\n"
+        b"Wheel-Version: 1.0\nGenerator: detlit-install-detectron2\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
     )
     files[f"{dist_info}/LICENSE"] = license_text
     files[f"{dist_info}/top_level.txt"] = b"detectron2\n"
@@ -242,9 +241,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--python", default=sys.executable, help="interpreter to install into")
     parser.add_argument("--git-ref", default="main", help="branch, tag or commit for --source git")
     parser.add_argument("--sdist", type=Path, help="use this local pb1-detectron2 sdist file")
-    parser.add_argument(
-        "--cache-dir", type=Path, default=Path.home() / ".cache" / "detlit", help="download cache"
-    )
+    parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "detlit", help="download cache")
     parser.add_argument("--constraints", type=Path, help="pip constraints file (torch pins)")
     parser.add_argument("--force", action="store_true", help="install even if detectron2 imports")
     return parser.parse_args(argv)

@@ -1,0 +1,625 @@
+"""Stage [1], checks: everything that can be wrong with a COCO dataset, as findings.
+
+:func:`check_dataset` runs every check and returns a :class:`Report`; :func:`apply_repairs`
+writes the repairs of its findings into a copy of the raw json. The json-only checks are linear
+in the number of records; the file checks read image headers (and, with ``decode=True``, decode
+and hash every image) in a thread pool.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import math
+import os
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+
+from detlit.coco import Annotation, CocoDataset, ImageRecord, parse_coco, raise_on_errors, read_json, require_images
+from detlit.findings import Finding, Repair, Severity, errors, log_summary
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
+TINY_BOX_SIDE = 2.0  # pixels: a box this thin carries almost no signal
+AREA_TOLERANCE = 1.01  # a segment area may be smaller than its box, never larger
+COCO_SMALL, COCO_LARGE = 32**2, 96**2  # COCO's object size ranges (area in pixels)
+# EXIF orientations 5-8 swap width and height.
+TRANSPOSING_ORIENTATIONS = {5, 6, 7, 8}
+
+
+@dataclass
+class FileInfo:
+    """What the image file on disk says about one image record."""
+
+    exists: bool = False
+    width: int = 0  # after the EXIF orientation is applied
+    height: int = 0
+    orientation: int = 1
+    mode: str = ""
+    sha1: str = ""
+    error: str = ""
+
+
+@dataclass
+class Report:
+    """Findings and statistics of one dataset check."""
+
+    json_path: Path
+    image_root: Path
+    findings: list[Finding] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def errors(self) -> list[Finding]:
+        return errors(self.findings)
+
+    @property
+    def unrepaired_errors(self) -> list[Finding]:
+        return [f for f in self.errors if not f.repairable]
+
+    def repairs(self) -> list[Repair]:
+        return [r for f in self.findings for r in f.repairs]
+
+    def as_dict(self) -> dict[str, Any]:
+        counts = Counter(f.severity.value for f in self.findings)
+        return {
+            "json": str(self.json_path),
+            "images": str(self.image_root),
+            "summary": {s.value: counts.get(s.value, 0) for s in Severity},
+            "stats": self.stats,
+            "findings": [f.as_dict() for f in self.findings],
+        }
+
+
+def _finding(severity: Severity, kind: str, message: str, **kwargs: Any) -> Finding:
+    return Finding(severity, kind, message, **kwargs)
+
+
+# --- files ---------------------------------------------------------------------------------
+
+
+def escapes_root(file_name: str) -> bool:
+    """True for absolute paths and paths that climb out of the image root with ``..``."""
+    path = PurePosixPath(file_name.replace("\\", "/"))
+    return path.is_absolute() or ".." in path.parts or (len(file_name) > 1 and file_name[1] == ":")
+
+
+def inspect_file(path: Path, decode: bool) -> FileInfo:
+    """Read one image's header (and decode and hash it when ``decode``), never raising."""
+    info = FileInfo()
+    if not path.is_file():
+        return info
+    info.exists = True
+    try:
+        data = path.read_bytes() if decode else b""
+        with Image.open(path) as image:
+            info.mode = image.mode
+            info.orientation = int(image.getexif().get(0x0112, 1) or 1)
+            width, height = image.size
+            if info.orientation in TRANSPOSING_ORIENTATIONS:
+                width, height = height, width
+            info.width, info.height = width, height
+            if decode:
+                image.load()
+        if decode:
+            info.sha1 = hashlib.sha1(data).hexdigest()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        info.error = f"{type(err).__name__}: {err}"
+    return info
+
+
+def inspect_files(dataset: CocoDataset, decode: bool, workers: int | None = None) -> dict[int, FileInfo]:
+    """FileInfo of every image whose path stays inside the root, read in parallel."""
+    todo = [image for image in dataset.images if not escapes_root(image.file_name)]
+    workers = workers or min(16, (os.cpu_count() or 1) * 4)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        infos = pool.map(lambda image: inspect_file(dataset.image_root / image.file_name, decode), todo)
+        return {image.id: info for image, info in zip(todo, infos, strict=True)}
+
+
+def check_files(dataset: CocoDataset, infos: dict[int, FileInfo]) -> list[Finding]:
+    """Paths, readability, sizes after EXIF orientation, colour modes."""
+    findings = []
+    for image in dataset.images:
+        drop = Repair("images", image.index, "drop")
+        where = {"image_id": image.id}
+        if escapes_root(image.file_name):
+            findings.append(
+                _finding(
+                    Severity.ERROR,
+                    "path_escapes_root",
+                    f"image {image.id} has file_name {image.file_name!r}, which points outside the image "
+                    f"folder {dataset.image_root}; file names must be relative paths inside it",
+                    **where,
+                )
+            )
+            continue
+        info = infos[image.id]
+        if not info.exists:
+            findings.append(
+                _finding(
+                    Severity.ERROR,
+                    "missing_file",
+                    f"image {image.id}: {dataset.image_root / image.file_name} does not exist",
+                    fix="drop the image and its annotations",
+                    repairs=(drop,),
+                    **where,
+                )
+            )
+        elif info.error:
+            findings.append(
+                _finding(
+                    Severity.ERROR,
+                    "unreadable_image",
+                    f"image {image.id}: {dataset.image_root / image.file_name} cannot be decoded ({info.error})",
+                    fix="drop the image and its annotations",
+                    repairs=(drop,),
+                    **where,
+                )
+            )
+        else:
+            findings.extend(_size_findings(image, info))
+    return findings
+
+
+def _size_findings(image: ImageRecord, info: FileInfo) -> list[Finding]:
+    findings = []
+    where = {"image_id": image.id}
+    if (image.width, image.height) != (info.width, info.height):
+        rotated = " after its EXIF orientation is applied" if info.orientation != 1 else ""
+        findings.append(
+            _finding(
+                Severity.ERROR,
+                "size_mismatch",
+                f"image {image.id} ({image.file_name}) is {info.width}x{info.height}{rotated}, "
+                f"but the json says {image.width}x{image.height}",
+                fix="take the real size",
+                repairs=(Repair("images", image.index, "set", {"width": info.width, "height": info.height}),),
+                **where,
+            )
+        )
+    elif info.orientation != 1:
+        findings.append(
+            _finding(
+                Severity.INFO,
+                "exif_orientation",
+                f"image {image.id} ({image.file_name}) has EXIF orientation {info.orientation}; detlit "
+                "applies it, so its boxes must be in the rotated image (they are, going by the size)",
+                **where,
+            )
+        )
+    if info.mode in ("RGBA", "LA", "PA") or (info.mode == "P" and image.file_name.lower().endswith(".png")):
+        findings.append(
+            _finding(
+                Severity.INFO,
+                "converted_to_rgb",
+                f"image {image.id} ({image.file_name}) has mode {info.mode}; it is converted to RGB "
+                "(transparency dropped)",
+                **where,
+            )
+        )
+    elif info.mode in ("L", "I", "I;16", "F", "1"):
+        findings.append(
+            _finding(
+                Severity.INFO,
+                "grayscale",
+                f"image {image.id} ({image.file_name}) is grayscale (mode {info.mode}); it is converted to RGB",
+                **where,
+            )
+        )
+    return findings
+
+
+def check_unlisted_files(dataset: CocoDataset, limit: int = 3) -> list[Finding]:
+    """Images on disk under the root that the json does not list (one finding in all)."""
+    root = dataset.image_root
+    if not root.is_dir():
+        return []
+    listed = {os.path.normpath(image.file_name) for image in dataset.images}
+    unlisted = sorted(
+        os.path.relpath(os.path.join(folder, name), root)
+        for folder, _, names in os.walk(root)
+        for name in names
+        if os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
+        and os.path.normpath(os.path.relpath(os.path.join(folder, name), root)) not in listed
+    )
+    if not unlisted:
+        return []
+    return [
+        _finding(
+            Severity.INFO,
+            "unlisted_files",
+            f"{len(unlisted)} image file(s) under {root} are not in {dataset.json_path.name} "
+            f"(e.g. {', '.join(unlisted[:limit])}); they are not used",
+        )
+    ]
+
+
+# --- boxes ---------------------------------------------------------------------------------
+
+
+def _box_findings(annotation: Annotation, width: int, height: int) -> list[Finding]:
+    """Findings of one box against the size of its image."""
+    x, y, w, h = annotation.bbox
+    where = {"image_id": annotation.image_id, "annotation_id": annotation.id}
+    drop = (Repair("annotations", annotation.index, "drop"),)
+    if not all(math.isfinite(v) for v in annotation.bbox):
+        return [
+            _finding(
+                Severity.ERROR,
+                "non_finite_box",
+                f"annotation {annotation.id} has bbox {list(annotation.bbox)}",
+                fix="drop it",
+                repairs=drop,
+                **where,
+            )
+        ]
+    if w <= 0 or h <= 0:
+        return [
+            _finding(
+                Severity.ERROR,
+                "non_positive_box",
+                f"annotation {annotation.id} has width {w:g} and height {h:g}; both must be positive",
+                fix="drop it",
+                repairs=drop,
+                **where,
+            )
+        ]
+    if width <= 0 or height <= 0:
+        return []  # the image size is unknown: nothing to compare against
+    if (x + w > width or y + h > height) and x < w <= width and y < h <= height:
+        converted = [x, y, w - x, h - y]
+        return [
+            _finding(
+                Severity.ERROR,
+                "xyxy_as_xywh",
+                f"annotation {annotation.id} has bbox {[round(v, 2) for v in annotation.bbox]} that reaches "
+                f"beyond the {width}x{height} image as [x, y, w, h] but fits as [x1, y1, x2, y2]",
+                fix=f"convert it to [x, y, w, h] = {[round(v, 2) for v in converted]}",
+                repairs=(
+                    Repair(
+                        "annotations", annotation.index, "set", {"bbox": converted, "area": converted[2] * converted[3]}
+                    ),
+                ),
+                **where,
+            )
+        ]
+    findings = []
+    x1, y1, x2, y2 = max(x, 0.0), max(y, 0.0), min(x + w, float(width)), min(y + h, float(height))
+    if x2 <= x1 or y2 <= y1:
+        return [
+            _finding(
+                Severity.ERROR,
+                "box_outside_image",
+                f"annotation {annotation.id} has bbox {list(annotation.bbox)} entirely outside the "
+                f"{width}x{height} image",
+                fix="drop it",
+                repairs=drop,
+                **where,
+            )
+        ]
+    box_w, box_h = w, h
+    if (x1, y1, x2, y2) != (x, y, x + w, y + h):
+        clipped = [x1, y1, x2 - x1, y2 - y1]
+        box_w, box_h = clipped[2], clipped[3]
+        findings.append(
+            _finding(
+                Severity.WARNING,
+                "box_outside_image",
+                f"annotation {annotation.id} has bbox {[round(v, 2) for v in annotation.bbox]} partly outside "
+                f"the {width}x{height} image",
+                fix=f"clip it to {[round(v, 2) for v in clipped]}",
+                repairs=(Repair("annotations", annotation.index, "set", {"bbox": clipped, "area": box_w * box_h}),),
+                **where,
+            )
+        )
+    if box_w < TINY_BOX_SIDE or box_h < TINY_BOX_SIDE:
+        findings.append(
+            _finding(
+                Severity.WARNING,
+                "tiny_box",
+                f"annotation {annotation.id} is {box_w:.2g}x{box_h:.2g} pixels; boxes under "
+                f"{TINY_BOX_SIDE:g} pixels are too thin to learn from",
+                **where,
+            )
+        )
+    area = annotation.area
+    if not math.isfinite(area) or area <= 0 or area > w * h * AREA_TOLERANCE:
+        said = "missing" if not math.isfinite(area) else f"{area:g}"
+        findings.append(
+            _finding(
+                Severity.INFO if not math.isfinite(area) else Severity.WARNING,
+                "area_mismatch",
+                f"annotation {annotation.id} has area {said}, but its box covers {w * h:g} pixels "
+                "(COCO metrics use this area to sort objects into small / medium / large)",
+                fix=f"set area to {w * h:g}",
+                repairs=(Repair("annotations", annotation.index, "set", {"area": w * h}),),
+                **where,
+            )
+        )
+    return findings
+
+
+def check_boxes(dataset: CocoDataset, sizes: dict[int, tuple[int, int]]) -> list[Finding]:
+    """Every box against its image, using the real size where the file check measured one."""
+    findings: list[Finding] = []
+    for image in dataset.images:
+        width, height = sizes.get(image.id, (image.width, image.height))
+        for annotation in image.annotations:
+            findings.extend(_box_findings(annotation, width, height))
+    return findings
+
+
+# --- labels, crowd, duplicates -------------------------------------------------------------
+
+
+def check_labels(dataset: CocoDataset) -> list[Finding]:
+    findings = []
+    ids = sorted(c.id for c in dataset.categories)
+    placeholders = {c.id for c in dataset.placeholder_categories()}
+    for category in dataset.categories:
+        if category.id in placeholders:
+            findings.append(
+                _finding(
+                    Severity.INFO,
+                    "placeholder_category",
+                    f"category {category.id} '{category.name}' has no annotations and is the supercategory "
+                    "of the others (an export placeholder); it is not a class",
+                )
+            )
+    counts = dataset.annotation_counts()
+    for category in dataset.categories:
+        if category.id not in placeholders and counts[category.id] == 0:
+            findings.append(
+                _finding(
+                    Severity.WARNING,
+                    "unused_category",
+                    f"category {category.id} '{category.name}' has no annotations; the model keeps a class "
+                    "for it that it cannot learn",
+                )
+            )
+    names = Counter(c.name for c in dataset.categories)
+    for name, count in names.items():
+        if count > 1:
+            same = [c.id for c in dataset.categories if c.name == name]
+            findings.append(
+                _finding(
+                    Severity.WARNING,
+                    "duplicate_category_name",
+                    f"category name '{name}' is used by {count} ids {same}; results will not tell them apart",
+                )
+            )
+    if ids and ids != list(range(1, len(ids) + 1)) and dataset.categories:
+        try:
+            described = dataset.label_map().describe()
+        except ValueError:
+            described = "none"
+        findings.append(
+            _finding(
+                Severity.INFO,
+                "category_ids",
+                f"category ids {ids} are not 1..{len(ids)}; detlit trains on contiguous labels "
+                f"({described}) and writes the original ids back in results",
+            )
+        )
+    return findings
+
+
+def check_crowd(dataset: CocoDataset) -> list[Finding]:
+    crowd = [a for image in dataset.images for a in image.annotations if a.iscrowd]
+    if not crowd:
+        return []
+    images = len({a.image_id for a in crowd})
+    return [
+        _finding(
+            Severity.INFO,
+            "crowd",
+            f"{len(crowd)} annotation(s) in {images} image(s) have iscrowd=1: they are ignore regions "
+            "(neither trained as objects nor counted as missed in metrics)",
+        )
+    ]
+
+
+def check_duplicate_annotations(dataset: CocoDataset) -> list[Finding]:
+    findings = []
+    for image in dataset.images:
+        seen: dict[tuple[Any, ...], int] = {}
+        for annotation in image.annotations:
+            key = (annotation.category_id, tuple(round(v, 3) for v in annotation.bbox), annotation.iscrowd)
+            if key in seen:
+                findings.append(
+                    _finding(
+                        Severity.WARNING,
+                        "duplicate_annotation",
+                        f"annotation {annotation.id} repeats annotation {seen[key]} (same image "
+                        f"{image.id}, category and box)",
+                        fix="drop the repeat",
+                        repairs=(Repair("annotations", annotation.index, "drop"),),
+                        image_id=image.id,
+                        annotation_id=annotation.id,
+                    )
+                )
+            else:
+                seen[key] = annotation.id
+    return findings
+
+
+def duplicate_groups(dataset: CocoDataset, infos: dict[int, FileInfo]) -> list[list[int]]:
+    """Ids of images whose files have identical content, one list per content."""
+    by_hash: dict[str, list[int]] = defaultdict(list)
+    for image in dataset.images:
+        info = infos.get(image.id)
+        if info is not None and info.sha1:
+            by_hash[info.sha1].append(image.id)
+    return [ids for ids in by_hash.values() if len(ids) > 1]
+
+
+def check_duplicate_images(dataset: CocoDataset, infos: dict[int, FileInfo]) -> list[Finding]:
+    findings = []
+    names = Counter(os.path.normpath(image.file_name) for image in dataset.images)
+    for name, count in names.items():
+        if count > 1:
+            ids = [image.id for image in dataset.images if os.path.normpath(image.file_name) == name]
+            findings.append(
+                _finding(
+                    Severity.ERROR,
+                    "duplicate_file_name",
+                    f"file {name} is listed by {count} images {ids}; list each file once, with all its annotations",
+                )
+            )
+    for ids in duplicate_groups(dataset, infos):
+        findings.append(
+            _finding(
+                Severity.WARNING,
+                "duplicate_image",
+                f"images {ids} have identical content; in different splits they leak training data into "
+                "validation (python -m detlit.split keeps them together)",
+                image_id=ids[0],
+            )
+        )
+    return findings
+
+
+# --- statistics ----------------------------------------------------------------------------
+
+
+def statistics(dataset: CocoDataset) -> dict[str, Any]:
+    """Counts per category, boxes per image, COCO size ranges, empty images."""
+    names = {c.id: c.name for c in dataset.categories}
+    per_category = dataset.annotation_counts()
+    per_image = [sum(not a.iscrowd for a in image.annotations) for image in dataset.images]
+    sizes: Counter[str] = Counter()
+    for image in dataset.images:
+        for annotation in image.annotations:
+            if annotation.iscrowd:
+                continue
+            area = annotation.effective_area
+            sizes["small" if area < COCO_SMALL else "medium" if area < COCO_LARGE else "large"] += 1
+    return {
+        "images": len(dataset.images),
+        "annotations": dataset.num_annotations,
+        "categories": len(dataset.categories),
+        "per_category": {f"{cid} {names[cid]}": per_category.get(cid, 0) for cid in sorted(names)},
+        "empty_images": sum(count == 0 for count in per_image),
+        "boxes_per_image": {
+            "min": min(per_image, default=0),
+            "mean": round(sum(per_image) / len(per_image), 2) if per_image else 0,
+            "max": max(per_image, default=0),
+        },
+        "box_sizes": {k: sizes.get(k, 0) for k in ("small", "medium", "large")},
+        "crowd": sum(a.iscrowd for image in dataset.images for a in image.annotations),
+    }
+
+
+# --- the whole check ---------------------------------------------------------------------
+
+
+def check_dataset(
+    dataset: CocoDataset,
+    structure: Iterable[Finding] = (),
+    files: bool = True,
+    decode: bool = True,
+    unlisted: bool = True,
+) -> Report:
+    """Run every check on a parsed dataset.
+
+    Args:
+        dataset: the records, as :func:`detlit.coco.parse_coco` returned them.
+        structure: the structure findings :func:`parse_coco` returned with them.
+        files: look at the image files (existence, size, EXIF orientation, mode).
+        decode: also decode and hash every image (unreadable files, duplicate content).
+        unlisted: report images on disk that the json omits.
+    """
+    report = Report(dataset.json_path, dataset.image_root, list(structure))
+    infos = inspect_files(dataset, decode) if files else {}
+    sizes = {iid: (i.width, i.height) for iid, i in infos.items() if i.exists and not i.error}
+    if files:
+        report.findings += check_files(dataset, infos)
+        if unlisted:
+            report.findings += check_unlisted_files(dataset)
+    report.findings += check_boxes(dataset, sizes)
+    report.findings += check_labels(dataset)
+    report.findings += check_crowd(dataset)
+    report.findings += check_duplicate_annotations(dataset)
+    report.findings += check_duplicate_images(dataset, infos)
+    report.stats = statistics(dataset)
+    return report
+
+
+def check_file(json_path: str | Path, image_root: str | Path, **kwargs: Any) -> tuple[Report, dict[str, Any]]:
+    """Read and check a COCO json; return the report and the raw json (for repairs).
+
+    Raises:
+        DataError: the file is not usable as a whole (missing, not JSON, not COCO).
+    """
+    json_path, image_root = Path(json_path), Path(image_root)
+    raw = read_json(json_path)
+    dataset, structure = parse_coco(raw, json_path, image_root)
+    return check_dataset(dataset, structure, **kwargs), raw
+
+
+def load_checked(
+    json_path: str | Path, image_root: str | Path, option: str = "the image folder", files: bool = True
+) -> CocoDataset:
+    """What training runs first: every check but decoding. Errors raise, the rest is logged.
+
+    Args:
+        json_path: COCO json.
+        image_root: folder its file names are relative to.
+        option: the setting that names the image folder, for the error message.
+        files: read the image headers (existence, size after EXIF orientation, mode).
+
+    Raises:
+        DataError: one sentence with the first error, their number, and the check command.
+    """
+    json_path, image_root = Path(json_path), Path(image_root)
+    dataset, structure = parse_coco(read_json(json_path), json_path, image_root)
+    if files:
+        require_images(dataset, option)
+    report = check_dataset(dataset, structure, files=files, decode=False, unlisted=False)
+    log_summary(report.findings, log, str(json_path), examples=2)
+    raise_on_errors(report.findings, json_path, image_root)
+    log.info(
+        "read %s: %d images, %d annotations, %d categories",
+        json_path,
+        len(dataset.images),
+        dataset.num_annotations,
+        len(dataset.categories),
+    )
+    return dataset
+
+
+def apply_repairs(raw: dict[str, Any], repairs: Iterable[Repair]) -> tuple[dict[str, Any], list[str]]:
+    """A repaired copy of a raw COCO dict and a log line per change; ``raw`` is not modified.
+
+    Dropping an image drops its annotations too.
+    """
+    fixed = copy.deepcopy(raw)
+    drops: dict[str, set[int]] = {"images": set(), "annotations": set()}
+    changes: list[str] = []
+    for repair in repairs:
+        if repair.action == "drop":
+            drops[repair.section].add(repair.index)
+        else:
+            fixed[repair.section][repair.index].update(repair.values)
+        changes.append(repair.describe())
+    dropped_images = {
+        item.get("id")
+        for index, item in enumerate(fixed["images"])
+        if index in drops["images"] and isinstance(item, dict)
+    }
+    for index, item in enumerate(fixed["annotations"]):
+        if index not in drops["annotations"] and isinstance(item, dict) and item.get("image_id") in dropped_images:
+            drops["annotations"].add(index)
+            changes.append(f"drop annotations[{index}] (its image was dropped)")
+    for section, indices in drops.items():
+        fixed[section] = [item for index, item in enumerate(fixed[section]) if index not in indices]
+    return fixed, changes
