@@ -8,11 +8,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 
+from detlit.d2_config import portable_config
 from detlit.env import collect_env, format_env
+from detlit.module import DetectionModule
 
 log = logging.getLogger("detlit")
 
@@ -23,6 +26,23 @@ CAPTURED_LOGGERS = ("", "lightning.pytorch", "lightning.fabric")
 
 def _fmt(metrics: dict[str, Any], prefix: str) -> str:
     return ", ".join(f"{k}={float(v):.4f}" for k, v in sorted(metrics.items()) if k.startswith(prefix))
+
+
+class Detectron2Export(Callback):
+    """At the end of training, writes ``model_final.pth`` and ``detectron2_config.yaml`` in the run
+    folder: the weights and config that detectron2's own ``DetectionCheckpointer`` and
+    ``DefaultPredictor`` load, without detlit."""
+
+    @rank_zero_only
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.log_dir is None or not isinstance(pl_module, DetectionModule):
+            return
+        folder = Path(trainer.log_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        weights = folder / "model_final.pth"
+        torch.save({"model": pl_module.model.state_dict()}, weights)
+        (folder / "detectron2_config.yaml").write_text(portable_config(pl_module.cfg).dump())
+        log.info("detectron2 weights and config: %s, %s", weights, folder / "detectron2_config.yaml")
 
 
 class RunLog(Callback):

@@ -88,6 +88,7 @@ with warnings.catch_warnings():
     from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
     from detectron2.structures import Boxes, BoxMode, Instances, pairwise_ioa, pairwise_iou
     from detectron2.utils.events import EventStorage
+    from detectron2.utils.file_io import PathManager
 
 # detectron2 v0.6 calls torch.meshgrid without `indexing` (its anchors need the default "ij").
 warnings.filterwarnings("ignore", message="torch.meshgrid: in an upcoming release", category=UserWarning)
@@ -128,6 +129,7 @@ __all__ = [
     "GeneralizedRCNN",
     "Instances",
     "MetadataCatalog",
+    "PathManager",
     "StandardROIHeads",
     "build_model",
     "get_cfg",

@@ -32,6 +32,7 @@ def build_d2_config(
     min_size_test: int = 800,
     max_size_test: int = 1333,
     overrides: Mapping[str, Any] | None = None,
+    freeze_at: int | None = None,
 ) -> CfgNode:
     """Build the detectron2 config of a detlit model.
 
@@ -44,6 +45,7 @@ def build_d2_config(
         max_size_test: cap on the longest edge at inference.
         overrides: extra detectron2 keys in dotted form, e.g. ``{"MODEL.RESNETS.DEPTH": 18}``,
             applied last.
+        freeze_at: backbone stages to freeze (``MODEL.BACKBONE.FREEZE_AT``); None keeps the config's.
 
     Raises:
         ConfigError: an override names a key detectron2 does not have, or has a wrong type.
@@ -62,12 +64,25 @@ def build_d2_config(
     cfg.INPUT.MAX_SIZE_TEST = max_size_test
     for key, value in flatten_overrides(overrides or {}).items():
         _set_key(cfg, key, value)
+    if freeze_at is not None:
+        cfg.MODEL.BACKBONE.FREEZE_AT = freeze_at
     # The same heads, with crowd regions as ignore regions (detlit.heads).
     for node, standard in ((cfg.MODEL.PROPOSAL_GENERATOR, "RPN"), (cfg.MODEL.ROI_HEADS, "StandardROIHeads")):
         if standard == node.NAME:
             node.NAME = CROWD_IGNORING_HEADS[standard]
     cfg.freeze()
     return cfg
+
+
+def portable_config(cfg: CfgNode) -> CfgNode:
+    """The config with detectron2's own head names, for use without detlit installed."""
+    portable = cfg.clone()
+    portable.defrost()
+    for node, standard in ((portable.MODEL.PROPOSAL_GENERATOR, "RPN"), (portable.MODEL.ROI_HEADS, "StandardROIHeads")):
+        if CROWD_IGNORING_HEADS[standard] == node.NAME:
+            node.NAME = standard
+    portable.freeze()
+    return portable
 
 
 def flatten_overrides(overrides: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

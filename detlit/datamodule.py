@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
 from detlit.coco import CocoDataset, LabelMap
 from detlit.dataset import DetectionDataset, collate
-from detlit.errors import DataError
-from detlit.transforms import eval_transform, train_transform
+from detlit.errors import ConfigError, DataError
+from detlit.samplers import (
+    BatchDataset,
+    TrainingBatchSampler,
+    UnpaddedDistributedSampler,
+    orientation_groups,
+    repeat_factors,
+)
+from detlit.transforms import Step, describe_augment, eval_transform, train_transform
 from detlit.validate import load_checked
 
 log = logging.getLogger(__name__)
@@ -26,6 +34,10 @@ class CocoDataModule(LightningDataModule):
     exposed as ``num_classes``, ``class_names`` and ``category_ids``, which the CLI links into
     the model so they are never typed twice.
 
+    With several processes (DDP) every loader serves only its process's share of the images
+    (``detlit.samplers``): training batches are dealt out evenly, so every process runs the same
+    number of steps; validation and test images are each seen by exactly one process.
+
     Args:
         train_json: COCO json of the training images.
         train_images: folder that the training json's ``file_name`` entries are relative to.
@@ -35,7 +47,9 @@ class CocoDataModule(LightningDataModule):
         test_images: folder of the test images (defaults to ``val_images``).
         batch_size: images per batch on each device.
         num_workers: data-loading worker processes per device.
-        augment: training augmentation preset (see ``detlit.transforms.PRESETS``).
+        augment: training augmentation: a preset name (``none``, ``flip``, ``default``, ``strong``;
+            see ``detlit.transforms``) or a list of Albumentations transforms (``class_path`` and
+            ``init_args`` in YAML; ``A.OneOf`` and other compositions too) run after the resize.
         min_size_train: shortest-edge sizes in training; one is drawn per image.
         max_size_train: cap on the longest edge in training.
         min_size_test: shortest-edge size for validation, test and prediction.
@@ -43,6 +57,11 @@ class CocoDataModule(LightningDataModule):
         image_format: channel order the model expects (``BGR`` for model-zoo configs).
         check_files: before training, read every image header (missing files, sizes that
             disagree with the json, EXIF rotation); the json itself is always checked.
+        group_by_aspect_ratio: batch landscape and portrait training images separately, so
+            less of each batch is padding.
+        repeat_factor_threshold: show training images of categories found in fewer than this
+            fraction of the images more often (detectron2 uses 0.001); ``None`` shows each once.
+        seed: seed of the training order (and of the repeats), a new order each epoch.
     """
 
     def __init__(
@@ -55,17 +74,29 @@ class CocoDataModule(LightningDataModule):
         test_images: str | None = None,
         batch_size: int = 2,
         num_workers: int = 2,
-        augment: str = "flip",
+        augment: str | list[Step] = "flip",
         min_size_train: list[int] = [640, 672, 704, 736, 768, 800],  # noqa: B006 (read only)
         max_size_train: int = 1333,
         min_size_test: int = 800,
         max_size_test: int = 1333,
         image_format: str = "BGR",
         check_files: bool = True,
+        group_by_aspect_ratio: bool = True,
+        repeat_factor_threshold: float | None = None,
+        seed: int = 0,
     ):
         super().__init__()
         self.save_hyperparameters()
+        # hparams end up in checkpoints and hparams.yaml, which cannot hold transform objects:
+        # they keep a plain description, and the transforms themselves live here.
+        self.augment = augment
+        self.save_hyperparameters({**self.hparams, "augment": describe_augment(augment)})
         train_transform(augment, min_size_train, max_size_train)  # fail fast on a bad preset
+        if repeat_factor_threshold is not None and not 0.0 < repeat_factor_threshold <= 1.0:
+            raise ConfigError(
+                f"data.repeat_factor_threshold is {repeat_factor_threshold}; use a fraction of the images "
+                "in (0, 1] such as 0.001, or null to switch repeats off"
+            )
         self.train_data = load_checked(train_json, train_images, "data.train_images", check_files)
         self.label_map: LabelMap = self.train_data.label_map()
         log.info("label map (COCO id -> label): %s", self.label_map.describe())
@@ -104,7 +135,7 @@ class CocoDataModule(LightningDataModule):
     def _dataset(self, data: CocoDataset, train: bool) -> DetectionDataset:
         hp = self.hparams
         if train:
-            transform = train_transform(hp["augment"], hp["min_size_train"], hp["max_size_train"])
+            transform = train_transform(self.augment, hp["min_size_train"], hp["max_size_train"])
         else:
             transform = eval_transform(hp["min_size_test"], hp["max_size_test"])
         return DetectionDataset(data.images, data.image_root, self.label_map, transform, hp["image_format"])
@@ -119,22 +150,54 @@ class CocoDataModule(LightningDataModule):
                 raise DataError("no test set: set data.test_json (and data.test_images) to test")
             self.datasets["test"] = self._dataset(self.test_data, False)
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _processes(self) -> tuple[int, int]:
+        """(number of processes, this process's rank); (1, 0) outside a trainer."""
+        if self.trainer is None:
+            return 1, 0
+        return self.trainer.world_size, self.trainer.global_rank
+
+    def _loader_options(self) -> dict[str, Any]:
         workers = self.hparams["num_workers"]
-        return DataLoader(
-            self.datasets[split],
-            batch_size=self.hparams["batch_size"],
-            shuffle=shuffle,
-            num_workers=workers,
-            collate_fn=collate,
-            persistent_workers=workers > 0,
-        )
+        return {"num_workers": workers, "collate_fn": collate, "persistent_workers": workers > 0}
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        hp = self.hparams
+        dataset = self.datasets["train"]
+        if getattr(self.trainer, "overfit_batches", 0):
+            # Lightning swaps the sampler of an overfitting run for a SequentialSampler, which only
+            # works on an ordinary loader: the same first batches every epoch is what it wants anyway.
+            return DataLoader(dataset, batch_size=hp["batch_size"], shuffle=False, **self._loader_options())
+        num_replicas, rank = self._processes()
+        threshold = hp["repeat_factor_threshold"]
+        sampler = TrainingBatchSampler(
+            dataset,
+            hp["batch_size"],
+            groups=orientation_groups(dataset.records) if hp["group_by_aspect_ratio"] else None,
+            repeat_factors=None if threshold is None else repeat_factors(dataset.records, threshold),
+            num_replicas=num_replicas,
+            rank=rank,
+            seed=hp["seed"],
+        )
+        if self.trainer is not None:
+            # Lightning creates the loader's iterator (and workers draw their first batches) before it
+            # calls set_epoch, so a resumed run would replay epoch 0's order: start from the epoch it
+            # will pass to set_epoch (lightning/pytorch/loops/fit_loop.py, `on_advance_start`).
+            # (`current` is annotated as the base tracker; the fit loop's has `processed`.)
+            sampler.set_epoch(self.trainer.fit_loop.epoch_progress.current.processed)  # type: ignore[attr-defined]
+        # The sampler yields whole batches; as the loader's `sampler` (not `batch_sampler`) Lightning
+        # keeps it and calls its set_epoch (see detlit.samplers).
+        return DataLoader(BatchDataset(dataset), batch_size=None, sampler=sampler, **self._loader_options())
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        num_replicas, rank = self._processes()
+        dataset = self.datasets[split]
+        # Lightning's own DistributedSampler would repeat images to even out the processes, and
+        # the repeats would count twice in the metrics.
+        sampler = UnpaddedDistributedSampler(dataset, num_replicas, rank) if num_replicas > 1 else None
+        return DataLoader(dataset, batch_size=self.hparams["batch_size"], sampler=sampler, **self._loader_options())
 
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
-        return self._loader("val", shuffle=False) if "val" in self.datasets else []
+        return self._eval_loader("val") if "val" in self.datasets else []
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return self._eval_loader("test")

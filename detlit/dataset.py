@@ -8,7 +8,11 @@ The dict follows GeneralizedRCNN's contract (design.md section 2):
   ``gt_classes`` (int64 contiguous labels) and ``gt_crowd`` (bool): crowd regions are ignore
   regions for the heads of ``detlit.heads``, never objects;
 * ``height``, ``width``: the original image size, so predictions come back in original pixels;
-* ``image_id``: the COCO image id; ``file_name``: the image path.
+* ``image_id``: the COCO image id; ``file_name``: the image path;
+* ``boxes_dropped``: how many objects (crowd regions not counted) the transform removed: those
+  that entered it minus those that came out. Objects a crop or affine move pushed below the
+  pipeline's ``min_visibility``, or shrank below its ``min_area``, end here; annotations that were
+  empty or outside the image in the json never enter the transform and are not counted.
 
 For evaluation it also carries ``target``: the image's ground truth in original pixels as
 torchmetrics expects it (``boxes`` XYXY, ``labels``, ``iscrowd``, ``area`` from the json), so
@@ -72,7 +76,7 @@ class DetectionDataset(Dataset[dict[str, Any]]):
         records: the images to serve, with their annotations.
         image_root: folder that ``file_name`` entries are relative to.
         label_map: COCO category id <-> contiguous label.
-        transform: Albumentations pipeline with ``pascal_voc`` boxes and a ``labels`` field.
+        transform: Albumentations pipeline with ``pascal_voc`` boxes and ``labels`` and ``crowd`` fields.
         image_format: channel order the model expects (``BGR`` or ``RGB``).
     """
 
@@ -102,13 +106,14 @@ class DetectionDataset(Dataset[dict[str, Any]]):
         height, width = image.shape[:2]
         boxes, labels, crowd = _training_boxes(record, self.label_map, height, width)
         out = self.transform(image=image, bboxes=boxes, labels=labels, crowd=crowd)
+        kept_crowd = np.asarray(out["crowd"], dtype=bool).reshape(-1)
         pixels = out["image"]
         if self.image_format == "BGR":
             pixels = pixels[:, :, ::-1]
         instances = Instances(pixels.shape[:2])
         instances.gt_boxes = Boxes(torch.as_tensor(np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)))
         instances.gt_classes = torch.as_tensor(np.asarray(out["labels"], dtype=np.int64).reshape(-1))
-        instances.gt_crowd = torch.as_tensor(np.asarray(out["crowd"], dtype=bool).reshape(-1))
+        instances.gt_crowd = torch.as_tensor(kept_crowd)
         return {
             "image": torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))),
             "instances": instances,
@@ -117,6 +122,7 @@ class DetectionDataset(Dataset[dict[str, Any]]):
             "image_id": record.id,
             "file_name": str(path),
             "target": eval_target(record, self.label_map),
+            "boxes_dropped": crowd.count(False) - int((~kept_crowd).sum()),
         }
 
 

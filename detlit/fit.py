@@ -7,20 +7,28 @@ Examples::
     python -m detlit.fit --config configs/sample_cpu.yaml \
         --ckpt_path runs/sample/version_0/checkpoints/last.ckpt
     python -m detlit.fit --config configs/sample_cpu.yaml --print_config
+    python -m detlit.fit --config configs/sample_cpu.yaml --tune_lr true
 """
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.tuner import Tuner
+from matplotlib.figure import Figure
 
-from detlit.callbacks import RunLog
+from detlit.callbacks import Detectron2Export, RunLog
 from detlit.cli import run_cli
 from detlit.datamodule import CocoDataModule
+from detlit.errors import ConfigError
 from detlit.module import DetectionModule
+
+log = logging.getLogger("detlit.fit")
 
 # The data decides these; the model receives them, so they are never typed twice.
 LINKED_FROM_DATA_AT_PARSE = ("min_size_train", "max_size_train", "min_size_test", "max_size_test")
@@ -30,6 +38,12 @@ LINKED_FROM_DATA_AT_INSTANTIATION = ("num_classes", "class_names", "category_ids
 class DetlitCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--ckpt_path", type=str | None, default=None, help="checkpoint to resume training from")
+        parser.add_argument(
+            "--tune_lr",
+            type=bool,
+            default=False,
+            help="run Lightning's learning-rate finder on the data, print its suggestion and exit",
+        )
         for name in LINKED_FROM_DATA_AT_PARSE:
             parser.link_arguments(f"data.{name}", f"model.{name}")
         for name in LINKED_FROM_DATA_AT_INSTANTIATION:
@@ -53,7 +67,7 @@ class DetlitCLI(LightningCLI):
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
         # Callbacks every run gets, minus those a switched-off trainer feature would reject:
         # `--trainer.enable_checkpointing=false` or `--trainer.logger=false` just work.
-        callbacks = [*callbacks, RunLog()]
+        callbacks = [*callbacks, RunLog(), Detectron2Export()]
         if config.get("enable_checkpointing") is False:
             callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
         if config.get("logger") is not False:
@@ -72,7 +86,30 @@ def cli_main(args: list[str] | None = None) -> None:
         args=args,
         save_config_kwargs={"overwrite": True},
     )
+    if cli.config.tune_lr:
+        suggest_lr(cli.trainer, cli.model, cli.datamodule)
+        return
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path)
+
+
+def suggest_lr(trainer: Trainer, model: DetectionModule, datamodule: CocoDataModule, steps: int = 100) -> float:
+    """Lightning's learning-rate range test: ``steps`` steps from 1e-6 to 1, loss vs. rate."""
+    finder = Tuner(trainer).lr_find(
+        model, datamodule=datamodule, min_lr=1e-6, max_lr=1.0, num_training=steps, update_attr=False
+    )
+    found = finder.suggestion() if finder is not None else None
+    if finder is None or found is None:
+        raise ConfigError("the learning-rate finder found no suggestion; give it more batches (a larger train set)")
+    suggestion = float(found)
+    if trainer.log_dir:
+        plot = Path(trainer.log_dir) / "lr_find.png"
+        plot.parent.mkdir(parents=True, exist_ok=True)
+        figure = finder.plot(suggest=True)
+        if isinstance(figure, Figure):
+            figure.savefig(plot)
+        log.info("loss vs. learning rate: %s", plot)
+    print(f"suggested learning rate: {suggestion:.3g} (set model.optimizer.init_args.lr)")
+    return suggestion
 
 
 def main(args: list[str] | None = None) -> None:

@@ -3,32 +3,75 @@
 from __future__ import annotations
 
 import logging
-import math
-from typing import Any
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Literal, cast
 
+import numpy as np
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import OptimizerCallable
 from torch import nn
 
 from detlit.coco import LabelMap
-from detlit.compat import EventStorage, build_model
+from detlit.compat import EventStorage, GeneralizedRCNN, build_model
 from detlit.d2_config import DEFAULT_CONFIG, build_d2_config, ignores_crowd
+from detlit.errors import DetlitError
 from detlit.heads import split_crowd
 from detlit.metrics import as_prediction, coco_map, coco_scalars
+from detlit.schedule import Schedule, build_scheduler
 from detlit.weights import load_pretrained
 
 log = logging.getLogger(__name__)
 
 Batch = list[dict[str, Any]]
+NORM_TYPES = (nn.GroupNorm, nn.LayerNorm, nn.BatchNorm2d, nn.SyncBatchNorm)
+
+
+class NonFiniteLossError(DetlitError):
+    """A training loss became NaN or infinite."""
+
+
+@contextmanager
+def heads_in_training_mode(model: GeneralizedRCNN) -> Iterator[None]:
+    """Put the RPN and ROI heads (only) in training mode, and restore their modes afterwards."""
+    heads = [model.proposal_generator, model.roi_heads]
+    modes = [head.training for head in heads]
+    try:
+        for head in heads:
+            head.train()
+        yield
+    finally:
+        for head, mode in zip(heads, modes, strict=True):
+            head.train(mode)
+
+
+def rng_state() -> dict[str, Any]:
+    """Global random states of torch, numpy and Python, in types a weights-only load accepts."""
+    name, keys, position, has_gauss, gauss = cast(tuple[Any, ...], np.random.get_state(legacy=True))
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss],
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
 
 
 class DetectionModule(LightningModule):
     """A detectron2 Faster R-CNN trained by Lightning.
 
     Batches are lists of detectron2 input dicts (see ``detlit.dataset``). Training returns the
-    sum of detectron2's losses and logs each of them; validation runs inference and logs COCO
-    metrics. Every argument is saved as a hyper-parameter, so ``load_from_checkpoint(path)``
+    sum of detectron2's losses and logs each of them; validation computes the same losses on the
+    validation batch (one backbone pass serves both) and COCO metrics of the predictions. Every
+    argument but the optimizer is saved as a hyper-parameter, so ``load_from_checkpoint(path)``
     rebuilds the model without further arguments.
 
     Args:
@@ -36,15 +79,26 @@ class DetectionModule(LightningModule):
         class_names: class name of each contiguous label (linked from the data).
         category_ids: original COCO category id of each contiguous label (linked from the data).
         config_name: detectron2 model-zoo config the architecture comes from.
-        weights: pretrained weights: a model-zoo URL, a ``.pkl``/``.pth`` file, or None.
+        weights: pretrained weights: a model-zoo URL, a ``.pkl``/``.pth`` file, a detlit ``.ckpt``,
+            or None to train from scratch.
+        freeze_at: backbone stages to freeze (0 none, 1 the stem, 2 stem and res2, ...); None
+            keeps the model-zoo config's value (2).
         overrides: extra detectron2 config keys, e.g. ``{"MODEL.RESNETS.DEPTH": 18}``.
         min_size_train: shortest-edge sizes in training (linked from the data).
         max_size_train: cap on the longest edge in training (linked from the data).
         min_size_test: shortest-edge size at inference (linked from the data).
         max_size_test: cap on the longest edge at inference (linked from the data).
-        optimizer: optimizer class and its arguments (``lr``, ``weight_decay``, ...); norm
-            layers and biases are put in a parameter group without weight decay.
-        warmup_steps: optimizer steps of linear warm-up before the cosine decay.
+        optimizer: optimizer class and its arguments (``lr``, ``weight_decay``, ...); norm layers
+            and biases are put in a parameter group without weight decay.
+        lr_schedule: decay after warm-up: ``cosine``, ``multistep`` or ``constant``.
+        warmup_steps: optimizer steps of linear warm-up.
+        warmup_factor: learning-rate multiplier at the first warm-up step.
+        lr_milestones: fractions of the run where ``multistep`` multiplies the rate by ``lr_gamma``.
+        lr_gamma: ``multistep`` decay factor.
+        scale_lr_to_batch: when set, the optimizer's ``lr`` is meant for this total batch size and
+            is scaled linearly to the effective batch (per device x devices x accumulation).
+        on_nonfinite_loss: ``stop`` with a message naming the step, losses and images, or ``skip``
+            the batch.
     """
 
     def __init__(
@@ -54,13 +108,20 @@ class DetectionModule(LightningModule):
         category_ids: list[int] | None = None,
         config_name: str = DEFAULT_CONFIG,
         weights: str | None = None,
+        freeze_at: int | None = None,
         overrides: dict[str, Any] | None = None,
         min_size_train: list[int] = [640, 672, 704, 736, 768, 800],  # noqa: B006 (read only)
         max_size_train: int = 1333,
         min_size_test: int = 800,
         max_size_test: int = 1333,
         optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr_schedule: Schedule = "cosine",
         warmup_steps: int = 100,
+        warmup_factor: float = 0.001,
+        lr_milestones: list[float] = [0.78, 0.93],  # noqa: B006 (read only)
+        lr_gamma: float = 0.1,
+        scale_lr_to_batch: int | None = None,
+        on_nonfinite_loss: Literal["stop", "skip"] = "stop",
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer"])
@@ -72,9 +133,16 @@ class DetectionModule(LightningModule):
         if self.label_map.num_classes != num_classes:
             raise ValueError(f"num_classes={num_classes} but {self.label_map.num_classes} class names/ids were given")
         self.cfg = build_d2_config(
-            config_name, num_classes, min_size_train, max_size_train, min_size_test, max_size_test, overrides
+            config_name,
+            num_classes,
+            min_size_train,
+            max_size_train,
+            min_size_test,
+            max_size_test,
+            overrides,
+            freeze_at=freeze_at,
         )
-        self.model: nn.Module = build_model(self.cfg)
+        self.model: GeneralizedRCNN = build_model(self.cfg)
         self.ignores_crowd = ignores_crowd(self.cfg)
         self.val_map = coco_map()
         self._pretrained_loaded = False
@@ -91,20 +159,77 @@ class DetectionModule(LightningModule):
         outputs: list[dict[str, Any]] = self.model(batch)
         return outputs
 
-    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        if not self.ignores_crowd:
-            # Heads chosen through overrides know no ignore regions: crowd boxes are left out.
-            batch = [{**x, "instances": split_crowd([x["instances"]])[0][0]} for x in batch]
+    def _targets(self, batch: Batch) -> list[Any]:
+        """Ground-truth Instances on the model's device; crowd regions kept only for heads that ignore them."""
+        targets = [x["instances"].to(self.device) for x in batch]
+        return targets if self.ignores_crowd else split_crowd(targets)[0]
+
+    # --- training ----------------------------------------------------------------------
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
+        inputs = [{**x, "instances": t} for x, t in zip(batch, self._targets(batch), strict=True)]
         with EventStorage(self.global_step):
-            losses: dict[str, torch.Tensor] = self.model(batch)
+            losses: dict[str, torch.Tensor] = self.model(inputs)
         total = torch.stack(list(losses.values())).sum()
-        self.log_dict({f"train/{name}": value for name, value in losses.items()}, batch_size=len(batch))
-        self.log("train/loss", total, prog_bar=True, batch_size=len(batch))
+        size = len(batch)
+        if not torch.isfinite(total):
+            return self._nonfinite(losses, batch)
+        self.log_dict({f"train/{name}": value for name, value in losses.items()}, batch_size=size)
+        self.log("train/loss", total, prog_bar=True, batch_size=size)
+        dropped = sum(int(x.get("boxes_dropped", 0)) for x in batch)
+        self.log("train/boxes_dropped_by_aug", float(dropped), on_step=False, on_epoch=True, reduce_fx="sum")
         return total
 
+    def _nonfinite(self, losses: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor | None:
+        parts = ", ".join(f"{name}={value.item():.4g}" for name, value in losses.items())
+        ids = [x.get("image_id") for x in batch]
+        where = f"non-finite loss at step {self.global_step} ({parts}) on images {ids}"
+        if self.hparams["on_nonfinite_loss"] == "stop":
+            raise NonFiniteLossError(
+                f"{where}; lower the learning rate, clip gradients (trainer.gradient_clip_val), check those "
+                "images with python -m detlit.check, or set model.on_nonfinite_loss=skip"
+            )
+        log.warning("%s: batch skipped", where)
+        self.log("train/skipped_nonfinite", 1.0, on_step=False, on_epoch=True, reduce_fx="sum")
+        if self.trainer.world_size > 1:
+            # Every process must take part in the gradient all-reduce: a zero loss over all
+            # parameters gives zero gradients instead of skipping the step on one rank only.
+            return sum(p.sum() * 0.0 for p in self.parameters() if p.requires_grad)  # type: ignore[return-value]
+        return None
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # After AMP unscaling and before clipping: the norm the clipping threshold is compared to.
+        norms = [p.grad.detach().norm(2) for p in self.parameters() if p.grad is not None]
+        if norms:
+            self.log("train/grad_norm", torch.stack(norms).norm(2), on_step=True, on_epoch=False)
+
+    # --- validation ----------------------------------------------------------------------
+
+    def losses_and_predictions(self, batch: Batch) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
+        """detectron2's training losses and its predictions for one batch, from one backbone pass.
+
+        The heads run once in training mode (losses need the ground truth; proposals are sampled
+        as in training) and once in inference mode; the model's own train/eval state is left as
+        it was.
+        """
+        model = self.model
+        images = model.preprocess_image(batch)
+        features = model.backbone(images.tensor)
+        targets = self._targets(batch)
+        with heads_in_training_mode(model), EventStorage(self.global_step):
+            proposals, rpn_losses = model.proposal_generator(images, features, targets)
+            _, roi_losses = model.roi_heads(images, features, proposals, targets)
+        proposals, _ = model.proposal_generator(images, features, None)
+        results, _ = model.roi_heads(images, features, proposals, None)
+        predictions = GeneralizedRCNN._postprocess(results, batch, images.image_sizes)
+        return {**rpn_losses, **roi_losses}, predictions
+
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        outputs = self.model(batch)
-        self.val_map.update([as_prediction(o["instances"]) for o in outputs], [x["target"] for x in batch])
+        losses, predictions = self.losses_and_predictions(batch)
+        size = len(batch)
+        self.log_dict({f"val/{name}": value for name, value in losses.items()}, batch_size=size, sync_dist=True)
+        self.log("val/loss", torch.stack(list(losses.values())).sum(), batch_size=size, sync_dist=True)
+        self.val_map.update([as_prediction(p["instances"]) for p in predictions], [x["target"] for x in batch])
 
     def on_validation_epoch_end(self) -> None:
         scalars = coco_scalars(self.val_map.compute())
@@ -113,29 +238,56 @@ class DetectionModule(LightningModule):
         self.log_dict({f"val/{k}": v for k, v in scalars.items() if k not in shown})
         self.log_dict({f"val/{k}": v for k, v in scalars.items() if k in shown}, prog_bar=True)
 
+    # --- checkpoints -----------------------------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Lightning restores model, optimizer, scheduler, scaler, callbacks and loop counters;
+        # the random state (detectron2's anchor and proposal sampling draws from it) makes a
+        # resumed run continue exactly as an uninterrupted one would.
+        checkpoint["detlit_rng_state"] = rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "detlit_rng_state" in checkpoint and self._trainer is not None and self.trainer.training:
+            set_rng_state(checkpoint["detlit_rng_state"])
+
+    # --- optimisation --------------------------------------------------------------------
+
     def parameter_groups(self) -> list[dict[str, Any]]:
         """Trainable parameters split into decayed weights and undecayed norm/bias parameters."""
         decay: list[nn.Parameter] = []
         no_decay: list[nn.Parameter] = []
-        norm_types = (nn.GroupNorm, nn.LayerNorm, nn.BatchNorm2d, nn.SyncBatchNorm)
         for module in self.model.modules():
-            is_norm = isinstance(module, norm_types) or "FrozenBatchNorm" in type(module).__name__
+            is_norm = isinstance(module, NORM_TYPES) or "FrozenBatchNorm" in type(module).__name__
             for name, param in module.named_parameters(recurse=False):
-                if not param.requires_grad:
-                    continue
-                (no_decay if is_norm or name == "bias" else decay).append(param)
+                if param.requires_grad:
+                    (no_decay if is_norm or name == "bias" else decay).append(param)
         return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+    def effective_batch_size(self) -> tuple[int, str]:
+        """Images per optimizer step, and how that number comes about."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        per_device = int(datamodule.hparams["batch_size"]) if datamodule is not None else 1
+        devices, accumulation = self.trainer.world_size, self.trainer.accumulate_grad_batches
+        total = per_device * devices * accumulation
+        return total, f"{per_device} per device x {devices} devices x {accumulation} accumulation = {total}"
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.parameter_groups())
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = min(self.hparams["warmup_steps"], total)
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = (step - warmup) / max(1, total - warmup)
-            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        effective, described = self.effective_batch_size()
+        reference = self.hparams["scale_lr_to_batch"]
+        if reference:
+            for group in optimizer.param_groups:
+                group["lr"] *= effective / reference
+            described += f"; lr scaled x{effective / reference:g} from batch {reference}"
+        log.info("effective batch = %s; lr %g", described, optimizer.param_groups[0]["lr"])
+        hp = self.hparams
+        scheduler = build_scheduler(
+            optimizer,
+            max(1, int(self.trainer.estimated_stepping_batches)),
+            hp["warmup_steps"],
+            hp["warmup_factor"],
+            hp["lr_schedule"],
+            hp["lr_milestones"],
+            hp["lr_gamma"],
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -19,7 +19,6 @@ TINY_OVERRIDES: dict[str, Any] = {
     "MODEL.RESNETS.NORM": "GN",
     "MODEL.FPN.NORM": "GN",
     "MODEL.FPN.OUT_CHANNELS": 64,
-    "MODEL.BACKBONE.FREEZE_AT": 0,
     "MODEL.PIXEL_STD": [57.375, 57.12, 58.395],
     "MODEL.ROI_BOX_HEAD.FC_DIM": 64,
     "MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO": 2,
@@ -68,6 +67,60 @@ def tiny_cli_args(sample: Path) -> list[str]:
         "--data.min_size_test=128",
         "--data.max_size_test=192",
         "--model.weights=null",
+        "--model.freeze_at=0",
     ]
     args += [f"--model.overrides.{key}={value}" for key, value in TINY_OVERRIDES.items()]
     return args
+
+
+def tiny_module(**kwargs: Any) -> Any:
+    """The tiny DetectionModule for the sample's 3 classes, seeded."""
+    import torch
+
+    from detlit.module import DetectionModule
+
+    torch.manual_seed(0)
+    args: dict[str, Any] = {
+        "num_classes": 3,
+        "class_names": ["circle", "square", "triangle"],
+        "category_ids": [1, 3, 7],
+        "overrides": TINY_OVERRIDES,
+        "freeze_at": 0,
+        **TINY_SIZES,
+    }
+    args.update(kwargs)
+    return DetectionModule(**args)
+
+
+def tiny_datamodule(sample: Path, **kwargs: Any) -> Any:
+    """CocoDataModule on a sample folder with the tiny sizes, in-process loading."""
+    from detlit.datamodule import CocoDataModule
+
+    args: dict[str, Any] = {
+        "train_json": str(sample / "train.json"),
+        "train_images": str(sample / "train"),
+        "val_json": str(sample / "val.json"),
+        "val_images": str(sample / "val"),
+        "batch_size": 2,
+        "num_workers": 0,
+        **TINY_SIZES,
+    }
+    args.update(kwargs)
+    return CocoDataModule(**args)
+
+
+def quiet_trainer(**kwargs: Any) -> Any:
+    """A CPU Trainer without logger, checkpoints, progress bar or model summary (unless asked)."""
+    from lightning.pytorch import Trainer
+
+    args: dict[str, Any] = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+    }
+    args.update(kwargs)
+    return Trainer(**args)

@@ -1,0 +1,219 @@
+"""Stage [5]: which images each step sees, on each process.
+
+Training (:class:`TrainingBatchSampler`), every epoch:
+
+1. optionally repeat images of rare categories (:func:`repeat_factors`, detectron2's
+   ``RepeatFactorTrainingSampler``);
+2. shuffle, identically on every process, with a generator seeded by ``seed + epoch``;
+3. cut into batches, optionally of images of one orientation only (:func:`orientation_groups`,
+   detectron2's ``AspectRatioGroupedDataset``), so little of a batch is padding;
+4. deal the batches out to the processes, repeating the first few so that every process gets the
+   same number of batches (the same number of steps, which DDP needs). Batches are dealt, not
+   images: equal shares of images can still split into different numbers of orientation batches.
+
+Validation and test (:class:`UnpaddedDistributedSampler`): every image on exactly one process,
+nothing repeated, so metrics count each image once.
+
+Both samplers subclass ``DistributedSampler``: Lightning only leaves a loader's sampler alone in a
+multi-process run when it is one (``_requires_distributed_sampler`` in
+``lightning/pytorch/trainer/connectors/data_connector.py``); any other sampler it replaces with
+its own ``DistributedSampler``, or re-creates a batch sampler around one. Lightning also calls
+``set_epoch`` on ``loader.sampler`` at the start of every epoch, which is what advances the
+shuffle here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterator, Sequence, Sized
+from typing import Generic, Protocol, TypeVar
+
+import torch
+from torch.utils.data import Dataset, DistributedSampler
+
+from detlit.coco import ImageRecord
+
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+
+
+class SizedDataset(Protocol[T_co]):
+    """A map-style dataset with a length."""
+
+    def __getitem__(self, index: int) -> T_co: ...
+
+    def __len__(self) -> int: ...
+
+
+def orientation_groups(records: Sequence[ImageRecord]) -> list[int]:
+    """Aspect-ratio group of each image as the json sizes it: 0 when width >= height, 1 otherwise."""
+    return [0 if record.width >= record.height else 1 for record in records]
+
+
+def repeat_factors(records: Sequence[ImageRecord], threshold: float) -> list[float]:
+    """How often each image is seen per epoch, so that rare categories are seen more often.
+
+    As detectron2's ``RepeatFactorTrainingSampler``: with f(c) the fraction of images that contain
+    category c, r(c) = max(1, sqrt(threshold / f(c))); an image's factor is the largest r(c) of
+    its categories, 1 for an image without objects. Crowd regions are ignore regions, not objects,
+    so they do not count.
+
+    Args:
+        records: the training images.
+        threshold: frequency below which a category is repeated (detectron2 uses 0.001).
+    """
+    categories = [{a.category_id for a in record.annotations if not a.iscrowd} for record in records]
+    images_with: dict[int, int] = defaultdict(int)
+    for present in categories:
+        for category in present:
+            images_with[category] += 1
+    per_category = {c: max(1.0, math.sqrt(threshold * len(records) / n)) for c, n in images_with.items()}
+    return [max((per_category[c] for c in present), default=1.0) for present in categories]
+
+
+class TrainingBatchSampler(DistributedSampler[list[int]]):
+    """Shuffled training batches of one process, a new order each epoch (see the module docstring).
+
+    Yields lists of dataset indices: the loader runs with ``batch_size=None`` over a
+    :class:`BatchDataset`. All processes build the same list of the epoch's batches; when its
+    length is not a multiple of ``num_replicas`` its first batches are appended again, and process
+    ``rank`` takes every ``num_replicas``-th batch from ``rank`` on. So every process runs
+    ``len(self)`` steps, and two processes share images only through those appended batches (or
+    when repeat factors put copies of one image into different batches).
+
+    Args:
+        dataset: the training dataset (only its length is used).
+        batch_size: images per batch; each orientation group ends in one smaller batch unless
+            ``drop_last``.
+        groups: a group id per image (:func:`orientation_groups`); batches never mix groups.
+            ``None`` batches images in shuffled order.
+        repeat_factors: expected number of times each image is seen per epoch (:func:`repeat_factors`):
+            ``floor(r)`` times, plus once more with probability ``r - floor(r)``. ``None`` shows
+            every image once.
+        num_replicas: number of processes.
+        rank: this process, ``0..num_replicas-1``.
+        seed: shuffling seed, the same on every process.
+        drop_last: drop the smaller batches, and the batches that do not divide evenly among the
+            processes, instead of repeating some.
+    """
+
+    def __init__(
+        self,
+        dataset: Sized,
+        batch_size: int,
+        groups: Sequence[int] | None = None,
+        repeat_factors: Sequence[float] | None = None,
+        num_replicas: int = 1,
+        rank: int = 0,
+        seed: int = 0,
+        drop_last: bool = False,
+    ):
+        super().__init__(
+            dataset,  # type: ignore[arg-type]
+            num_replicas=num_replicas,
+            rank=rank,
+            shuffle=True,
+            seed=seed,
+            drop_last=drop_last,
+        )
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+        size = len(dataset)
+        for name, values in (("groups", groups), ("repeat_factors", repeat_factors)):
+            if values is not None and len(values) != size:
+                raise ValueError(f"{name} has {len(values)} entries for a dataset of {size}")
+        self.size = size
+        self.batch_size = batch_size
+        self.groups = None if groups is None else list(groups)
+        self.repeat_factors = None if repeat_factors is None else torch.tensor(repeat_factors, dtype=torch.float64)
+        self._cached: tuple[int, list[list[int]]] | None = None
+
+    def epoch_indices(self, generator: torch.Generator) -> list[int]:
+        """All processes' indices of this epoch, repeated and shuffled."""
+        indices = torch.arange(self.size)
+        if self.repeat_factors is not None:
+            whole = self.repeat_factors.floor()
+            extra = torch.rand(self.size, generator=generator, dtype=torch.float64) < self.repeat_factors - whole
+            indices = torch.repeat_interleave(indices, (whole + extra).long())
+        return indices[torch.randperm(len(indices), generator=generator)].tolist()
+
+    def epoch_batches(self) -> list[list[int]]:
+        """All processes' batches of this epoch, evened out to a multiple of ``num_replicas``."""
+        generator = torch.Generator()
+        generator.manual_seed(self.seed + self.epoch)
+        indices = self.epoch_indices(generator)
+        if self.groups is None:
+            batches = [indices[i : i + self.batch_size] for i in range(0, len(indices), self.batch_size)]
+        else:
+            batches = []
+            pending: dict[int, list[int]] = defaultdict(list)
+            for index in indices:
+                bucket = pending[self.groups[index]]
+                bucket.append(index)
+                if len(bucket) == self.batch_size:
+                    batches.append(bucket)
+                    pending[self.groups[index]] = []
+            batches += [bucket for _, bucket in sorted(pending.items()) if bucket]
+        if self.drop_last:
+            batches = [batch for batch in batches if len(batch) == self.batch_size]
+            return batches[: len(batches) - len(batches) % self.num_replicas]
+        if batches and len(batches) % self.num_replicas:
+            padding = self.num_replicas - len(batches) % self.num_replicas
+            batches += (batches * math.ceil(padding / len(batches)))[:padding]
+        return batches
+
+    def _batches(self) -> list[list[int]]:
+        if self._cached is None or self._cached[0] != self.epoch:
+            self._cached = (self.epoch, self.epoch_batches()[self.rank :: self.num_replicas])
+        return self._cached[1]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self._batches())
+
+    def __len__(self) -> int:
+        return len(self._batches())
+
+
+class UnpaddedDistributedSampler(DistributedSampler[int]):
+    """Every ``num_replicas``-th index from ``rank``, in order: each image on exactly one process.
+
+    Unlike ``DistributedSampler`` nothing is repeated to even out the processes, so evaluation
+    counts every image once; processes may get one image more or less than others.
+
+    Args:
+        dataset: the dataset to split (only its length is used).
+        num_replicas: number of processes.
+        rank: this process, ``0..num_replicas-1``.
+    """
+
+    def __init__(self, dataset: Sized, num_replicas: int = 1, rank: int = 0):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)  # type: ignore[arg-type]
+        self.num_samples = len(range(rank, len(dataset), num_replicas))
+        self.total_size = len(dataset)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.total_size, self.num_replicas))
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+class BatchDataset(Dataset[list[T]], Generic[T]):
+    """A dataset's items fetched a batch at a time: ``BatchDataset(d)[[3, 1]] == [d[3], d[1]]``.
+
+    Lets a loader run with ``batch_size=None`` under a sampler that yields whole batches; such a
+    sampler can be the loader's ``sampler``, which Lightning respects, unlike a ``batch_sampler``.
+
+    Args:
+        dataset: the dataset to fetch from.
+    """
+
+    def __init__(self, dataset: SizedDataset[T]):
+        self.dataset = dataset
+
+    def __getitem__(self, indices: list[int]) -> list[T]:
+        return [self.dataset[index] for index in indices]
+
+    def __len__(self) -> int:
+        return len(self.dataset)
