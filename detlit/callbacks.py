@@ -28,16 +28,30 @@ def _fmt(metrics: dict[str, Any], prefix: str) -> str:
     return ", ".join(f"{k}={float(v):.4f}" for k, v in sorted(metrics.items()) if k.startswith(prefix))
 
 
-class Detectron2Export(Callback):
+class RunFolderCallback(Callback):
+    """Knows the run folder on every process.
+
+    ``Trainer.log_dir`` is a collective call (rank 0 broadcasts the folder), so it is read in
+    ``setup`` on all processes, never inside a rank-zero-only hook, where it would hang DDP.
+    """
+
+    folder: Path | None = None
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        log_dir = trainer.log_dir
+        self.folder = Path(log_dir) if log_dir is not None else None
+
+
+class Detectron2Export(RunFolderCallback):
     """At the end of training, writes ``model_final.pth`` and ``detectron2_config.yaml`` in the run
     folder: the weights and config that detectron2's own ``DetectionCheckpointer`` and
     ``DefaultPredictor`` load, without detlit."""
 
     @rank_zero_only
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.log_dir is None or not isinstance(pl_module, DetectionModule):
+        folder = self.folder
+        if folder is None or not isinstance(pl_module, DetectionModule):
             return
-        folder = Path(trainer.log_dir)
         folder.mkdir(parents=True, exist_ok=True)
         weights = folder / "model_final.pth"
         torch.save({"model": pl_module.model.state_dict()}, weights)
@@ -45,7 +59,7 @@ class Detectron2Export(Callback):
         log.info("detectron2 weights and config: %s, %s", weights, folder / "detectron2_config.yaml")
 
 
-class RunLog(Callback):
+class RunLog(RunFolderCallback):
     """Writes ``run.log`` in the run folder: command, environment, config, every log message,
     and the metrics of each epoch; prints where the results are at the end of training."""
 
@@ -57,11 +71,15 @@ class RunLog(Callback):
     def path(self) -> Path | None:
         return Path(self.handler.baseFilename) if isinstance(self.handler, logging.FileHandler) else None
 
-    @rank_zero_only
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if self.handler is not None or trainer.log_dir is None:
+        super().setup(trainer, pl_module, stage)
+        if trainer.is_global_zero:
+            self._open(trainer, pl_module)
+
+    def _open(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        folder = self.folder
+        if self.handler is not None or folder is None:
             return
-        folder = Path(trainer.log_dir)
         folder.mkdir(parents=True, exist_ok=True)
         self.handler = logging.FileHandler(folder / self.file_name, encoding="utf-8")
         self.handler.setFormatter(logging.Formatter(LOG_FORMAT))
@@ -110,9 +128,9 @@ class RunLog(Callback):
                 lines.append(f"  best checkpoint:  {best}")
             if checkpoint.last_model_path:
                 lines.append(f"  last checkpoint:  {checkpoint.last_model_path}")
-        if trainer.log_dir:
-            lines.append(f"  run folder:       {trainer.log_dir}")
-            lines.append(f"  TensorBoard:      tensorboard --logdir {Path(trainer.log_dir).parent}")
+        if self.folder is not None:
+            lines.append(f"  run folder:       {self.folder}")
+            lines.append(f"  TensorBoard:      tensorboard --logdir {self.folder.parent}")
         log.info("\n".join(lines))
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:

@@ -4,8 +4,7 @@ Examples::
 
     python -m detlit.fit --config configs/sample_cpu.yaml
     python -m detlit.fit --config configs/sample_cpu.yaml --trainer.max_epochs=2
-    python -m detlit.fit --config configs/sample_cpu.yaml \
-        --ckpt_path runs/sample/version_0/checkpoints/last.ckpt
+    python -m detlit.fit --config configs/sample_cpu.yaml --ckpt_path last
     python -m detlit.fit --config configs/sample_cpu.yaml --print_config
     python -m detlit.fit --config configs/sample_cpu.yaml --tune_lr true
 """
@@ -13,6 +12,7 @@ Examples::
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ class DetlitCLI(LightningCLI):
             default=False,
             help="run Lightning's learning-rate finder on the data, print its suggestion and exit",
         )
+        parser.add_argument("--tune_lr_steps", type=int, default=100, help="steps of the learning-rate range test")
         for name in LINKED_FROM_DATA_AT_PARSE:
             parser.link_arguments(f"data.{name}", f"model.{name}")
         for name in LINKED_FROM_DATA_AT_INSTANTIATION:
@@ -64,6 +65,24 @@ class DetlitCLI(LightningCLI):
             }
         )
 
+    def before_instantiate_classes(self) -> None:
+        # A resumed run continues in the run folder its checkpoint came from; `--ckpt_path last`
+        # finds the newest one. The original config.yaml stays; the resumed config is saved beside it.
+        if self.config.ckpt_path is None:
+            return
+        logger = self.config.trainer.logger
+        init = getattr(logger, "init_args", None)
+        if init is None or "TensorBoardLogger" not in str(getattr(logger, "class_path", "")):
+            return
+        runs = Path(init.save_dir) / (init.name or "")
+        checkpoint, version = resolve_checkpoint(self.config.ckpt_path, runs)
+        self.config.ckpt_path = str(checkpoint)
+        if version is not None:
+            init.version = version
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            self.save_config_kwargs = {**self.save_config_kwargs, "config_filename": f"config.resumed-{stamp}.yaml"}
+        log.info("resuming from %s", checkpoint)
+
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
         # Callbacks every run gets, minus those a switched-off trainer feature would reject:
         # `--trainer.enable_checkpointing=false` or `--trainer.logger=false` just work.
@@ -77,6 +96,33 @@ class DetlitCLI(LightningCLI):
         return super()._instantiate_trainer(config, callbacks)
 
 
+def resolve_checkpoint(ckpt_path: str, runs: Path) -> tuple[Path, int | None]:
+    """The checkpoint to resume from and the run version it belongs to (None: not a run folder).
+
+    ``last`` means the ``last.ckpt`` of the newest ``version_N`` under ``runs``.
+    """
+    if ckpt_path == "last":
+        candidates = sorted(
+            runs.glob("version_*/checkpoints/last.ckpt"), key=lambda p: _version_number(p.parent.parent) or -1
+        )
+        if not candidates:
+            raise ConfigError(f"--ckpt_path last: no {runs}/version_*/checkpoints/last.ckpt; start without --ckpt_path")
+        checkpoint = candidates[-1]
+    else:
+        checkpoint = Path(ckpt_path)
+        if not checkpoint.is_file():
+            raise ConfigError(f"--ckpt_path {ckpt_path} does not exist; pass a .ckpt file or 'last'")
+    run = checkpoint.parent.parent
+    same_runs = run.parent.resolve() == runs.resolve() and checkpoint.parent.name == "checkpoints"
+    return checkpoint, _version_number(run) if same_runs else None
+
+
+def _version_number(folder: Path) -> int | None:
+    prefix = "version_"
+    tail = folder.name[len(prefix) :]
+    return int(tail) if folder.name.startswith(prefix) and tail.isdigit() else None
+
+
 def cli_main(args: list[str] | None = None) -> None:
     cli = DetlitCLI(
         DetectionModule,
@@ -87,7 +133,7 @@ def cli_main(args: list[str] | None = None) -> None:
         save_config_kwargs={"overwrite": True},
     )
     if cli.config.tune_lr:
-        suggest_lr(cli.trainer, cli.model, cli.datamodule)
+        suggest_lr(cli.trainer, cli.model, cli.datamodule, cli.config.tune_lr_steps)
         return
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path)
 
