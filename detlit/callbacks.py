@@ -120,9 +120,10 @@ class RunLog(RunFolderCallback):
         val = _fmt(trainer.callback_metrics, "val/")
         if val:
             lines.append(f"  final validation: {val}")
-        checkpoint = trainer.checkpoint_callback
-        if isinstance(checkpoint, ModelCheckpoint):
-            if checkpoint.best_model_path:
+        for checkpoint in trainer.checkpoint_callbacks:
+            if not isinstance(checkpoint, ModelCheckpoint):
+                continue
+            if checkpoint.monitor and checkpoint.best_model_path:
                 score = float(checkpoint.best_model_score or 0)
                 best = f"{checkpoint.best_model_path} ({checkpoint.monitor}={score:.4f})"
                 lines.append(f"  best checkpoint:  {best}")

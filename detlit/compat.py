@@ -83,6 +83,8 @@ with warnings.catch_warnings():
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.config import CfgNode, get_cfg
     from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.data.transforms import ResizeShortestEdge as D2ResizeShortestEdge
+    from detectron2.engine import DefaultPredictor
     from detectron2.modeling import GeneralizedRCNN, build_model
     from detectron2.modeling.proposal_generator import PROPOSAL_GENERATOR_REGISTRY, RPN
     from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
@@ -123,7 +125,9 @@ __all__ = [
     "Boxes",
     "CfgNode",
     "CompiledOpMissingError",
+    "D2ResizeShortestEdge",
     "DatasetCatalog",
+    "DefaultPredictor",
     "DetectionCheckpointer",
     "EventStorage",
     "GeneralizedRCNN",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Literal
 
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
@@ -57,6 +57,8 @@ class CocoDataModule(LightningDataModule):
         image_format: channel order the model expects (``BGR`` for model-zoo configs).
         check_files: before training, read every image header (missing files, sizes that
             disagree with the json, EXIF rotation); the json itself is always checked.
+        strict_images: stop at an image file that cannot be decoded instead of skipping it
+            (skipped files are logged by name and counted in ``train/skipped_images``).
         group_by_aspect_ratio: batch landscape and portrait training images separately, so
             less of each batch is padding.
         repeat_factor_threshold: show training images of categories found in fewer than this
@@ -81,6 +83,7 @@ class CocoDataModule(LightningDataModule):
         max_size_test: int = 1333,
         image_format: str = "BGR",
         check_files: bool = True,
+        strict_images: bool = False,
         group_by_aspect_ratio: bool = True,
         repeat_factor_threshold: float | None = None,
         seed: int = 0,
@@ -103,6 +106,7 @@ class CocoDataModule(LightningDataModule):
         self.val_data = self._load_like_train(val_json, val_images or train_images, "data.val_images")
         self.test_data = self._load_like_train(test_json, test_images or val_images or train_images, "data.test_images")
         self.datasets: dict[str, DetectionDataset] = {}
+        self._resume_position: dict[str, int] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -138,7 +142,14 @@ class CocoDataModule(LightningDataModule):
             transform = train_transform(self.augment, hp["min_size_train"], hp["max_size_train"])
         else:
             transform = eval_transform(hp["min_size_test"], hp["max_size_test"])
-        return DetectionDataset(data.images, data.image_root, self.label_map, transform, hp["image_format"])
+        # An unreadable file met in training is replaced by the next image (the run goes on); in
+        # evaluation it is left out of the metrics. Both are logged with the file name.
+        on_unreadable: Literal["replace", "mark", "raise"] = "replace" if train else "mark"
+        if hp["strict_images"]:
+            on_unreadable = "raise"
+        return DetectionDataset(
+            data.images, data.image_root, self.label_map, transform, hp["image_format"], on_unreadable
+        )
 
     def setup(self, stage: str) -> None:
         if stage == "fit":
@@ -183,10 +194,28 @@ class CocoDataModule(LightningDataModule):
             # calls set_epoch, so a resumed run would replay epoch 0's order: start from the epoch it
             # will pass to set_epoch (lightning/pytorch/loops/fit_loop.py, `on_advance_start`).
             # (`current` is annotated as the base tracker; the fit loop's has `processed`.)
-            sampler.set_epoch(self.trainer.fit_loop.epoch_progress.current.processed)  # type: ignore[attr-defined]
+            epoch = self.trainer.fit_loop.epoch_progress.current.processed  # type: ignore[attr-defined]
+            sampler.set_epoch(epoch)
+            position = self._resume_position
+            if position and position["epoch"] == epoch and 0 < position["batches_done"] < len(sampler):
+                sampler.skip_next = position["batches_done"]
+                log.info("resuming epoch %d after its first %d batches", epoch, sampler.skip_next)
+            self._resume_position = None
         # The sampler yields whole batches; as the loader's `sampler` (not `batch_sampler`) Lightning
         # keeps it and calls its set_epoch (see detlit.samplers).
         return DataLoader(BatchDataset(dataset), batch_size=None, sampler=sampler, **self._loader_options())
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where training is in the current epoch, saved in every checkpoint."""
+        if self.trainer is None:
+            return {}
+        return {
+            "epoch": self.trainer.current_epoch,
+            "batches_done": self.trainer.fit_loop.epoch_loop.batch_progress.current.processed,  # type: ignore[attr-defined]
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._resume_position = dict(state_dict) if state_dict else None
 
     def _eval_loader(self, split: str) -> DataLoader:
         num_replicas, rank = self._processes()

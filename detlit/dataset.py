@@ -14,6 +14,9 @@ The dict follows GeneralizedRCNN's contract (design.md section 2):
   pipeline's ``min_visibility``, or shrank below its ``min_area``, end here; annotations that were
   empty or outside the image in the json never enter the transform and are not counted.
 
+``boxes_dropped`` counts the boxes augmentation removed; ``skipped_images`` names files that
+could not be read and were replaced by this one (see ``on_unreadable``).
+
 For evaluation it also carries ``target``: the image's ground truth in original pixels as
 torchmetrics expects it (``boxes`` XYXY, ``labels``, ``iscrowd``, ``area`` from the json), so
 metrics are computed against the json itself, not against resized boxes.
@@ -21,18 +24,22 @@ metrics are computed against the json itself, not against resized boxes.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import albumentations as A
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from detlit.coco import ImageRecord, LabelMap
 from detlit.compat import Boxes, Instances
+from detlit.errors import DataError
+
+log = logging.getLogger(__name__)
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -78,6 +85,10 @@ class DetectionDataset(Dataset[dict[str, Any]]):
         label_map: COCO category id <-> contiguous label.
         transform: Albumentations pipeline with ``pascal_voc`` boxes and ``labels`` and ``crowd`` fields.
         image_format: channel order the model expects (``BGR`` or ``RGB``).
+        on_unreadable: what an image file that cannot be read (missing, corrupt) becomes:
+            ``replace`` - the next readable image takes its place (training: batches keep their
+            size, and every process its number of steps), ``mark`` - a ``{"skipped": path}`` dict
+            that evaluation leaves out, or ``raise`` - a DataError naming the file.
     """
 
     def __init__(
@@ -87,9 +98,11 @@ class DetectionDataset(Dataset[dict[str, Any]]):
         label_map: LabelMap,
         transform: A.Compose,
         image_format: str = "BGR",
+        on_unreadable: Literal["replace", "mark", "raise"] = "raise",
     ):
         if image_format not in ("BGR", "RGB"):
             raise ValueError(f"image_format must be 'BGR' or 'RGB', not '{image_format}'")
+        self.on_unreadable = on_unreadable
         self.records = list(records)
         self.image_root = Path(image_root)
         self.label_map = label_map
@@ -100,9 +113,29 @@ class DetectionDataset(Dataset[dict[str, Any]]):
         return len(self.records)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        record = self.records[index]
-        path = self.image_root / record.file_name
-        image = read_image(path)
+        skipped: list[str] = []
+        for attempt in range(len(self.records)):
+            record = self.records[(index + attempt) % len(self.records)]
+            path = self.image_root / record.file_name
+            try:
+                image = read_image(path)
+            except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
+                if self.on_unreadable == "raise":
+                    raise DataError(
+                        f"image {path} cannot be read ({type(err).__name__}: {err}); repair or remove it "
+                        "(python -m detlit.check --fix), or set data.strict_images=false to skip such files"
+                    ) from err
+                log.warning("skipping unreadable image %s (%s: %s)", path, type(err).__name__, err)
+                skipped.append(str(path))
+                if self.on_unreadable == "mark":
+                    return {"skipped": str(path), "image_id": record.id}
+                continue
+            item = self._item(record, path, image)
+            item["skipped_images"] = skipped
+            return item
+        raise DataError(f"none of the {len(self.records)} images under {self.image_root} can be read")
+
+    def _item(self, record: ImageRecord, path: Path, image: np.ndarray) -> dict[str, Any]:
         height, width = image.shape[:2]
         boxes, labels, crowd = _training_boxes(record, self.label_map, height, width)
         out = self.transform(image=image, bboxes=boxes, labels=labels, crowd=crowd)

@@ -12,20 +12,27 @@ Examples::
 from __future__ import annotations
 
 import logging
+import signal
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.tuner import Tuner
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from matplotlib.figure import Figure
 
 from detlit.callbacks import Detectron2Export, RunLog
+from detlit.checkpointing import AtomicCheckpointIO, SaveOnSigterm
 from detlit.cli import run_cli
 from detlit.datamodule import CocoDataModule
-from detlit.errors import ConfigError
+from detlit.errors import ConfigError, DetlitError
 from detlit.module import DetectionModule
 
 log = logging.getLogger("detlit.fit")
@@ -49,14 +56,21 @@ class DetlitCLI(LightningCLI):
             parser.link_arguments(f"data.{name}", f"model.{name}")
         for name in LINKED_FROM_DATA_AT_INSTANTIATION:
             parser.link_arguments(f"data.{name}", f"model.{name}", apply_on="instantiate")
+        # Two checkpoint callbacks: the best ones by a validation metric, and `last.ckpt`, which
+        # does not wait for a metric (Lightning defers monitored saves until one exists) and can
+        # be written every N steps or minutes for long epochs.
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/map",
                 "checkpoint.mode": "max",
-                "checkpoint.save_last": True,
+                "checkpoint.save_last": False,
                 "checkpoint.filename": "best-epoch{epoch:02d}-map{val/map:.4f}",
                 "checkpoint.auto_insert_metric_name": False,
+                "last_checkpoint.monitor": None,
+                "last_checkpoint.save_top_k": 0,
+                "last_checkpoint.save_last": True,
                 "trainer.default_root_dir": "runs",
                 "trainer.logger": {
                     "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
@@ -86,13 +100,17 @@ class DetlitCLI(LightningCLI):
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
         # Callbacks every run gets, minus those a switched-off trainer feature would reject:
         # `--trainer.enable_checkpointing=false` or `--trainer.logger=false` just work.
-        callbacks = [*callbacks, RunLog(), Detectron2Export()]
+        callbacks = [*callbacks, RunLog(), Detectron2Export(), SaveOnSigterm()]
         if config.get("enable_checkpointing") is False:
             callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
         if config.get("logger") is not False:
             callbacks.append(LearningRateMonitor("step"))
         if config.get("enable_progress_bar") is not False:
             callbacks.append(RichProgressBar())
+        plugins = config.get("plugins") or []
+        plugins = plugins if isinstance(plugins, list) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            config["plugins"] = [*plugins, AtomicCheckpointIO()]
         return super()._instantiate_trainer(config, callbacks)
 
 
@@ -135,7 +153,25 @@ def cli_main(args: list[str] | None = None) -> None:
     if cli.config.tune_lr:
         suggest_lr(cli.trainer, cli.model, cli.datamodule, cli.config.tune_lr_steps)
         return
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path)
+    with plain_failures():
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path, weights_only=True)
+
+
+@contextmanager
+def plain_failures() -> Iterator[None]:
+    """Failures a user can act on, as one sentence; SIGTERM as exit status 143 (128 + 15)."""
+    try:
+        yield
+    except SIGTERMException:
+        log.warning("stopped by SIGTERM; resume with --ckpt_path last")
+        sys.exit(128 + signal.SIGTERM)
+    except RuntimeError as err:
+        if "DataLoader worker" in str(err):
+            raise DetlitError(
+                f"a data-loading worker process died ({err}); usually the system ran out of memory: lower "
+                "data.num_workers or data.batch_size, then resume with --ckpt_path last"
+            ) from err
+        raise
 
 
 def suggest_lr(trainer: Trainer, model: DetectionModule, datamodule: CocoDataModule, steps: int = 100) -> float:

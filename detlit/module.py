@@ -145,6 +145,8 @@ class DetectionModule(LightningModule):
         self.model: GeneralizedRCNN = build_model(self.cfg)
         self.ignores_crowd = ignores_crowd(self.cfg)
         self.val_map = coco_map()
+        # Per-class score thresholds that maximise F1 on the last validation; inference defaults to them.
+        self.score_thresholds: list[float] | None = None
         self._pretrained_loaded = False
 
     def setup(self, stage: str) -> None:
@@ -178,6 +180,8 @@ class DetectionModule(LightningModule):
         self.log("train/loss", total, prog_bar=True, batch_size=size)
         dropped = sum(int(x.get("boxes_dropped", 0)) for x in batch)
         self.log("train/boxes_dropped_by_aug", float(dropped), on_step=False, on_epoch=True, reduce_fx="sum")
+        skipped = sum(len(x.get("skipped_images", ())) for x in batch)
+        self.log("train/skipped_images", float(skipped), on_step=False, on_epoch=True, reduce_fx="sum")
         return total
 
     def _nonfinite(self, losses: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor | None:
@@ -225,6 +229,11 @@ class DetectionModule(LightningModule):
         return {**rpn_losses, **roi_losses}, predictions
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        readable = [x for x in batch if "skipped" not in x]
+        self.log("val/skipped_images", float(len(batch) - len(readable)), on_step=False, on_epoch=True, reduce_fx="sum")
+        if not readable:
+            return
+        batch = readable
         losses, predictions = self.losses_and_predictions(batch)
         size = len(batch)
         self.log_dict({f"val/{name}": value for name, value in losses.items()}, batch_size=size, sync_dist=True)
@@ -245,8 +254,12 @@ class DetectionModule(LightningModule):
         # the random state (detectron2's anchor and proposal sampling draws from it) makes a
         # resumed run continue exactly as an uninterrupted one would.
         checkpoint["detlit_rng_state"] = rng_state()
+        if self.score_thresholds is not None:
+            checkpoint["detlit_score_thresholds"] = list(self.score_thresholds)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "detlit_score_thresholds" in checkpoint:
+            self.score_thresholds = [float(t) for t in checkpoint["detlit_score_thresholds"]]
         if "detlit_rng_state" in checkpoint and self._trainer is not None and self.trainer.training:
             set_rng_state(checkpoint["detlit_rng_state"])
 

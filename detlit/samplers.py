@@ -128,6 +128,7 @@ class TrainingBatchSampler(DistributedSampler[list[int]]):
         self.groups = None if groups is None else list(groups)
         self.repeat_factors = None if repeat_factors is None else torch.tensor(repeat_factors, dtype=torch.float64)
         self._cached: tuple[int, list[list[int]]] | None = None
+        self.skip_next = 0  # batches of the next epoch already trained before a resume
 
     def epoch_indices(self, generator: torch.Generator) -> list[int]:
         """All processes' indices of this epoch, repeated and shuffled."""
@@ -169,7 +170,10 @@ class TrainingBatchSampler(DistributedSampler[list[int]]):
         return self._cached[1]
 
     def __iter__(self) -> Iterator[list[int]]:
-        return iter(self._batches())
+        # A run resumed mid-epoch continues with the batches this epoch had left, in the same
+        # order; the length stays the full epoch's, which is what Lightning counts progress in.
+        skip, self.skip_next = self.skip_next, 0
+        return iter(self._batches()[skip:])
 
     def __len__(self) -> int:
         return len(self._batches())

@@ -30,3 +30,24 @@ class RecordImageIds(Callback):
         self.out_dir.mkdir(parents=True, exist_ok=True)
         record = {"rank": trainer.global_rank, "world_size": trainer.world_size, **self.seen, "metrics": metrics}
         (self.out_dir / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
+
+
+class LogBatches(Callback):
+    """Appends one json line per training batch (epoch, global step, image ids) as it happens,
+    so a test can read what a killed process trained on."""
+
+    def __init__(self, path: str):
+        self.path = Path(path)
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, idx: int
+    ) -> None:
+        if trainer.is_global_zero:
+            line = {
+                "epoch": trainer.current_epoch,
+                "step": trainer.global_step,
+                "ids": [int(x["image_id"]) for x in batch],
+            }
+            with self.path.open("a") as handle:
+                handle.write(json.dumps(line) + "\n")
+                handle.flush()

@@ -1,0 +1,119 @@
+"""Stage [9]: COCO results json out (original category ids, XYWH, one entry per image under DDP) and back in."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from pycocotools.coco import COCO
+
+from detlit.coco import LabelMap, load_coco
+from detlit.compat import Boxes, Instances
+from detlit.errors import ConfigError, DataError
+from detlit.export import coco_results, gather_results, merge_ranks, read_results, write_results
+from detlit.metrics import DetectionMetrics
+
+LABEL_MAP = LabelMap((0, 5, 90), ("zero", "five", "ninety"))
+
+
+def _instances(boxes: list[list[float]], scores: list[float], classes: list[int]) -> Instances:
+    instances = Instances((480, 640))
+    instances.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
+    instances.scores = torch.tensor(scores, dtype=torch.float32)
+    instances.pred_classes = torch.tensor(classes, dtype=torch.int64)
+    return instances
+
+
+def _ground_truth(tmp_path: Path, image_ids: list[int]) -> Path:
+    data = {
+        "images": [{"id": i, "file_name": f"{i}.jpg", "width": 640, "height": 480} for i in image_ids],
+        "annotations": [
+            {"id": 1, "image_id": image_ids[0], "category_id": 5, "bbox": [10, 20, 30, 40], "area": 1200, "iscrowd": 0}
+        ],
+        "categories": [
+            {"id": cid, "name": name} for cid, name in zip(LABEL_MAP.category_ids, LABEL_MAP.names, strict=True)
+        ],
+    }
+    path = tmp_path / "gt.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_exported_category_ids_are_the_original_ones_and_load_in_pycocotools(tmp_path: Path) -> None:
+    outputs = [
+        {"instances": _instances([[10, 20, 40, 60.123456], [1, 2, 3, 4]], [0.9, 0.25], [1, 2])},
+        _instances([[0, 0, 5, 5]], [0.5], [0]),
+        _instances([], [], []),
+    ]
+    results = coco_results(outputs, [7, 8, 9], LABEL_MAP)
+    assert [r["category_id"] for r in results] == [5, 90, 0]
+    assert [r["image_id"] for r in results] == [7, 7, 8]
+    assert results[0]["bbox"] == [10.0, 20.0, 30.0, 40.12]  # XYWH, 2 decimals
+    assert results[0]["score"] == pytest.approx(0.9)
+
+    path = write_results(results, tmp_path / "out" / "results.json")
+    with contextlib.redirect_stdout(io.StringIO()):
+        ground_truth = COCO(str(_ground_truth(tmp_path, [7, 8, 9])))
+        loaded = ground_truth.loadRes(str(path))
+    assert sorted(a["category_id"] for a in loaded.anns.values()) == [0, 5, 90]
+    assert loaded.anns[1]["bbox"] == [10.0, 20.0, 30.0, 40.12]
+
+    # and back: the file evaluates against its ground truth with the original ids mapped to labels
+    records = load_coco(tmp_path / "gt.json", tmp_path).images
+    preds, targets = read_results(path, records, LABEL_MAP)
+    assert [p["labels"].tolist() for p in preds] == [[1, 2], [0], []]
+    assert preds[0]["boxes"][0].tolist() == pytest.approx([10.0, 20.0, 40.0, 60.12])
+    metric = DetectionMetrics(LABEL_MAP.names)
+    metric.update(preds, targets)
+    assert metric.compute().best.tp.tolist() == [0, 1, 0]  # the "five" detection matches its object
+
+
+def test_labels_outside_the_label_map_are_refused() -> None:
+    with pytest.raises(ValueError, match="label 3"):
+        coco_results([_instances([[0, 0, 1, 1]], [0.5], [3])], [1], LABEL_MAP)
+
+
+def _result(image_id: int, score: float, category_id: int = 5) -> dict[str, Any]:
+    return {"image_id": image_id, "category_id": category_id, "bbox": [0.0, 0.0, 1.0, 1.0], "score": score}
+
+
+def test_results_of_several_processes_keep_each_image_once() -> None:
+    # a padding sampler gave images 3 and 4 to both processes
+    rank0 = [_result(4, 0.2), _result(1, 0.5), _result(3, 0.9), _result(1, 0.7)]
+    rank1 = [_result(3, 0.9), _result(2, 0.6), _result(4, 0.2), _result(5, 0.1, 90)]
+    merged = merge_ranks([rank0, rank1])
+    assert [(r["image_id"], r["score"]) for r in merged] == [(1, 0.7), (1, 0.5), (2, 0.6), (3, 0.9), (4, 0.2), (5, 0.1)]
+    assert merge_ranks([rank1, rank0]) == merged  # the order of the processes does not matter
+    # without a process group, the gather sorts this process's results alone
+    assert [(r["image_id"], r["score"]) for r in gather_results(rank0)] == [(1, 0.7), (1, 0.5), (3, 0.9), (4, 0.2)]
+
+
+def test_write_results_does_not_overwrite(tmp_path: Path) -> None:
+    path = write_results([_result(1, 0.5)], tmp_path / "results.json")
+    with pytest.raises(ConfigError, match="already exists"):
+        write_results([], path)
+    write_results([], path, overwrite=True)
+    assert json.loads(path.read_text()) == []
+
+
+@pytest.mark.parametrize(
+    ("results", "message"),
+    [
+        ([_result(7, 0.5, category_id=6)], r"results\.json: result 0 has category_id 6, which is not a category"),
+        ([_result(7, 0.5), _result(99, 0.5)], r"results\.json: result 1 is for image_id 99, which is not in the"),
+        ({"annotations": []}, r"results\.json holds a JSON dict, not a list of results"),
+        ([{"image_id": 7, "category_id": 5, "bbox": [1, 2, 3], "score": 0.5}], r"result 0 is .* needs .* a bbox"),
+    ],
+)
+def test_bad_results_files_name_the_file_and_the_fix(tmp_path: Path, results: Any, message: str) -> None:
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(results))
+    records = load_coco(_ground_truth(tmp_path, [7, 8]), tmp_path).images
+    with pytest.raises(DataError, match=message) as error:
+        read_results(path, records, LABEL_MAP)
+    assert "; " in str(error.value)  # what is wrong; how to fix it

@@ -1,0 +1,404 @@
+"""Stage [8]: DetectionMetrics equals COCOeval (stats, per-class AP, matching); P/R/F1 and confusion by hand."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import os
+import re
+import socket
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from detlit.coco import LabelMap, load_coco
+from detlit.export import coco_ground_truth_and_results, read_results
+from detlit.metrics import COCO_NAMES, DetectionMetrics, Evaluation
+
+from .conftest import REPO
+
+GT_JSON = "instances_val2014_100.json"
+RESULTS_JSON = "instances_val2014_fakebbox100_results.json"
+
+Pred = dict[str, torch.Tensor]
+
+
+@pytest.fixture(scope="module")
+def coco_eval_dir() -> Path:
+    """The COCO fake-results reference data, from $DETLIT_COCO_EVAL_DIR or ../shared/data/coco-fake100-eval."""
+    path = Path(os.environ.get("DETLIT_COCO_EVAL_DIR", REPO.parent / "shared" / "data" / "coco-fake100-eval"))
+    if not all((path / name).is_file() for name in (GT_JSON, RESULTS_JSON, "SOURCE.txt")):
+        pytest.skip(f"COCO reference data not found at {path} (set DETLIT_COCO_EVAL_DIR to run this test)")
+    return path
+
+
+@pytest.fixture(scope="module")
+def pycocotools_eval(coco_eval_dir: Path) -> COCOeval:
+    """pycocotools' own COCOeval of the fake results, default parameters."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        ground_truth = COCO(str(coco_eval_dir / GT_JSON))
+        evaluator = COCOeval(ground_truth, ground_truth.loadRes(str(coco_eval_dir / RESULTS_JSON)), "bbox")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return evaluator
+
+
+@pytest.fixture(scope="module")
+def fake100(coco_eval_dir: Path) -> tuple[LabelMap, list[Pred], list[Pred]]:
+    """The label map (every ground-truth category, ids up to 90 with gaps) and the metric inputs."""
+    dataset = load_coco(coco_eval_dir / GT_JSON, coco_eval_dir)
+    categories = sorted(dataset.categories, key=lambda c: c.id)
+    label_map = LabelMap(tuple(c.id for c in categories), tuple(c.name for c in categories))
+    preds, targets = read_results(coco_eval_dir / RESULTS_JSON, dataset.images, label_map)
+    return label_map, preds, targets
+
+
+def _evaluate(label_map: LabelMap, preds: list[Pred], targets: list[Pred], **kwargs: Any) -> Evaluation:
+    metric = DetectionMetrics(label_map.names, **kwargs)
+    metric.update(preds, targets)
+    return metric.compute()
+
+
+def _source_stats(source: Path) -> list[float]:
+    """The 12 bbox stats written in SOURCE.txt."""
+    text = source.read_text()
+    block = text[text.index("bbox:") + len("bbox:") : text.index("segm:")]
+    return [float(x) for x in re.findall(r"\d+\.\d+", block)]
+
+
+# --- parity with COCOeval ----------------------------------------------------------------------
+
+
+def test_coco_stats_equal_reference_numbers_and_pycocotools(
+    coco_eval_dir: Path, pycocotools_eval: COCOeval, fake100: tuple[LabelMap, list[Pred], list[Pred]]
+) -> None:
+    label_map, preds, targets = fake100
+    assert label_map.num_classes == 80 and max(label_map.category_ids) == 90
+    evaluation = _evaluate(label_map, preds, targets)
+    ours = [evaluation.coco[name] for name in COCO_NAMES]
+    expected = _source_stats(coco_eval_dir / "SOURCE.txt")
+    assert len(expected) == 12
+    assert ours == pytest.approx(expected, abs=1e-12, rel=0)
+    assert ours == pytest.approx(list(pycocotools_eval.stats), abs=1e-12, rel=0)
+
+
+def test_stats_do_not_depend_on_image_order(fake100: tuple[LabelMap, list[Pred], list[Pred]]) -> None:
+    # The fake results repeat scores across images; COCOeval breaks those ties by image id.
+    label_map, preds, targets = fake100
+    order = np.random.default_rng(0).permutation(len(preds))
+    shuffled = _evaluate(label_map, [preds[i] for i in order], [targets[i] for i in order])
+    assert shuffled.coco == _evaluate(label_map, preds, targets).coco
+
+
+def test_per_class_ap_equals_pycocotools_precision(
+    pycocotools_eval: COCOeval, fake100: tuple[LabelMap, list[Pred], list[Pred]]
+) -> None:
+    evaluation = _evaluate(*fake100)
+    precision, recall = pycocotools_eval.eval["precision"], pycocotools_eval.eval["recall"]
+    label_map = fake100[0]
+    # person, car, dog, toothbrush (a class without objects in these images)
+    for category_id in (1, 3, 18, 90):
+        k = label_map.label(category_id)
+        at50 = precision[0, :, k, 0, -1]  # IoU 0.5, every recall threshold, area all, maxDets 100
+        if (at50 > -1).any():
+            assert evaluation.ap50[k] == pytest.approx(np.mean(at50[at50 > -1]), abs=1e-12)
+            every = precision[:, :, k, 0, -1]
+            assert evaluation.ap[k] == pytest.approx(np.mean(every[every > -1]), abs=1e-12)
+            assert evaluation.ar100[k] == pytest.approx(np.mean(recall[:, k, 0, -1]), abs=1e-12)
+        else:
+            assert math.isnan(evaluation.ap50[k]) and math.isnan(evaluation.ap[k])
+    assert (evaluation.ap50 > 0).sum() > 40
+    assert np.isnan(evaluation.ap).sum() == int((precision[0, 0, :, 0, -1] == -1).sum()) > 0
+
+
+@pytest.mark.parametrize("iou_index", [0, 5, 9])
+def test_matching_equals_cocoeval(
+    iou_index: int, pycocotools_eval: COCOeval, fake100: tuple[LabelMap, list[Pred], list[Pred]]
+) -> None:
+    """TP/FP counts at every score equal those of COCOeval's dtMatches / dtIgnore at that IoU."""
+    params = pycocotools_eval.params
+    iou = float(params.iouThrs[iou_index])
+    evaluation = _evaluate(*fake100, iou_threshold=iou)
+    images, areas = len(params.imgIds), len(params.areaRng)
+    checked = 0
+    for k in range(len(params.catIds)):
+        per_image = pycocotools_eval.evalImgs[k * areas * images : (k * areas + 1) * images]  # area "all"
+        per_image = [e for e in per_image if e is not None]
+        curve = evaluation.curves[k]
+        if not per_image:
+            assert len(curve.thresholds) == 0
+            continue
+        scores = np.concatenate([e["dtScores"] for e in per_image])
+        matched = np.concatenate([e["dtMatches"][iou_index] for e in per_image]) > 0
+        ignored = np.concatenate([e["dtIgnore"][iou_index] for e in per_image]).astype(bool)
+        scores, matched = scores[~ignored], matched[~ignored]
+        thresholds = np.unique(scores)[::-1]
+        np.testing.assert_array_equal(curve.thresholds, thresholds)
+        np.testing.assert_array_equal(curve.tp, [(matched & (scores >= t)).sum() for t in thresholds])
+        np.testing.assert_array_equal(curve.fp, [(~matched & (scores >= t)).sum() for t in thresholds])
+        assert curve.num_objects == sum(int((e["gtIgnore"] == 0).sum()) for e in per_image)
+        checked += 1
+    assert checked > 50
+
+
+def test_confusion_matrix_adds_up(fake100: tuple[LabelMap, list[Pred], list[Pred]]) -> None:
+    evaluation = _evaluate(*fake100, score_threshold=0.3)
+    confusion, fixed = evaluation.confusion, evaluation.fixed
+    k = len(fixed.tp)
+    assert confusion.shape == (k + 1, k + 1)
+    np.testing.assert_array_equal(np.diag(confusion)[:k], fixed.tp)
+    np.testing.assert_array_equal(confusion[:k].sum(axis=1), evaluation.num_objects)
+    np.testing.assert_array_equal(confusion[:, :k].sum(axis=0), fixed.tp + fixed.fp)
+    assert confusion[k, k] == 0
+    assert confusion[:k, :k].sum() > np.trace(confusion)  # some detections confused a class
+
+
+# --- a tiny case by hand -------------------------------------------------------------------------
+
+CAT, DOG, BIRD, FISH = range(4)
+NAMES = ("cat", "dog", "bird", "fish")
+
+
+def _boxes(*rows: list[float]) -> torch.Tensor:
+    return torch.tensor(rows, dtype=torch.float64).reshape(-1, 4)
+
+
+def _ints(*values: int) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.int64)
+
+
+def _floats(*values: float) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float64)
+
+
+def tiny_case() -> tuple[list[Pred], list[Pred]]:
+    """Three images; bird has an object and no detection; fish has neither.
+
+    0: cat object found by a cat at 0.9 (TP); a dog at 0.8 on nothing (FP).
+    1: a dog object nothing finds (missed); a cat at 0.7 inside a cat crowd region (ignored).
+    2: cat object found by a cat at 0.3 (TP below 0.5); a dog at 0.6 on a cat object (FP, and a
+       cat taken for a dog in the confusion matrix); a bird object nothing finds.
+    """
+    preds = [
+        {"boxes": _boxes([0, 0, 10, 10], [50, 50, 60, 60]), "scores": _floats(0.9, 0.8), "labels": _ints(CAT, DOG)},
+        {"boxes": _boxes([25, 25, 35, 35]), "scores": _floats(0.7), "labels": _ints(CAT)},
+        {
+            "boxes": _boxes([0, 0, 10, 10], [100, 100, 110, 110]),
+            "scores": _floats(0.3, 0.6),
+            "labels": _ints(CAT, DOG),
+        },
+    ]
+    targets = [
+        {"boxes": _boxes([0, 0, 10, 10]), "labels": _ints(CAT), "iscrowd": _ints(0)},
+        {"boxes": _boxes([0, 0, 10, 10], [20, 20, 60, 60]), "labels": _ints(DOG, CAT), "iscrowd": _ints(0, 1)},
+        {
+            "boxes": _boxes([0, 0, 10, 10], [100, 100, 110, 110], [200, 200, 210, 210]),
+            "labels": _ints(CAT, CAT, BIRD),
+            "iscrowd": _ints(0, 0, 0),
+        },
+    ]
+    return preds, targets
+
+
+def _tiny_evaluation(**kwargs: Any) -> Evaluation:
+    metric = DetectionMetrics(NAMES, **kwargs)
+    metric.update(*tiny_case())
+    return metric.compute()
+
+
+def test_precision_recall_f1_by_hand() -> None:
+    ev = _tiny_evaluation(score_threshold=0.5)
+    np.testing.assert_array_equal(ev.num_objects, [3, 1, 1, 0])  # the crowd region is no object
+    np.testing.assert_array_equal(ev.num_detections, [3, 2, 0, 0])
+
+    # cat: 0.9 TP, (0.7 on the crowd region: neither), 0.3 TP; F1 is 0.5 at 0.9 and 0.8 at 0.3
+    np.testing.assert_array_equal(ev.curves[CAT].thresholds, [0.9, 0.3])
+    np.testing.assert_array_equal(ev.curves[CAT].tp, [1, 2])
+    np.testing.assert_array_equal(ev.curves[CAT].fp, [0, 0])
+    np.testing.assert_allclose(ev.curves[CAT].f1, [0.5, 0.8])
+    # dog: two false positives and no true positive at any score: no threshold helps
+    np.testing.assert_array_equal(ev.curves[DOG].fp, [1, 2])
+
+    best, fixed = ev.best, ev.fixed
+    np.testing.assert_array_equal(best.thresholds, [0.3, math.inf, math.inf, math.inf])
+    np.testing.assert_array_equal(best.tp, [2, 0, 0, 0])
+    np.testing.assert_array_equal(best.fp, [0, 0, 0, 0])
+    np.testing.assert_array_equal(best.fn, [1, 1, 1, 0])
+    np.testing.assert_allclose(best.precision, [1.0, np.nan, np.nan, np.nan])
+    np.testing.assert_allclose(best.recall, [2 / 3, 0.0, 0.0, np.nan])
+    np.testing.assert_allclose(best.f1, [0.8, 0.0, 0.0, np.nan])
+    assert best.overall() == pytest.approx((1.0, 2 / 5, 4 / 7))
+
+    np.testing.assert_array_equal(fixed.tp, [1, 0, 0, 0])
+    np.testing.assert_array_equal(fixed.fp, [0, 2, 0, 0])
+    np.testing.assert_array_equal(fixed.fn, [2, 1, 1, 0])
+    np.testing.assert_allclose(fixed.precision, [1.0, 0.0, np.nan, np.nan])
+    np.testing.assert_allclose(fixed.recall, [1 / 3, 0.0, 0.0, np.nan])
+    np.testing.assert_allclose(fixed.f1, [0.5, 0.0, 0.0, np.nan])
+    assert fixed.overall() == pytest.approx((1 / 3, 1 / 5, 1 / 4))
+
+    # AP: cat's two true positives give precision 1 up to recall 2/3 (67 of 101 recall points)
+    np.testing.assert_allclose(ev.ap, [67 / 101, 0.0, 0.0, np.nan], rtol=0, atol=1e-15)
+    np.testing.assert_allclose(ev.ap50, [67 / 101, 0.0, 0.0, np.nan], rtol=0, atol=1e-15)
+    np.testing.assert_allclose(ev.ar100, [2 / 3, 0.0, 0.0, np.nan], rtol=0, atol=1e-15)
+
+
+def test_confusion_matrix_by_hand() -> None:
+    confusion = _tiny_evaluation(score_threshold=0.5).confusion
+    background = 4
+    expected = np.zeros((5, 5), np.int64)
+    expected[CAT, CAT] = 1  # the 0.9 cat
+    expected[CAT, DOG] = 1  # the 0.6 dog on a cat
+    expected[CAT, background] = 1  # the cat found only at 0.3, below the threshold
+    expected[DOG, background] = 1  # the missed dog
+    expected[BIRD, background] = 1  # the missed bird
+    expected[background, DOG] = 1  # the 0.8 dog on nothing
+    np.testing.assert_array_equal(confusion, expected)
+    # at threshold 0.2 the 0.3 cat is found
+    low = _tiny_evaluation(score_threshold=0.2).confusion
+    assert low[CAT, CAT] == 2 and low[CAT, background] == 0
+
+
+def test_scalars_names_and_values() -> None:
+    scalars = _tiny_evaluation(score_threshold=0.5).scalars()
+    assert list(scalars)[:12] == list(COCO_NAMES)
+    assert scalars["f1/cat"] == pytest.approx(0.8)
+    assert scalars["threshold/cat"] == pytest.approx(0.3)
+    assert scalars["threshold/dog"] == math.inf
+    assert scalars["f1@thr/cat"] == pytest.approx(0.5)
+    assert scalars["precision@thr"] == pytest.approx(1 / 3)
+    assert scalars["f1"] == pytest.approx(4 / 7)
+    assert scalars["ap/cat"] == pytest.approx(67 / 101)
+    assert math.isnan(scalars["ap/fish"]) and math.isnan(scalars["f1/fish"])
+    assert math.isnan(scalars["map_medium"])  # no medium objects: COCOeval's -1
+    per_class = {"ap", "ap50", "ar100", "precision", "recall", "f1", "threshold"}
+    per_class |= {"precision@thr", "recall@thr", "f1@thr"}
+    assert {f"{p}/{n}" for p in per_class for n in NAMES} <= set(scalars)
+    assert len(scalars) == 12 + 6 + len(per_class) * len(NAMES)
+    assert all(isinstance(v, float) for v in scalars.values())
+
+
+def test_tiny_case_equals_pycocotools() -> None:
+    preds, targets = tiny_case()
+    label_map = LabelMap((1, 2, 3, 4), NAMES)
+    ground_truth, results = coco_ground_truth_and_results(preds, targets, label_map)
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO()
+        coco.dataset = ground_truth
+        coco.createIndex()
+        evaluator = COCOeval(coco, coco.loadRes(results), "bbox")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    expected = [math.nan if s == -1 else s for s in evaluator.stats]
+    ours = [_tiny_evaluation().coco[name] for name in COCO_NAMES]
+    np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-12)
+
+
+def test_pr_curve_for_tensorboard_and_plots(tmp_path: Path) -> None:
+    curve = _tiny_evaluation().curves[CAT]
+    tp, fp = curve.at([0.0, 0.3, 0.31, 0.9, 0.95])
+    np.testing.assert_array_equal(tp, [2, 2, 1, 1, 0])
+    np.testing.assert_array_equal(fp, [0, 0, 0, 0, 0])
+    board = curve.tensorboard(num_thresholds=5)  # thresholds 0, 0.25, 0.5, 0.75, 1
+    assert board["num_thresholds"] == 5
+    np.testing.assert_array_equal(board["true_positive_counts"], [2, 2, 1, 1, 0])
+    np.testing.assert_array_equal(board["false_positive_counts"], [0, 0, 0, 0, 0])
+    np.testing.assert_array_equal(board["false_negative_counts"], [1, 1, 2, 2, 3])
+    np.testing.assert_allclose(board["recall"], [2 / 3, 2 / 3, 1 / 3, 1 / 3, 0.0])
+    np.testing.assert_allclose(board["precision"], [1.0, 1.0, 1.0, 1.0, 0.0])  # none kept at 1: 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from torch.utils.tensorboard import SummaryWriter
+    # TensorBoard itself accepts the arrays
+    writer = SummaryWriter(log_dir=str(tmp_path))
+    writer.add_pr_curve_raw("pr/cat", global_step=0, **board)
+    writer.close()
+
+
+def test_arguments_are_checked() -> None:
+    with pytest.raises(TypeError, match="iou_thresholds"):
+        DetectionMetrics(NAMES, iou_thresholds=[0.5])
+    with pytest.raises(ValueError, match="iou_threshold"):
+        DetectionMetrics(NAMES, iou_threshold=0.0)
+    metric = DetectionMetrics(("a",))
+    preds, targets = tiny_case()
+    metric.update(preds, targets)
+    with pytest.raises(ValueError, match="label 1 is outside 0..0"):
+        metric.compute()
+
+
+# --- synchronisation across processes --------------------------------------------------------------
+
+
+def _ranked_gather(others: list[DetectionMetrics]) -> Any:
+    """A stand-in for torchmetrics' all-gather: this process's tensor, then the other processes'."""
+    packed: Iterator[tuple[torch.Tensor, ...]] = zip(*(m.packed_states() for m in others), strict=True)
+
+    def gather(tensor: torch.Tensor, group: Any = None) -> list[torch.Tensor]:
+        return [tensor, *next(packed)]
+
+    return gather
+
+
+@pytest.mark.parametrize("split", [(2, 1), (3, 0), (0, 3)])
+@pytest.mark.filterwarnings("ignore:The ``compute`` method:UserWarning")  # a process without images
+def test_sync_gathers_uneven_processes(split: tuple[int, int]) -> None:
+    preds, targets = tiny_case()
+    for i, t in enumerate(targets):
+        t["image_id"] = torch.tensor(i)
+    first, second = (DetectionMetrics(NAMES, sync_on_compute=False) for _ in range(2))
+    cut = split[0]
+    if cut:
+        first.update(preds[:cut], targets[:cut])
+    if cut < 3:
+        second.update(preds[cut:], targets[cut:])
+    first.sync(dist_sync_fn=_ranked_gather([second]), distributed_available=lambda: True)
+    synced = first.compute()
+    expected = _tiny_evaluation()
+    assert synced.scalars() == pytest.approx(expected.scalars(), nan_ok=True)
+    np.testing.assert_array_equal(synced.confusion, expected.confusion)
+    assert len(first.detection_box) == len(first.image_ids) == cut  # compute restored this process's states
+
+
+def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    from detlit.export import gather_results
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    preds, targets = tiny_case()
+    for i, t in enumerate(targets):
+        t["image_id"] = torch.tensor(i)
+    mine = [0, 1] if rank == 0 else [2]  # uneven shards, as UnpaddedDistributedSampler deals them
+    metric = DetectionMetrics(NAMES)
+    metric.update([preds[i] for i in mine], [targets[i] for i in mine])
+    scalars = metric.compute().scalars()
+    results = gather_results([{"image_id": i, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 0.5} for i in mine])
+    Path(out, f"rank{rank}.json").write_text(json.dumps({"scalars": scalars, "results": results}))
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_equal_one(tmp_path: Path) -> None:
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    expected = _tiny_evaluation().scalars()
+    for rank in (0, 1):
+        got = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert got["scalars"] == pytest.approx(expected, nan_ok=True)
+        assert [r["image_id"] for r in got["results"]] == [0, 1, 2]

@@ -1,0 +1,255 @@
+"""Faults cost minutes, not the run: resume, kills, corrupt images, full disks, signals."""
+
+from __future__ import annotations
+
+import errno
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.utils.data import get_worker_info
+
+from detlit import checkpointing
+from detlit.checkpointing import AtomicCheckpointIO, CheckpointWriteError
+from detlit.dataset import DetectionDataset
+from detlit.errors import DataError, DetlitError
+from detlit.fit import plain_failures
+from detlit.module import DetectionModule
+
+from .conftest import REPO, quiet_trainer, tiny_cli_args, tiny_datamodule, tiny_module
+from .probes import LogBatches
+
+
+def _batches(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_mid_epoch_resume_continues_with_the_remaining_batches(sample_dir: Path, tmp_path: Path) -> None:
+    def fit(log: Path, ckpt: Path | None = None, **trainer_args: object) -> None:
+        module = tiny_module(optimizer=partial(torch.optim.SGD, lr=0.01))
+        checkpoint = ModelCheckpoint(dirpath=tmp_path / log.stem, every_n_train_steps=2, save_last=True)
+        trainer = quiet_trainer(
+            limit_val_batches=0, enable_checkpointing=True, callbacks=[checkpoint, LogBatches(str(log))], **trainer_args
+        )
+        trainer.fit(module, datamodule=tiny_datamodule(sample_dir, batch_size=2), ckpt_path=ckpt)
+
+    fit(tmp_path / "straight.jsonl", max_epochs=2)
+    straight = _batches(tmp_path / "straight.jsonl")
+    fit(tmp_path / "first.jsonl", max_epochs=2, max_steps=3)  # stops mid-epoch 0
+    fit(tmp_path / "second.jsonl", ckpt=tmp_path / "first" / "last.ckpt", max_epochs=2)
+    first, second = _batches(tmp_path / "first.jsonl"), _batches(tmp_path / "second.jsonl")
+    resumed_from = 2  # the last checkpoint (every 2 steps) before the stop at step 3
+    assert [b["ids"] for b in first[:resumed_from] + second] == [b["ids"] for b in straight]
+    assert [b["step"] for b in second] == [b["step"] for b in straight[resumed_from:]]
+    assert [b["epoch"] for b in second] == [b["epoch"] for b in straight[resumed_from:]]
+
+
+# --- processes that are killed or told to stop ---------------------------------------------
+
+
+def _fit_command(sample_dir: Path, log: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "detlit.fit",
+        f"--config={REPO / 'configs' / 'sample_cpu.yaml'}",
+        *tiny_cli_args(sample_dir),
+        "--data.augment=none",
+        "--trainer.max_epochs=2",
+        "--trainer.limit_val_batches=1",
+        "--trainer.num_sanity_val_steps=0",
+        "--trainer.enable_progress_bar=false",
+        "--last_checkpoint.every_n_train_steps=2",
+        "--trainer.callbacks+=tests.probes.LogBatches",
+        f"--trainer.callbacks.path={log}",
+        *extra,
+    ]
+
+
+def _run_until(command: list[str], cwd: Path, log: Path, step: int, sig: int) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and process.poll() is None:
+        if log.exists() and any(b["step"] >= step for b in _batches(log)):
+            process.send_signal(sig)
+            break
+        time.sleep(0.05)
+    process.wait(timeout=600)
+    return process
+
+
+def _finish(sample_dir: Path, cwd: Path, log: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    command = _fit_command(sample_dir, log, "--ckpt_path=last")
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def straight_run(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    """Batches of an uninterrupted run, for comparison."""
+    cwd = tmp_path_factory.mktemp("straight")
+    log = cwd / "batches.jsonl"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run(
+        _fit_command(sample_dir, log), cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return _batches(log)
+
+
+def _checkpoints_load(cwd: Path) -> list[dict]:
+    files = sorted(cwd.glob("runs/*/version_*/checkpoints/*.ckpt"))
+    assert files
+    return [torch.load(f, map_location="cpu", weights_only=True) for f in files]
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_last(sample_dir: Path, tmp_path: Path, straight_run: list[dict]) -> None:
+    log = tmp_path / "batches.jsonl"
+    kill_at = random.Random(os.getpid()).randint(3, len(straight_run) - 2)
+    killed = _run_until(_fit_command(sample_dir, log), tmp_path, log, kill_at, signal.SIGKILL)
+    assert killed.returncode == -signal.SIGKILL
+    before = _batches(log)
+    assert _checkpoints_load(tmp_path)  # every checkpoint file on disk is complete
+    last = next(tmp_path.glob("runs/*/version_*/checkpoints/last.ckpt"))
+    saved_step = torch.load(last, map_location="cpu", weights_only=True)["global_step"]
+    assert 0 < saved_step <= before[-1]["step"]
+    log.unlink()
+    result = _finish(sample_dir, tmp_path, log)
+    assert result.returncode == 0, result.stderr[-3000:]
+    after = _batches(log)
+    assert after[0]["step"] == saved_step + 1  # the global step continues
+    resumed = [b for b in before if b["step"] <= saved_step] + after
+    assert [(b["epoch"], b["ids"]) for b in resumed] == [(b["epoch"], b["ids"]) for b in straight_run]
+    assert len(list(tmp_path.glob("runs/*/version_*"))) == 1  # the run continued in its own folder
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_resumable_checkpoint(sample_dir: Path, tmp_path: Path, straight_run: list[dict]) -> None:
+    log = tmp_path / "batches.jsonl"
+    stopped = _run_until(_fit_command(sample_dir, log), tmp_path, log, 3, signal.SIGTERM)
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stdout.read()[-3000:] if stopped.stdout else ""
+    before = _batches(log)
+    last = torch.load(next(tmp_path.glob("runs/*/version_*/checkpoints/last.ckpt")), weights_only=True)
+    assert last["global_step"] == before[-1]["step"]  # saved where it stopped, not at an older step
+    log.unlink()
+    result = _finish(sample_dir, tmp_path, log)
+    assert result.returncode == 0, result.stderr[-3000:]
+    resumed = before + _batches(log)
+    assert [(b["epoch"], b["ids"]) for b in resumed] == [(b["epoch"], b["ids"]) for b in straight_run]
+
+
+# --- files that break ----------------------------------------------------------------------
+
+
+def _sample_with_truncated_image(sample_dir: Path, tmp_path: Path) -> tuple[Path, str]:
+    copy = tmp_path / "sample"
+    shutil.copytree(sample_dir, copy)
+    coco = json.loads((copy / "train.json").read_text())
+    broken = coco["images"][2]["file_name"]
+    data = (copy / "train" / broken).read_bytes()
+    (copy / "train" / broken).write_bytes(data[: len(data) // 2])  # the header still reads
+    return copy, broken
+
+
+def test_corrupt_image_in_training_is_skipped_and_counted(
+    sample_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    copy, broken = _sample_with_truncated_image(sample_dir, tmp_path)
+    trainer = quiet_trainer(max_epochs=1, limit_val_batches=0)
+    with caplog.at_level("WARNING"):
+        trainer.fit(tiny_module(), datamodule=tiny_datamodule(copy))
+    assert float(trainer.callback_metrics["train/skipped_images"]) == 1
+    assert f"skipping unreadable image {copy / 'train' / broken}" in caplog.text
+    assert trainer.global_step == trainer.num_training_batches  # nothing else was lost
+
+
+def test_corrupt_image_stops_a_strict_run(sample_dir: Path, tmp_path: Path) -> None:
+    copy, broken = _sample_with_truncated_image(sample_dir, tmp_path)
+    with pytest.raises(DataError, match=rf"image .*{broken} cannot be read"):
+        quiet_trainer(max_epochs=1, limit_val_batches=0).fit(
+            tiny_module(), datamodule=tiny_datamodule(copy, strict_images=True)
+        )
+
+
+def test_corrupt_validation_image_is_left_out_of_the_metrics(sample_dir: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "sample"
+    shutil.copytree(sample_dir, copy)
+    name = json.loads((copy / "val.json").read_text())["images"][0]["file_name"]
+    data = (copy / "val" / name).read_bytes()
+    (copy / "val" / name).write_bytes(data[: len(data) // 2])
+    result = quiet_trainer().validate(tiny_module(), datamodule=tiny_datamodule(copy), verbose=False)[0]
+    assert result["val/skipped_images"] == 1 and math.isfinite(result["val/map"])
+
+
+def test_disk_full_keeps_the_previous_checkpoint(
+    sample_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=1, save_last=True, save_top_k=0)
+    plugins = [AtomicCheckpointIO()]
+    trainer = quiet_trainer(
+        max_steps=1, limit_val_batches=0, enable_checkpointing=True, callbacks=[checkpoint], plugins=plugins
+    )
+    trainer.fit(tiny_module(), datamodule=tiny_datamodule(sample_dir))
+    good = (tmp_path / "last.ckpt").read_bytes()
+
+    real_save = torch.save
+
+    def full_disk(obj: object, handle: object, *args: object, **kwargs: object) -> None:
+        real_save({"partial": torch.zeros(1000)}, handle)  # some bytes reach the file, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpointing.torch, "save", full_disk)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=1, save_last=True, save_top_k=0)
+    trainer = quiet_trainer(
+        max_steps=3, limit_val_batches=0, enable_checkpointing=True, callbacks=[checkpoint], plugins=plugins
+    )
+    with pytest.raises(
+        CheckpointWriteError, match=r"could not write checkpoint .*last.ckpt \(No space left on device\)"
+    ):
+        trainer.fit(tiny_module(), datamodule=tiny_datamodule(sample_dir), ckpt_path=tmp_path / "last.ckpt")
+    monkeypatch.setattr(checkpointing.torch, "save", real_save)
+    assert (tmp_path / "last.ckpt").read_bytes() == good
+    assert torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"] == 1
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_dying_worker_is_explained(sample_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    original = DetectionDataset.__getitem__
+
+    def die_in_worker(self: DetectionDataset, index: int) -> dict:
+        if get_worker_info() is not None:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return original(self, index)
+
+    monkeypatch.setattr(DetectionDataset, "__getitem__", die_in_worker)
+    trainer = quiet_trainer(max_steps=1, limit_val_batches=0)
+    with (
+        pytest.raises(DetlitError, match="a data-loading worker process died .*lower data.num_workers"),
+        plain_failures(),
+    ):
+        trainer.fit(tiny_module(), datamodule=tiny_datamodule(sample_dir, num_workers=1))
+
+
+def test_checkpoints_load_weights_only(sample_dir: Path, tmp_path: Path) -> None:
+    trainer = quiet_trainer(max_steps=1, limit_val_batches=1, max_epochs=1, limit_train_batches=1)
+    module = tiny_module()
+    trainer.fit(module, datamodule=tiny_datamodule(sample_dir, augment="strong"))
+    module.score_thresholds = [0.3, 0.4, 0.5]
+    trainer.save_checkpoint(tmp_path / "a.ckpt")
+    loaded = torch.load(tmp_path / "a.ckpt", weights_only=True)  # no pickled code objects inside
+    assert loaded["detlit_score_thresholds"] == [0.3, 0.4, 0.5]
+    again = DetectionModule.load_from_checkpoint(tmp_path / "a.ckpt", map_location="cpu", weights_only=True)
+    assert again.score_thresholds == [0.3, 0.4, 0.5]
