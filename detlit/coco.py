@@ -115,8 +115,13 @@ class CocoDataset:
     def placeholder_categories(self) -> list[Category]:
         """Unused categories that only name the supercategory of others (Roboflow exports)."""
         used = self.annotation_counts()
-        parents = {c.supercategory for c in self.categories}
-        return [c for c in self.categories if used[c.id] == 0 and c.name in parents]
+        # COCO itself names some categories like their own supercategory ("person"): only a
+        # category that is the supercategory of *other* categories is a placeholder.
+        return [
+            c
+            for c in self.categories
+            if used[c.id] == 0 and any(o.supercategory == c.name and o.id != c.id for o in self.categories)
+        ]
 
     def label_map(self) -> LabelMap:
         """Contiguous labels for every category but placeholders, in ascending id order."""

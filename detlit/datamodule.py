@@ -13,12 +13,12 @@ from detlit.dataset import DetectionDataset, collate
 from detlit.errors import ConfigError, DataError
 from detlit.samplers import (
     BatchDataset,
+    EvaluationBatchSampler,
     TrainingBatchSampler,
-    UnpaddedDistributedSampler,
     orientation_groups,
     repeat_factors,
 )
-from detlit.transforms import Step, describe_augment, eval_transform, train_transform
+from detlit.transforms import Step, describe_augment, eval_transform, resized_shape, train_transform
 from detlit.validate import load_checked
 
 log = logging.getLogger(__name__)
@@ -220,10 +220,12 @@ class CocoDataModule(LightningDataModule):
     def _eval_loader(self, split: str) -> DataLoader:
         num_replicas, rank = self._processes()
         dataset = self.datasets[split]
-        # Lightning's own DistributedSampler would repeat images to even out the processes, and
-        # the repeats would count twice in the metrics.
-        sampler = UnpaddedDistributedSampler(dataset, num_replicas, rank) if num_replicas > 1 else None
-        return DataLoader(dataset, batch_size=self.hparams["batch_size"], sampler=sampler, **self._loader_options())
+        hp = self.hparams
+        shapes = [resized_shape(r.height, r.width, hp["min_size_test"], hp["max_size_test"]) for r in dataset.records]
+        # Each image on exactly one process (Lightning's DistributedSampler would repeat some, and
+        # repeats would count twice in the metrics), batched with images of its own shape only.
+        sampler = EvaluationBatchSampler(shapes, hp["batch_size"], num_replicas, rank)
+        return DataLoader(BatchDataset(dataset), batch_size=None, sampler=sampler, **self._loader_options())
 
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
         return self._eval_loader("val") if "val" in self.datasets else []

@@ -63,7 +63,7 @@ def format_env(info: dict[str, str]) -> str:
     return "\n".join(f"{key:<{width}}  {value}" for key, value in info.items())
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     print(format_env(collect_env()))
 
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from detlit.coco import ImageRecord, LabelMap
+from detlit.dataset import eval_target
 from detlit.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -58,8 +59,8 @@ def coco_results(
     """COCO result dicts of detectron2 predictions, one list for all images.
 
     Args:
-        predictions: per image, ``Instances`` or the model's ``{"instances": Instances}``, boxes in
-            original image pixels.
+        predictions: per image, ``Instances``, the model's ``{"instances": Instances}``, or a
+            metric-style ``{"boxes", "scores", "labels"}`` dict; boxes XYXY in original image pixels.
         image_ids: the COCO image id of each prediction.
         label_map: contiguous label -> original category id.
         decimals: decimals kept of box coordinates (None: unrounded).
@@ -72,12 +73,16 @@ def coco_results(
         raise ValueError(f"{len(predictions)} predictions but {len(image_ids)} image ids")
     results: list[Result] = []
     for prediction, image_id in zip(predictions, image_ids, strict=True):
-        instances = prediction["instances"] if isinstance(prediction, dict) else prediction
-        boxes = _xywh(instances.pred_boxes.tensor.detach().cpu().to(torch.float64).numpy())
+        if isinstance(prediction, dict) and "boxes" in prediction:
+            xyxy, scores_t, labels_t = prediction["boxes"], prediction["scores"], prediction["labels"]
+        else:
+            instances = prediction["instances"] if isinstance(prediction, dict) else prediction
+            xyxy, scores_t, labels_t = instances.pred_boxes.tensor, instances.scores, instances.pred_classes
+        boxes = _xywh(torch.as_tensor(xyxy).detach().cpu().to(torch.float64).numpy().reshape(-1, 4))
         if decimals is not None:
             boxes = boxes.round(decimals)
-        scores = instances.scores.detach().cpu().to(torch.float64).numpy()
-        categories = _category_ids(instances.pred_classes.detach().cpu().numpy().astype(np.int64), label_map)
+        scores = torch.as_tensor(scores_t).detach().cpu().to(torch.float64).numpy()
+        categories = _category_ids(torch.as_tensor(labels_t).detach().cpu().numpy().astype(np.int64), label_map)
         results += [
             {"image_id": int(image_id), "category_id": category, "bbox": box, "score": score}
             for category, box, score in zip(categories.tolist(), boxes.tolist(), scores.tolist(), strict=True)
@@ -176,25 +181,6 @@ def _check_result(path: Path, index: int, item: Any) -> None:
         )
 
 
-def target(record: ImageRecord, label_map: LabelMap) -> dict[str, torch.Tensor]:
-    """An image's ground truth as DetectionMetrics takes it, in float64 (the json's own precision),
-    with its ``image_id``."""
-    annotations = record.annotations
-    unknown = [a.category_id for a in annotations if a.category_id not in label_map.category_ids]
-    if unknown:
-        raise DataError(
-            f"image {record.id} has an object of category {unknown[0]}, which the label map does not know; "
-            "build the label map from this ground truth's categories"
-        )
-    return {
-        "boxes": torch.tensor([a.xyxy for a in annotations], dtype=torch.float64).reshape(-1, 4),
-        "labels": torch.tensor([label_map.label(a.category_id) for a in annotations], dtype=torch.int64),
-        "iscrowd": torch.tensor([int(a.iscrowd) for a in annotations], dtype=torch.int64),
-        "area": torch.tensor([a.effective_area for a in annotations], dtype=torch.float64),
-        "image_id": torch.tensor(record.id, dtype=torch.int64),
-    }
-
-
 def read_results(
     path: str | Path, records: Sequence[ImageRecord], label_map: LabelMap
 ) -> tuple[list[dict[str, torch.Tensor]], list[dict[str, torch.Tensor]]]:
@@ -247,7 +233,7 @@ def read_results(
                 "labels": torch.tensor([label_of[r["category_id"]] for r in chosen], dtype=torch.int64),
             }
         )
-    return preds, [target(record, label_map) for record in records]
+    return preds, [eval_target(record, label_map) for record in records]
 
 
 def coco_ground_truth_and_results(

@@ -289,6 +289,80 @@ class Evaluation:
                 out[f"{prefix}/{name}"] = float(value)
         return out
 
+    def score_thresholds(self, fallback: float | None = None) -> list[float]:
+        """Each class's F1-optimal score threshold; ``fallback`` (default: the fixed threshold)
+        where none exists (a class never detected correctly: infinite, or without objects: NaN)."""
+        default = self.score_threshold if fallback is None else fallback
+        return [float(t) if math.isfinite(t) else default for t in self.best.thresholds.tolist()]
+
+    def per_class(self) -> list[dict[str, Any]]:
+        """One row per class: objects, detections, AP, AP50, AR100, and P / R / F1 at the class's
+        F1-optimal threshold and at the fixed one."""
+        rows = []
+        for label, name in enumerate(self.class_names):
+            rows.append(
+                {
+                    "class": name,
+                    "objects": int(self.num_objects[label]),
+                    "detections": int(self.num_detections[label]),
+                    "ap": float(self.ap[label]),
+                    "ap50": float(self.ap50[label]),
+                    "ar100": float(self.ar100[label]),
+                    "precision": float(self.best.precision[label]),
+                    "recall": float(self.best.recall[label]),
+                    "f1": float(self.best.f1[label]),
+                    "threshold": float(self.best.thresholds[label]),
+                    "precision@thr": float(self.fixed.precision[label]),
+                    "recall@thr": float(self.fixed.recall[label]),
+                    "f1@thr": float(self.fixed.f1[label]),
+                }
+            )
+        return rows
+
+    def as_json(self) -> dict[str, Any]:
+        """Everything, JSON-ready (NaN and infinity written as null)."""
+
+        def clean(value: Any) -> Any:
+            if isinstance(value, float):
+                return value if math.isfinite(value) else None
+            if isinstance(value, dict):
+                return {k: clean(v) for k, v in value.items()}
+            if isinstance(value, list):
+                return [clean(v) for v in value]
+            return value
+
+        return clean(
+            {
+                "iou_threshold": self.iou_threshold,
+                "score_threshold": self.score_threshold,
+                "coco": dict(self.coco),
+                "overall": {k: v for k, v in self.scalars().items() if "/" not in k},
+                "per_class": self.per_class(),
+                "confusion_matrix": {
+                    "rows": [*self.class_names, "background"],
+                    "columns": [*self.class_names, "background"],
+                    "counts": self.confusion.astype(int).tolist(),
+                },
+            }
+        )
+
+    def table(self, title: str = "per class") -> Any:
+        """The per-class numbers as a rich Table (for the console and the run log)."""
+        from rich.table import Table
+
+        table = Table(title=title)
+        columns = ("class", "objects", "AP", "AP50", "AR100", "P", "R", "F1", "thr", f"F1@{self.score_threshold:g}")
+        for column in columns:
+            table.add_column(column, justify="left" if column == "class" else "right")
+        for row in self.per_class():
+            values = [row[k] for k in ("ap", "ap50", "ar100", "precision", "recall", "f1", "threshold", "f1@thr")]
+            table.add_row(row["class"], str(row["objects"]), *(_cell(v) for v in values))
+        return table
+
+
+def _cell(value: float) -> str:
+    return "-" if not math.isfinite(value) else f"{value:.3f}"
+
 
 def unique_names(names: Sequence[str]) -> list[str]:
     """Class names as metric keys: a name used twice gets its label appended (``name_<label>``)."""

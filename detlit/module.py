@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import random
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ import numpy as np
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import OptimizerCallable
+from rich.console import Console
 from torch import nn
 
 from detlit.coco import LabelMap
@@ -19,7 +21,7 @@ from detlit.compat import EventStorage, GeneralizedRCNN, build_model
 from detlit.d2_config import DEFAULT_CONFIG, build_d2_config, ignores_crowd
 from detlit.errors import DetlitError
 from detlit.heads import split_crowd
-from detlit.metrics import as_prediction, coco_map, coco_scalars
+from detlit.metrics import DetectionMetrics, Evaluation, as_prediction
 from detlit.schedule import Schedule, build_scheduler
 from detlit.weights import load_pretrained
 
@@ -63,6 +65,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
+
+
+def render_table(table: Any, width: int = 120) -> str:
+    """A rich table as plain text, for the log."""
+    console = Console(width=width, record=True, file=io.StringIO(), color_system=None)
+    console.print(table)
+    return console.export_text().rstrip()
 
 
 class DetectionModule(LightningModule):
@@ -144,9 +153,10 @@ class DetectionModule(LightningModule):
         )
         self.model: GeneralizedRCNN = build_model(self.cfg)
         self.ignores_crowd = ignores_crowd(self.cfg)
-        self.val_map = coco_map()
+        self.val_metrics = DetectionMetrics(self.label_map.names)
         # Per-class score thresholds that maximise F1 on the last validation; inference defaults to them.
         self.score_thresholds: list[float] | None = None
+        self.last_evaluation: Evaluation | None = None
         self._pretrained_loaded = False
 
     def setup(self, stage: str) -> None:
@@ -238,14 +248,33 @@ class DetectionModule(LightningModule):
         size = len(batch)
         self.log_dict({f"val/{name}": value for name, value in losses.items()}, batch_size=size, sync_dist=True)
         self.log("val/loss", torch.stack(list(losses.values())).sum(), batch_size=size, sync_dist=True)
-        self.val_map.update([as_prediction(p["instances"]) for p in predictions], [x["target"] for x in batch])
+        self.val_metrics.update([as_prediction(p["instances"]) for p in predictions], [x["target"] for x in batch])
 
     def on_validation_epoch_end(self) -> None:
-        scalars = coco_scalars(self.val_map.compute())
-        self.val_map.reset()
+        # compute() gathers every process's images first: the numbers are the whole set's.
+        evaluation: Evaluation = self.val_metrics.compute()
+        self.val_metrics.reset()
+        scalars = evaluation.scalars()
+        overall = {k: v for k, v in scalars.items() if "/" not in k}
+        per_class = {k: v for k, v in scalars.items() if k.split("/")[0] in ("ap", "ap50", "f1", "threshold")}
         shown = {"map", "map50"}
-        self.log_dict({f"val/{k}": v for k, v in scalars.items() if k not in shown})
-        self.log_dict({f"val/{k}": v for k, v in scalars.items() if k in shown}, prog_bar=True)
+        self.log_dict({f"val/{k}": v for k, v in overall.items() if k not in shown})
+        self.log_dict({f"val/{k}": v for k, v in overall.items() if k in shown}, prog_bar=True)
+        self.log_dict({f"val/{k}": v for k, v in per_class.items()})
+        self.score_thresholds = evaluation.score_thresholds()
+        self.last_evaluation = evaluation
+        if not self.trainer.sanity_checking:
+            self._log_curves(evaluation)
+
+    def _log_curves(self, evaluation: Evaluation) -> None:
+        """Per-class precision-recall curves to TensorBoard and the per-class table to the log."""
+        if not self.trainer.is_global_zero:
+            return
+        experiment = getattr(self.logger, "experiment", None)
+        if experiment is not None and hasattr(experiment, "add_pr_curve_raw"):
+            for name, curve in zip(evaluation.class_names, evaluation.curves, strict=True):
+                experiment.add_pr_curve_raw(f"val_pr/{name}", global_step=self.global_step, **curve.tensorboard())
+        log.info("validation after epoch %d:\n%s", self.current_epoch, render_table(evaluation.table()))
 
     # --- checkpoints -----------------------------------------------------------------------
 

@@ -11,8 +11,8 @@ Training (:class:`TrainingBatchSampler`), every epoch:
    same number of batches (the same number of steps, which DDP needs). Batches are dealt, not
    images: equal shares of images can still split into different numbers of orientation batches.
 
-Validation and test (:class:`UnpaddedDistributedSampler`): every image on exactly one process,
-nothing repeated, so metrics count each image once.
+Validation and test (:class:`EvaluationBatchSampler`): every image on exactly one process,
+nothing repeated, so metrics count each image once; batches of equal input shape only.
 
 Both samplers subclass ``DistributedSampler``: Lightning only leaves a loader's sampler alone in a
 multi-process run when it is one (``_requires_distributed_sampler`` in
@@ -179,28 +179,37 @@ class TrainingBatchSampler(DistributedSampler[list[int]]):
         return len(self._batches())
 
 
-class UnpaddedDistributedSampler(DistributedSampler[int]):
-    """Every ``num_replicas``-th index from ``rank``, in order: each image on exactly one process.
+class EvaluationBatchSampler(DistributedSampler[list[int]]):
+    """Evaluation batches of one process: its unpadded shard, batched by equal input shape.
 
-    Unlike ``DistributedSampler`` nothing is repeated to even out the processes, so evaluation
-    counts every image once; processes may get one image more or less than others.
+    detectron2 pads a batch to its largest image, and GroupNorm statistics (and border features)
+    then depend on which images share a batch. Batching only images that the resize gives the
+    same shape makes every image's prediction independent of its neighbours: the numbers equal
+    those of ``python -m detlit.evaluate`` and of the Predictor, whatever the batch size.
 
     Args:
-        dataset: the dataset to split (only its length is used).
+        shapes: the resized (height, width) of each image.
+        batch_size: images per batch at most.
         num_replicas: number of processes.
         rank: this process, ``0..num_replicas-1``.
     """
 
-    def __init__(self, dataset: Sized, num_replicas: int = 1, rank: int = 0):
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)  # type: ignore[arg-type]
-        self.num_samples = len(range(rank, len(dataset), num_replicas))
-        self.total_size = len(dataset)
+    def __init__(self, shapes: Sequence[tuple[int, int]], batch_size: int, num_replicas: int = 1, rank: int = 0):
+        super().__init__(shapes, num_replicas=num_replicas, rank=rank, shuffle=False)  # type: ignore[arg-type]
+        groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+        for index in range(rank, len(shapes), num_replicas):
+            groups[tuple(shapes[index])].append(index)  # type: ignore[index]
+        self.batches = [
+            indices[start : start + batch_size]
+            for indices in groups.values()
+            for start in range(0, len(indices), batch_size)
+        ]
 
-    def __iter__(self) -> Iterator[int]:
-        return iter(range(self.rank, self.total_size, self.num_replicas))
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches)
 
     def __len__(self) -> int:
-        return self.num_samples
+        return len(self.batches)
 
 
 class BatchDataset(Dataset[list[T]], Generic[T]):

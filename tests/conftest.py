@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,23 @@ def rbc_dir() -> Path:
     if not (path / "train" / "_annotations.coco.json").is_file():
         pytest.skip(f"real rbc dataset not found at {path} (set DETLIT_RBC_DIR to run this test)")
     return path
+
+
+@pytest.fixture(scope="session")
+def coco_eval_dir() -> Path:
+    """The COCO fake-results reference data, from $DETLIT_COCO_EVAL_DIR or ../shared/data/coco-fake100-eval."""
+    path = Path(os.environ.get("DETLIT_COCO_EVAL_DIR", REPO.parent / "shared" / "data" / "coco-fake100-eval"))
+    names = ("instances_val2014_100.json", "instances_val2014_fakebbox100_results.json", "SOURCE.txt")
+    if not all((path / name).is_file() for name in names):
+        pytest.skip(f"COCO reference data not found at {path} (set DETLIT_COCO_EVAL_DIR to run this test)")
+    return path
+
+
+def source_stats(source: Path) -> list[float]:
+    """The 12 bbox stats written in the reference data's SOURCE.txt."""
+    text = source.read_text()
+    block = text[text.index("bbox:") + len("bbox:") : text.index("segm:")]
+    return [float(x) for x in re.findall(r"\d+\.\d+", block)]
 
 
 def tiny_cli_args(sample: Path) -> list[str]:

@@ -6,8 +6,6 @@ import contextlib
 import io
 import json
 import math
-import os
-import re
 import socket
 import warnings
 from collections.abc import Iterator
@@ -24,21 +22,12 @@ from detlit.coco import LabelMap, load_coco
 from detlit.export import coco_ground_truth_and_results, read_results
 from detlit.metrics import COCO_NAMES, DetectionMetrics, Evaluation
 
-from .conftest import REPO
+from .conftest import source_stats
 
 GT_JSON = "instances_val2014_100.json"
 RESULTS_JSON = "instances_val2014_fakebbox100_results.json"
 
 Pred = dict[str, torch.Tensor]
-
-
-@pytest.fixture(scope="module")
-def coco_eval_dir() -> Path:
-    """The COCO fake-results reference data, from $DETLIT_COCO_EVAL_DIR or ../shared/data/coco-fake100-eval."""
-    path = Path(os.environ.get("DETLIT_COCO_EVAL_DIR", REPO.parent / "shared" / "data" / "coco-fake100-eval"))
-    if not all((path / name).is_file() for name in (GT_JSON, RESULTS_JSON, "SOURCE.txt")):
-        pytest.skip(f"COCO reference data not found at {path} (set DETLIT_COCO_EVAL_DIR to run this test)")
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -69,13 +58,6 @@ def _evaluate(label_map: LabelMap, preds: list[Pred], targets: list[Pred], **kwa
     return metric.compute()
 
 
-def _source_stats(source: Path) -> list[float]:
-    """The 12 bbox stats written in SOURCE.txt."""
-    text = source.read_text()
-    block = text[text.index("bbox:") + len("bbox:") : text.index("segm:")]
-    return [float(x) for x in re.findall(r"\d+\.\d+", block)]
-
-
 # --- parity with COCOeval ----------------------------------------------------------------------
 
 
@@ -86,7 +68,7 @@ def test_coco_stats_equal_reference_numbers_and_pycocotools(
     assert label_map.num_classes == 80 and max(label_map.category_ids) == 90
     evaluation = _evaluate(label_map, preds, targets)
     ours = [evaluation.coco[name] for name in COCO_NAMES]
-    expected = _source_stats(coco_eval_dir / "SOURCE.txt")
+    expected = source_stats(coco_eval_dir / "SOURCE.txt")
     assert len(expected) == 12
     assert ours == pytest.approx(expected, abs=1e-12, rel=0)
     assert ours == pytest.approx(list(pycocotools_eval.stats), abs=1e-12, rel=0)

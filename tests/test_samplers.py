@@ -17,8 +17,8 @@ from detlit.coco import Annotation, ImageRecord
 from detlit.datamodule import CocoDataModule
 from detlit.samplers import (
     BatchDataset,
+    EvaluationBatchSampler,
     TrainingBatchSampler,
-    UnpaddedDistributedSampler,
     orientation_groups,
     repeat_factors,
 )
@@ -156,13 +156,16 @@ def test_training_shards_with_repeats_and_more_ranks_than_batches() -> None:
     assert shards[2:] == shards[:2]  # padding repeats them
 
 
-def test_evaluation_shards_cover_every_image_exactly_once() -> None:
-    for world in (2, 3):
-        shards = [list(UnpaddedDistributedSampler(range(7), num_replicas=world, rank=r)) for r in range(world)]
-        assert sorted(i for shard in shards for i in shard) == list(range(7))
-        assert [len(s) for s in shards] == [len(UnpaddedDistributedSampler(range(7), world, r)) for r in range(world)]
-    assert [list(UnpaddedDistributedSampler(range(7), 2, r)) for r in (0, 1)] == [[0, 2, 4, 6], [1, 3, 5]]
-    assert list(UnpaddedDistributedSampler(range(7))) == list(range(7))
+def test_evaluation_shards_cover_every_image_exactly_once_in_batches_of_one_shape() -> None:
+    shapes = [(10, 20), (20, 10), (10, 20), (10, 20), (20, 10), (10, 20), (15, 15)]
+    for world in (1, 2, 3):
+        shards = [list(EvaluationBatchSampler(shapes, 2, num_replicas=world, rank=r)) for r in range(world)]
+        flat = [i for shard in shards for batch in shard for i in batch]
+        assert sorted(flat) == list(range(7))  # every image once, no padding
+        for shard in shards:
+            for batch in shard:
+                assert 1 <= len(batch) <= 2 and len({shapes[i] for i in batch}) == 1
+    assert list(EvaluationBatchSampler(shapes, 3)) == [[0, 2, 3], [5], [1, 4], [6]]
 
 
 def test_batch_dataset_fetches_a_batch_per_index_list() -> None:
@@ -208,7 +211,7 @@ def test_single_process_training_loader_serves_every_image_once_in_batches(sampl
         seen += [item["image_id"] for item in batch]
     assert sorted(seen) == sorted(r.id for r in records)
     assert len(loader) == len(loader.sampler)
-    assert isinstance(dm.val_dataloader().sampler, SequentialSampler)
+    assert isinstance(dm.val_dataloader().sampler, EvaluationBatchSampler)
 
 
 def test_datamodule_settings_reach_the_samplers(sample_dir: Path) -> None:

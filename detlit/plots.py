@@ -1,0 +1,84 @@
+"""Stage [9]: metric pictures (matplotlib, no display): confusion matrix, PR and F1 curves."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display is needed or wanted
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from detlit.metrics import Evaluation
+
+
+def confusion_matrix(evaluation: Evaluation, path: Path) -> Path:
+    """Counts at IoU and score threshold; rows true class (+ background), columns predicted (+ missed)."""
+    names = list(evaluation.class_names)
+    counts = evaluation.confusion.astype(int)
+    size = max(4.0, 0.6 * len(names) + 2.5)
+    figure, axes = plt.subplots(figsize=(size + 1, size))
+    image = axes.imshow(np.log1p(counts), cmap="Blues")
+    labels = [*names, "background"]
+    axes.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    axes.set_yticks(range(len(labels)), labels)
+    axes.set_xlabel("predicted (background: missed objects)")
+    axes.set_ylabel("true (background: false detections)")
+    axes.set_title(f"confusion at IoU {evaluation.iou_threshold:g}, score >= {evaluation.score_threshold:g}")
+    limit = counts.max() if counts.size else 0
+    for (row, column), value in np.ndenumerate(counts):
+        color = "white" if value > limit / 2 and limit else "black"
+        axes.text(column, row, str(value), ha="center", va="center", color=color, fontsize=8)
+    figure.colorbar(image, ax=axes, label="log(1 + count)")
+    return _save(figure, path)
+
+
+def pr_curves(evaluation: Evaluation, path: Path) -> Path:
+    """Precision against recall per class (raw counts at every score threshold)."""
+    figure, axes = plt.subplots(figsize=(6, 5))
+    for label, (name, curve) in enumerate(zip(evaluation.class_names, evaluation.curves, strict=True)):
+        if curve.num_objects == 0 or len(curve.thresholds) == 0:
+            continue
+        ap50 = evaluation.ap50[label]
+        axes.plot(curve.recall, curve.precision, label=f"{name} (AP50 {ap50:.3f})")
+    axes.set_xlim(0, 1)
+    axes.set_ylim(0, 1.02)
+    axes.set_xlabel("recall")
+    axes.set_ylabel("precision")
+    axes.set_title(f"precision-recall at IoU {evaluation.iou_threshold:g}")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8, loc="lower left")
+    return _save(figure, path)
+
+
+def f1_curves(evaluation: Evaluation, path: Path) -> Path:
+    """F1 against the score threshold per class, the F1-optimal threshold marked."""
+    figure, axes = plt.subplots(figsize=(6, 5))
+    for label, (name, curve) in enumerate(zip(evaluation.class_names, evaluation.curves, strict=True)):
+        if curve.num_objects == 0 or len(curve.thresholds) == 0:
+            continue
+        (line,) = axes.plot(curve.thresholds, curve.f1, label=name)
+        best = evaluation.best.thresholds[label]
+        if np.isfinite(best):
+            axes.axvline(best, color=line.get_color(), linestyle=":", alpha=0.7)
+    axes.set_xlim(0, 1)
+    axes.set_ylim(0, 1.02)
+    axes.set_xlabel("score threshold")
+    axes.set_ylabel("F1")
+    axes.set_title("F1 vs score threshold (dotted: each class's best)")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8, loc="lower left")
+    return _save(figure, path)
+
+
+def _save(figure: plt.Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # many classes: a crowded but complete figure
+        figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path

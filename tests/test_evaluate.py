@@ -1,0 +1,115 @@
+"""``python -m detlit.evaluate``: official numbers from a results file, everything from a model."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from pycocotools.coco import COCO
+
+from detlit.evaluate import main as evaluate
+from detlit.module import DetectionModule
+
+from .conftest import quiet_trainer, source_stats, tiny_datamodule, tiny_module
+
+COCO_ORDER = ["map", "map50", "map75", "map_small", "map_medium", "map_large"]
+COCO_ORDER += ["mar1", "mar10", "mar100", "mar_small", "mar_medium", "mar_large"]
+
+
+def _run(argv: list[str]) -> int:
+    with pytest.raises(SystemExit) as info:
+        evaluate(argv)
+    return int(info.value.code or 0)
+
+
+def test_results_file_reproduces_the_official_numbers(coco_eval_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "eval"
+    code = _run(
+        [
+            "--results",
+            str(coco_eval_dir / "instances_val2014_fakebbox100_results.json"),
+            "--json",
+            str(coco_eval_dir / "instances_val2014_100.json"),
+            "--images",
+            str(coco_eval_dir),
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    ours = [metrics["coco"][key] for key in COCO_ORDER]
+    assert ours == pytest.approx(source_stats(coco_eval_dir / "SOURCE.txt"), abs=1e-12, rel=0)
+    assert len(metrics["per_class"]) == 80
+    assert {p.name for p in out.iterdir()} >= {"metrics.json", "per_class.csv", "confusion_matrix.png", "pr_curves.png"}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("ckpt")
+    trainer = quiet_trainer(max_epochs=1, limit_train_batches=2)
+    trainer.fit(tiny_module(), datamodule=tiny_datamodule(sample_dir))
+    path = folder / "tiny.ckpt"
+    trainer.save_checkpoint(path)
+    return path
+
+
+def test_model_evaluation_writes_everything_and_equals_validation(
+    sample_dir: Path, checkpoint: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "eval"
+    args = ["--ckpt", str(checkpoint), "--json", str(sample_dir / "val.json"), "--images", str(sample_dir / "val")]
+    assert _run([*args, "--out", str(out), "--batch-size", "3"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    # the same numbers as validation inside training: predictions do not depend on the batch
+    module = DetectionModule.load_from_checkpoint(checkpoint, map_location="cpu")
+    validated = quiet_trainer().validate(module, datamodule=tiny_datamodule(sample_dir, batch_size=2), verbose=False)[0]
+    for key in ("map", "map50", "mar100"):
+        assert metrics["coco"][key] == pytest.approx(validated[f"val/{key}"], abs=1e-6), key
+    results = json.loads((out / "coco_results.json").read_text())
+    assert results and {r["category_id"] for r in results} <= {1, 3, 7}
+    with contextlib.redirect_stdout(io.StringIO()):
+        ground_truth = COCO(str(sample_dir / "val.json"))
+        loaded = ground_truth.loadRes(str(out / "coco_results.json"))
+    assert len(loaded.getAnnIds()) == len(results)
+    rows = list(csv.DictReader((out / "per_class.csv").open()))
+    assert [r["class"] for r in rows] == ["circle", "square", "triangle"]
+    assert sum(int(r["objects"]) for r in rows) == sum(
+        1 for a in json.loads((sample_dir / "val.json").read_text())["annotations"] if not a.get("iscrowd")
+    )
+    assert _run([*args, "--out", str(out)]) == 2  # an existing result is never overwritten
+
+
+def test_category_ids_round_trip(sample_dir: Path, tmp_path: Path) -> None:
+    mapping = {1: 0, 3: 5, 7: 90}
+    data = tmp_path / "data"
+    shutil.copytree(sample_dir, data)
+    for name in ("train.json", "val.json"):
+        coco = json.loads((data / name).read_text())
+        for category in coco["categories"]:
+            category["id"] = mapping[category["id"]]
+        for annotation in coco["annotations"]:
+            annotation["category_id"] = mapping[annotation["category_id"]]
+        (data / name).write_text(json.dumps(coco))
+    dm = tiny_datamodule(data)
+    assert dm.category_ids == [0, 5, 90]
+    module = tiny_module(category_ids=dm.category_ids)
+    trainer = quiet_trainer(max_steps=1, limit_val_batches=0)
+    trainer.fit(module, datamodule=dm)
+    trainer.save_checkpoint(tmp_path / "ids.ckpt")
+    out = tmp_path / "eval"
+    args = ["--ckpt", str(tmp_path / "ids.ckpt"), "--json", str(data / "val.json"), "--images", str(data / "val")]
+    assert _run([*args, "--out", str(out)]) == 0
+    exported = {r["category_id"] for r in json.loads((out / "coco_results.json").read_text())}
+    assert exported and exported <= {0, 5, 90}
+
+
+def test_thresholds_found_on_validation_are_in_the_checkpoint(checkpoint: Path) -> None:
+    module = DetectionModule.load_from_checkpoint(checkpoint, map_location="cpu")
+    assert module.score_thresholds is not None and len(module.score_thresholds) == 3
+    assert all(0.0 <= t <= 1.0 for t in module.score_thresholds)
