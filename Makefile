@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.detlit-installed
 SAMPLE := data/sample
 
-.PHONY: install demo sample test test-fast lint format bench clean
+.PHONY: install demo sample test test-fast lint format bench bench-gpu clean
 
 install: $(STAMP)
 
@@ -40,6 +40,15 @@ lint: install
 format: install
 	$(PY) -m ruff format detlit tests tools
 	$(PY) -m ruff check --fix detlit tests tools
+
+# detlit against detectron2 and pycocotools on this machine's CPU (about 10 minutes on 2 cores);
+# rewrites its section of BENCHMARKS.md.
+bench: install
+	$(PY) tools/bench.py
+
+# The same on a CUDA GPU (R50-FPN, 800 pixels, mixed precision; a few minutes).
+bench-gpu: install
+	$(PY) tools/bench.py --gpu
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -190,16 +190,21 @@ class CocoDataModule(LightningDataModule):
             seed=hp["seed"],
         )
         if self.trainer is not None:
-            # Lightning creates the loader's iterator (and workers draw their first batches) before it
-            # calls set_epoch, so a resumed run would replay epoch 0's order: start from the epoch it
-            # will pass to set_epoch (lightning/pytorch/loops/fit_loop.py, `on_advance_start`).
+            # Lightning creates the loader's iterator (and workers draw their first batches) before
+            # it calls set_epoch, and when resuming, before it restores its epoch counter: so the
+            # epoch comes from this module's own saved position when resuming, and from the fit
+            # loop otherwise (lightning/pytorch/loops/fit_loop.py, `on_advance_start`).
             # (`current` is annotated as the base tracker; the fit loop's has `processed`.)
             epoch = self.trainer.fit_loop.epoch_progress.current.processed  # type: ignore[attr-defined]
-            sampler.set_epoch(epoch)
             position = self._resume_position
-            if position and position["epoch"] == epoch and 0 < position["batches_done"] < len(sampler):
-                sampler.skip_next = position["batches_done"]
-                log.info("resuming epoch %d after its first %d batches", epoch, sampler.skip_next)
+            if position:
+                epoch = position["epoch"]
+                if 0 < position["batches_done"] < len(sampler):
+                    sampler.skip_next = position["batches_done"]
+                    log.info("resuming epoch %d after its first %d batches", epoch, sampler.skip_next)
+                elif position["batches_done"] >= len(sampler):
+                    epoch += 1  # saved at the end of an epoch: the next one starts
+            sampler.set_epoch(epoch)
             self._resume_position = None
         # The sampler yields whole batches; as the loader's `sampler` (not `batch_sampler`) Lightning
         # keeps it and calls its set_epoch (see detlit.samplers).

@@ -103,7 +103,10 @@ def load_search(path: Path) -> SearchSpace:
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
-        raise ConfigError(f"search space {path} is not valid YAML ({err}); fix the syntax") from err
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or type(err).__name__
+        raise ConfigError(f"search space {path} is not valid YAML ({problem}{where}); fix the syntax") from err
     if not isinstance(raw, dict) or not isinstance(raw.get("params"), dict) or not raw["params"]:
         raise ConfigError(f"search space {path} needs a non-empty 'params' mapping of dotted config keys")
     unknown = set(raw) - {"params", "monitor", "direction"}

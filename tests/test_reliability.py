@@ -35,7 +35,8 @@ def _batches(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_mid_epoch_resume_continues_with_the_remaining_batches(sample_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop_at", [3, 9])
+def test_mid_epoch_resume_continues_with_the_remaining_batches(sample_dir: Path, tmp_path: Path, stop_at: int) -> None:
     def fit(log: Path, ckpt: Path | None = None, **trainer_args: object) -> None:
         module = tiny_module(optimizer=partial(torch.optim.SGD, lr=0.01))
         checkpoint = ModelCheckpoint(dirpath=tmp_path / log.stem, every_n_train_steps=2, save_last=True)
@@ -46,10 +47,10 @@ def test_mid_epoch_resume_continues_with_the_remaining_batches(sample_dir: Path,
 
     fit(tmp_path / "straight.jsonl", max_epochs=2)
     straight = _batches(tmp_path / "straight.jsonl")
-    fit(tmp_path / "first.jsonl", max_epochs=2, max_steps=3)  # stops mid-epoch 0
+    fit(tmp_path / "first.jsonl", max_epochs=2, max_steps=stop_at)  # stops mid-epoch 0 or 1
     fit(tmp_path / "second.jsonl", ckpt=tmp_path / "first" / "last.ckpt", max_epochs=2)
     first, second = _batches(tmp_path / "first.jsonl"), _batches(tmp_path / "second.jsonl")
-    resumed_from = 2  # the last checkpoint (every 2 steps) before the stop at step 3
+    resumed_from = stop_at - stop_at % 2  # the last checkpoint (every 2 steps) before the stop
     assert [b["ids"] for b in first[:resumed_from] + second] == [b["ids"] for b in straight]
     assert [b["step"] for b in second] == [b["step"] for b in straight[resumed_from:]]
     assert [b["epoch"] for b in second] == [b["epoch"] for b in straight[resumed_from:]]

@@ -61,6 +61,8 @@ import numpy as np
 import torch
 import yaml
 from lightning.pytorch import Callback, Trainer
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 from rich.console import Console
 from rich.table import Table
 from torch.utils.data import DataLoader, Dataset
@@ -98,8 +100,6 @@ MARKERS = {
     "cpu": ("<!-- bench:start -->", "<!-- bench:end -->"),
     "gpu": ("<!-- bench-gpu:start -->", "<!-- bench-gpu:end -->"),
 }
-CPU_BENCHMARKS = ("train_step", "data_loading", "metrics", "predict", "check")
-GPU_BENCHMARKS = ("train_step", "predict")
 RESULT_PREFIX = "BENCH-RESULT "
 NO_CUDA = (
     "torch sees no CUDA GPU on this machine, so the GPU benchmarks cannot run; run `make bench-gpu` on a "
@@ -114,7 +114,6 @@ the `bench` markers is rewritten by `make bench` (and the `bench-gpu` one by `ma
 """
 
 Batch = list[dict[str, Any]]
-log = logging.getLogger("bench")
 
 
 # --- sizes -------------------------------------------------------------------------------------
@@ -145,7 +144,7 @@ class Scale:
 FULL = Scale(
     train_warmup=2,
     train_steps=8,
-    train_turns=3,
+    train_turns=4,
     sample_train=48,
     sample_val=24,
     loader_batch=4,
@@ -179,8 +178,10 @@ QUICK = Scale(
     tiny_model=True,
 )
 # The GPU run: R50-FPN at 800 pixels, about two minutes on an H100.
-GPU_FULL = replace(FULL, train_warmup=5, train_steps=20, sample_train=200, sample_val=32, predict_images=32)
-GPU_DRY = replace(QUICK, sample_val=2, predict_images=2)
+GPU_FULL = replace(
+    FULL, train_warmup=5, train_steps=20, train_turns=3, sample_train=240, sample_val=32, predict_images=32
+)
+GPU_DRY = replace(QUICK, train_steps=1, sample_val=2, predict_images=2)
 
 # Smaller than configs/sample_cpu.yaml's model, for --quick (the unit tests' toy model).
 TINY_OVERRIDES: dict[str, Any] = {
@@ -467,7 +468,8 @@ class ServedBatches(CocoDataModule):
     served: list[Batch]
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.served, batch_size=None, shuffle=False, collate_fn=collate, num_workers=0)
+        # A list is a map-style dataset; batch_size=None hands each of its batches over as it is.
+        return DataLoader(self.served, batch_size=None, shuffle=False, collate_fn=collate, num_workers=0)  # type: ignore[arg-type]
 
 
 def prepared_batches(dm: CocoDataModule, count: int) -> list[Batch]:
@@ -621,17 +623,27 @@ def memory_worker(side: str, folder: Path, scale: Scale) -> dict[str, Any]:
     return {"side": side, "before": before, "peak": peak, "reset": was_reset, "threads": torch.get_num_threads()}
 
 
-def run_memory_worker(side: str, folder: Path, args: argparse.Namespace) -> dict[str, Any]:
-    command = [sys.executable, str(Path(__file__).resolve()), "--worker", f"train_step_{side}"]
-    command += ["--data", str(folder), "--threads", str(args.threads)]
-    if args.quick:
-        command.append("--quick")
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO)
-    lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
-    if done.returncode != 0 or not lines:
-        raise RuntimeError(f"memory worker for {side} failed (exit {done.returncode}): {done.stderr[-2000:]}")
-    result: dict[str, Any] = json.loads(lines[-1][len(RESULT_PREFIX) :])
-    return result
+def run_memory_workers(folder: Path, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """:func:`memory_worker` of each side in a fresh process: one after the other, or both at once
+    with ``--quick`` (peaks do not depend on sharing the cores, only times do)."""
+    results: dict[str, dict[str, Any]] = {}
+    sides = ("detlit", "detectron2")
+    batches = [sides] if args.quick else [(side,) for side in sides]
+    for batch in batches:
+        processes = {}
+        for side in batch:
+            command = [sys.executable, str(Path(__file__).resolve()), "--worker", f"train_step_{side}"]
+            command += ["--data", str(folder), "--threads", str(args.threads)] + (["--quick"] if args.quick else [])
+            processes[side] = subprocess.Popen(
+                command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+        for side, process in processes.items():
+            stdout, stderr = process.communicate(timeout=600)
+            lines = [line for line in stdout.splitlines() if line.startswith(RESULT_PREFIX)]
+            if process.returncode != 0 or not lines:
+                raise RuntimeError(f"the memory worker of {side} failed (exit {process.returncode}): {stderr[-2000:]}")
+            results[side] = json.loads(lines[-1][len(RESULT_PREFIX) :])
+    return results
 
 
 def bench_train_step(ctx: Context) -> Result:
@@ -641,17 +653,17 @@ def bench_train_step(ctx: Context) -> Result:
     setup = TrainSetup.build(spec, folder, scale, "cpu", "32-true")
     times = time_training(setup, scale)
 
-    memory = {side: run_memory_worker(side, folder, ctx.args) for side in ("detlit", "detectron2")}
+    memory = run_memory_workers(folder, ctx.args)
     mib = {side: m["peak"] / 2**20 for side, m in memory.items()}
     growth = {side: (m["peak"] - m["before"]) / 2**20 for side, m in memory.items()}
     rows = [
         time_row("train_step", "s/step", times, "SimpleTrainer"),
         Row(
             "train_step",
-            "peak RSS",
-            f"{mib['detlit']:.0f} MiB (+{growth['detlit']:.0f})",
-            f"{mib['detectron2']:.0f} MiB (+{growth['detectron2']:.0f})",
-            mib["detlit"] / mib["detectron2"],
+            "peak RSS growth",
+            f"+{growth['detlit']:.0f} MiB (peak {mib['detlit']:.0f} MiB)",
+            f"+{growth['detectron2']:.0f} MiB (peak {mib['detectron2']:.0f} MiB)",
+            growth["detlit"] / growth["detectron2"],
             Target("<=", 1.10),
         ),
     ]
@@ -666,12 +678,33 @@ def bench_train_step(ctx: Context) -> Result:
         f"- {scale.train_turns} turns per side in ABBA order, each a fresh fit of {scale.train_warmup} warm-up "
         f"+ {scale.train_steps} timed steps; a step is the time between the ends of two batches",
         f"- mean s/step of each turn: detlit {listed(times['detlit'])}; detectron2 {listed(times['detectron2'])}",
-        f"- peak RSS: each side in a fresh process (`tools/bench.py --worker train_step_<side>`) that builds "
-        f"the same objects, then runs {scale.train_warmup + scale.train_steps} steps; ratio of the peaks, growth "
-        "from the start of training in brackets"
+        f"- peak RSS growth: each side in a fresh process (`tools/bench.py --worker train_step_<side>`) that "
+        f"builds the same objects, then runs {scale.train_warmup + scale.train_steps} steps; the growth is the "
+        "peak RSS (VmHWM) during training minus the RSS when training starts; the whole peak in brackets"
         + ("" if reset else " (the kernel refused to reset the peak count: the peaks include the set-up)"),
     ]
+    if not rows[0].passed or ctx.args.profile:
+        details += training_profile(setup, scale.train_warmup + scale.train_steps)
     return Result("train_step", rows, details)
+
+
+def training_profile(setup: TrainSetup, steps: int, top: int = 10) -> list[str]:
+    """Where detlit's loop spends more time than detectron2's: own time per step, largest differences first.
+
+    Both sides run ``steps`` steps under cProfile (which slows Python code more than torch's
+    kernels, so the differences are upper bounds).
+    """
+    own = {side: own_times(functools.partial(setup.run, side, steps)) for side in ("detlit", "detectron2")}
+    names = set(own["detlit"]) | set(own["detectron2"])
+    difference = {name: (own["detlit"].get(name, 0.0) - own["detectron2"].get(name, 0.0)) / steps for name in names}
+    total = (sum(own["detlit"].values()) - sum(own["detectron2"].values())) / steps
+    lines = [
+        f"- profile (cProfile, one fit of {steps} steps per side, set-up included): detlit's takes "
+        f"{total * 1e3:+.1f} ms/step more; the functions with the largest differences in own time:"
+    ]
+    for name, seconds in sorted(difference.items(), key=lambda item: item[1], reverse=True)[:top]:
+        lines.append(f"    - {name}: {seconds * 1e3:+.2f} ms/step")
+    return lines
 
 
 def time_training(setup: TrainSetup, scale: Scale) -> dict[str, list[float]]:
@@ -716,23 +749,26 @@ def epoch_rate(loader: DataLoader) -> float:
     return images / (time.perf_counter() - start)
 
 
-def profile_items(get: Callable[[int], Any], count: int, top: int = 8) -> list[str]:
-    """The functions that take the most own time over ``count`` items, as markdown lines."""
+def own_times(run: Callable[[], Any]) -> dict[str, float]:
+    """Seconds spent in each function itself (not in what it calls) while ``run()`` runs."""
     profiler = cProfile.Profile()
     profiler.enable()
-    for index in range(count):
-        get(index)
+    run()
     profiler.disable()
-    stream = io.StringIO()
-    stats = pstats.Stats(profiler, stream=stream)
-    lines = []
-    entries = sorted(stats.stats.items(), key=lambda item: item[1][2], reverse=True)  # type: ignore[attr-defined]
-    for (filename, line, name), (_, _, own, cumulative, _) in entries[:top]:
-        where = f"{Path(filename).name}:{line}" if line else filename
-        lines.append(
-            f"    - `{name}` ({where}): {own / count * 1e3:.2f} ms/image own, {cumulative / count * 1e3:.2f} cumulative"
-        )
-    return lines
+    stats = pstats.Stats(profiler, stream=io.StringIO())
+    own: dict[str, float] = {}
+    for (filename, line, name), entry in stats.stats.items():  # type: ignore[attr-defined]
+        # Built-ins come as ("~", 0, "<built-in method ...>"); Python functions with their file.
+        key = f"`{name}` ({Path(filename).parent.name}/{Path(filename).name}:{line})" if line else f"`{name}`"
+        own[key] = own.get(key, 0.0) + entry[2]
+    return own
+
+
+def profile_items(get: Callable[[int], Any], count: int, top: int = 8) -> list[str]:
+    """The functions that take the most own time over ``count`` items, as markdown lines."""
+    own = own_times(lambda: [get(index) for index in range(count)])
+    ranked = sorted(own.items(), key=lambda item: item[1], reverse=True)[:top]
+    return [f"    - {name}: {seconds / count * 1e3:.2f} ms/image" for name, seconds in ranked]
 
 
 def bench_data_loading(ctx: Context) -> Result:
@@ -778,9 +814,8 @@ def bench_data_loading(ctx: Context) -> Result:
             persistent_workers=scale.loader_workers > 0,
         ),
     }
-    for loader in loaders.values():  # warm-up: start the workers, fill the caches
-        for _ in itertools.islice(iter(loader), 3):
-            pass
+    for loader in loaders.values():  # warm-up: start the workers, read every file once
+        epoch_rate(loader)
     rates: dict[str, list[float]] = {side: [] for side in loaders}
     for side in abba(scale.loader_turns, list(loaders)):
         collected()
@@ -804,7 +839,7 @@ def bench_data_loading(ctx: Context) -> Result:
         "- detectron2: `DatasetMapper(is_train=True, augmentations=[ResizeShortestEdge(choice), RandomFlip()], "
         "image_format='BGR')` over `to_detectron2_dicts` of the same records in a plain `DataLoader` "
         "(its `build_detection_train_loader` does not run on numpy 2)",
-        f"- {scale.loader_turns} epochs per side in ABBA order after a 3-batch warm-up; img/s of each epoch: "
+        f"- {scale.loader_turns} epochs per side in ABBA order after a warm-up epoch each; img/s of each epoch: "
         f"detlit {listed(rates['detlit'])}; detectron2 {listed(rates['detectron2'])}",
         f"- one image at a time in the main process ({count} images): detlit {per_image['detlit'] * 1e3:.1f} ms, "
         f"detectron2 {per_image['detectron2'] * 1e3:.1f} ms "
@@ -833,6 +868,7 @@ def bench_metrics(ctx: Context) -> Result:
     scale = ctx.scale
     num_classes, detections = 10, 100
     names = [f"class{k}" for k in range(num_classes)]
+    label_map = LabelMap(tuple(range(num_classes)), tuple(names))
     preds, targets = synthetic_data(
         num_images=scale.metric_images,
         detections_per_image=detections,
@@ -840,43 +876,45 @@ def bench_metrics(ctx: Context) -> Result:
         objects_per_image=10,
         seed=0,
     )
-    ground_truth, results = coco_ground_truth_and_results(
-        preds, targets, LabelMap(tuple(range(num_classes)), tuple(names))
-    )
     objects = sum(len(t["labels"]) for t in targets)
     crowd = sum(int(t["iscrowd"].sum()) for t in targets)
 
-    def detlit_side() -> np.ndarray:
+    def detlit_side(count: int) -> np.ndarray:
         metric = DetectionMetrics(names)
         metric.warn_on_many_detections = False
-        metric.update(preds, targets)
+        metric.update(preds[:count], targets[:count])
         evaluation = metric.compute()
         return np.array([evaluation.coco[name] for name in COCO_NAMES])
 
-    def pycocotools_side() -> np.ndarray:
-        from pycocotools.coco import COCO
-        from pycocotools.cocoeval import COCOeval
-
+    def pycocotools_side(count: int) -> np.ndarray:
+        ground_truth, results = as_json[count]
+        results = [dict(r) for r in results]  # loadRes adds keys to the dicts it is given
         with contextlib.redirect_stdout(io.StringIO()):
             coco = COCO()
             coco.dataset = ground_truth
             coco.createIndex()
-            evaluator = COCOeval(coco, coco.loadRes(copies), "bbox")
+            evaluator = COCOeval(coco, coco.loadRes(results), "bbox")
             evaluator.evaluate()
             evaluator.accumulate()
             evaluator.summarize()
         stats = np.asarray(evaluator.stats[:12], np.float64)
         return np.where(stats == -1, np.nan, stats)
 
-    sides = {"detlit": detlit_side, "pycocotools": pycocotools_side}
+    # The same data as COCO json dicts, made before any timing (pycocotools' input format).
+    warmup = min(100, scale.metric_images)
+    as_json = {
+        count: coco_ground_truth_and_results(preds[:count], targets[:count], label_map)
+        for count in (warmup, scale.metric_images)
+    }
+    sides: dict[str, Callable[[int], np.ndarray]] = {"detlit": detlit_side, "pycocotools": pycocotools_side}
+    for evaluate in sides.values():
+        evaluate(warmup)
     seconds: dict[str, list[float]] = {side: [] for side in sides}
     numbers: dict[str, np.ndarray] = {}
-    copies: list[dict[str, Any]] = []
     for side in abba(scale.metric_turns, list(sides)):
-        copies = [dict(r) for r in results]  # loadRes adds keys to the dicts it is given
         collected()
         start = time.perf_counter()
-        numbers[side] = sides[side]()
+        numbers[side] = sides[side](scale.metric_images)
         seconds[side].append(time.perf_counter() - start)
     ours, theirs = median(seconds["detlit"]), median(seconds["pycocotools"])
     difference = float(np.nanmax(np.abs(numbers["detlit"] - numbers["pycocotools"])))
@@ -896,11 +934,12 @@ def bench_metrics(ctx: Context) -> Result:
         f"- {scale.metric_images} synthetic images (`detlit.metrics.synthetic_data`, seed 0): {detections} "
         f"detections each, {objects / scale.metric_images:.1f} objects per image over {num_classes} classes, "
         f"{crowd} crowd regions",
-        "- detlit: `DetectionMetrics.update` + `compute` (the 12 COCO numbers, per-class AP, precision/recall/F1 "
-        "at the best and a fixed threshold, PR curves, confusion matrix); pycocotools: `COCO` from the same "
-        "data as json dicts, `loadRes`, `COCOeval.evaluate/accumulate/summarize`",
-        f"- {scale.metric_turns} turns per side in ABBA order; seconds: detlit {listed(seconds['detlit'])}; "
-        f"pycocotools {listed(seconds['pycocotools'])}",
+        "- detlit: `DetectionMetrics.update` + `compute` from the tensors (the 12 COCO numbers, per-class AP, "
+        "precision/recall/F1 at the best and a fixed threshold, PR curves, confusion matrix); pycocotools: `COCO` "
+        "from the same data as json dicts (converted beforehand, untimed), `loadRes`, "
+        "`COCOeval.evaluate/accumulate/summarize`",
+        f"- {scale.metric_turns} turns per side in ABBA order after a {warmup}-image warm-up each; seconds: "
+        f"detlit {listed(seconds['detlit'])}; pycocotools {listed(seconds['pycocotools'])}",
         f"- the 12 COCO numbers, largest absolute difference: {difference:.3g}"
         + ("" if same_nan else " (undefined numbers differ)"),
     ]
@@ -1037,6 +1076,8 @@ def bench_check(ctx: Context) -> Result:
     annotations: dict[int, int] = {}
     findings: dict[int, int] = {}
     root = ctx.tmp / "check"
+    warmup, structure = parse_coco(synthetic_coco(min(sizes)), root / "train.json", root)
+    check_dataset(warmup, structure, files=False)
     for turn in range(scale.check_turns):
         for size in sizes if turn % 2 == 0 else reversed(sizes):
             data = synthetic_coco(size)
@@ -1065,7 +1106,7 @@ def bench_check(ctx: Context) -> Result:
         "- `check_dataset(files=False)` on synthetic COCO dicts (seed 0, 640 x 480 images, 0-14 objects each "
         "over 10 categories, 1% crowd, a few boxes crossing the border), parsed with `parse_coco` beforehand; "
         "linear when the time per image at the largest size is within 1.5x of that at the smallest",
-        f"- {scale.check_turns} turns, sizes in alternating order; median per size:",
+        f"- {scale.check_turns} turns after a warm-up, sizes in alternating order; median per size:",
     ]
     for size in sizes:
         details.append(
@@ -1116,7 +1157,7 @@ def bench_gpu_train_step(ctx: Context) -> Result:
         f"detectron2 {baseline}" + (" with torch.cuda.amp autocast and GradScaler" if not dry else ""),
         f"- {len(setup.batches)} batches of the synthetic sample made once by CocoDataModule's loader, served to "
         f"both loops; {scale.train_turns} turns per side in ABBA order of {scale.train_warmup} warm-up + "
-        f"{scale.train_steps} timed steps (CUDA synchronised at each step's end)",
+        f"{scale.train_steps} timed steps" + ("" if dry else " (CUDA synchronised at each step's end)"),
         f"- mean s/step of each turn: detlit {listed(times['detlit'])}; detectron2 {listed(times['detectron2'])}",
     ]
     if not dry:
@@ -1278,7 +1319,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="toy sizes: a smoke test of every benchmark")
     parser.add_argument(
-        "--only", metavar="NAME[,NAME]", help=f"run these benchmarks only ({', '.join(CPU_BENCHMARKS)})"
+        "--only",
+        metavar="NAME[,NAME]",
+        help=f"run these benchmarks only ({', '.join(CPU_RUNNERS)}; with --gpu: {', '.join(GPU_RUNNERS)})",
     )
     parser.add_argument(
         "--out", type=Path, help=f"markdown file to write the section to (full runs: {DEFAULT_OUT.name})"
@@ -1288,12 +1331,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--threads", type=int, help="torch threads on every side (default: the usable cores; 1 with --quick)"
     )
-    parser.add_argument("--profile", action="store_true", help="add the data-loading profile even when on target")
+    parser.add_argument("--profile", action="store_true", help="add the profiles of train_step and data_loading")
     parser.add_argument("--worker", choices=["train_step_detlit", "train_step_detectron2"], help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.dry_run and not args.gpu:
         parser.error("--dry-run goes with --gpu")
+    if args.quick and args.gpu:
+        parser.error("--quick does not go with --gpu; use --gpu --dry-run for toy sizes")
     if args.threads is None:
         # Toy sizes are a smoke test: one thread keeps it quick when other jobs share the cores
         # (OpenMP threads that wait for a busy core slow small operators down many times over).

@@ -1,0 +1,116 @@
+"""``python -m detlit.tune``: a real 3-trial study, and search spaces that are wrong."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from detlit.errors import ConfigError
+from detlit.tune import load_search, with_params
+
+from .conftest import REPO, TINY_OVERRIDES, TINY_SIZES
+
+
+def _tiny_config(sample_dir: Path, path: Path) -> Path:
+    config = yaml.safe_load((REPO / "configs" / "sample_cpu.yaml").read_text())
+    config["trainer"].update(max_epochs=1, limit_train_batches=2, limit_val_batches=2, enable_progress_bar=False)
+    config["model"]["overrides"] = dict(TINY_OVERRIDES)
+    config["data"].update(
+        train_json=str(sample_dir / "train.json"),
+        train_images=str(sample_dir / "train"),
+        val_json=str(sample_dir / "val.json"),
+        val_images=str(sample_dir / "val"),
+        batch_size=2,
+        **TINY_SIZES,
+    )
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.slow
+def test_three_trials(sample_dir: Path, tmp_path: Path) -> None:
+    config = _tiny_config(sample_dir, tmp_path / "tiny.yaml")
+    search = tmp_path / "search.yaml"
+    search.write_text(
+        yaml.safe_dump(
+            {
+                "params": {
+                    "model.optimizer.init_args.lr": {"type": "float", "low": 0.001, "high": 0.02, "log": True},
+                    "data.augment": {"type": "categorical", "choices": ["none", "flip"]},
+                    "model.overrides.MODEL.ANCHOR_GENERATOR.SIZES": {
+                        "type": "categorical",
+                        "choices": [[[32], [64], [128], [256], [512]], [[16], [32], [64], [128], [256]]],
+                    },
+                }
+            }
+        )
+    )
+    storage = f"sqlite:///{tmp_path / 'tune.db'}"
+    command = [sys.executable, "-m", "detlit.tune", "--config", str(config), "--search", str(search)]
+    command += ["--trials", "3", "--storage", storage, "--out", str(tmp_path / "out")]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = optuna.load_study(study_name="detlit", storage=storage)
+    states = [t.state for t in study.trials]
+    assert len(states) == 3
+    assert all(s in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for s in states)
+    for number in range(3):
+        assert list((tmp_path / "out" / f"trial_{number:03d}").glob("events.out.tfevents.*"))
+    best = tmp_path / "out" / "best.yaml"
+    assert best.is_file() and (tmp_path / "out" / "trials.csv").is_file()
+    printed = subprocess.run(
+        [sys.executable, "-m", "detlit.fit", "--config", str(best), "--print_config"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert printed.returncode == 0, printed.stderr[-3000:]
+    assert str(study.best_params["model.optimizer.init_args.lr"])[:6] in printed.stdout
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("params: {}", "needs a non-empty 'params'"),
+        ("params: {model.lr: {low: 1, high: 2}}", "needs a mapping with a 'type'"),
+        ("params: {model.lr: {type: float, low: 2, high: 1}}", "low=2 not below high=1"),
+        ("params: {model.lr: {type: float, low: 0, high: 1, log: true}}", "low must be above 0"),
+        ("params: {model.lr: {type: gaussian}}", "has type 'gaussian'"),
+        ("params: {model.lr: {type: int, low: 1}}", "needs 'high'"),
+        ("params: {lr: {type: float, low: 0.1, high: 1}}", "must start with model., data. or trainer."),
+        ("params: {data.augment: {type: categorical, choices: []}}", "non-empty list of 'choices'"),
+        ("params: [1, 2", "is not valid YAML"),
+        ("params: {model.lr: {type: float, low: 0.1, high: 1}}\nsampler: grid", "unknown key(s) ['sampler']"),
+    ],
+)
+def test_search_space_errors_are_one_sentence(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "search.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(message)) as info:
+        load_search(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_sample_search_space_loads_and_applies() -> None:
+    space = load_search(REPO / "configs" / "search_sample.yaml")
+    assert space.monitor == "val/map" and len(space.params) == 6
+    base = yaml.safe_load((REPO / "configs" / "sample_cpu.yaml").read_text())
+    config = with_params(
+        base,
+        {
+            "model.optimizer.init_args.lr": 0.01,
+            "data.min_size_train": "[224, 256, 288]",
+            "model.overrides.MODEL.ANCHOR_GENERATOR.SIZES": "[[16], [32], [64], [128], [256]]",
+        },
+    )
+    assert config["model"]["optimizer"]["init_args"]["lr"] == 0.01
+    assert config["data"]["min_size_train"] == [224, 256, 288]
+    assert config["model"]["overrides"]["MODEL.ANCHOR_GENERATOR.SIZES"][0] == [16]
+    assert base["model"]["optimizer"]["init_args"]["lr"] == 0.02  # the base config is not modified
