@@ -23,8 +23,14 @@ $(SAMPLE)/train.json: | $(STAMP)
 
 sample: $(SAMPLE)/train.json
 
+# Trains on the sample data, evaluates the last checkpoint on the validation images and writes
+# the run's report; the last lines printed name the checkpoint, the metrics and the report.
 demo: install sample
 	$(PY) -m detlit.fit --config configs/sample_cpu.yaml
+	run=$$(ls -d runs/sample/version_* | sort -t_ -k2 -n | tail -n 1); \
+	$(PY) -m detlit.evaluate --ckpt $$run/checkpoints/last.ckpt --json $(SAMPLE)/val.json \
+		--images $(SAMPLE)/val --out $$run/eval --overwrite && \
+	$(PY) -m detlit.report --run $$run --eval $$run/eval
 
 test: install
 	$(PY) -m pytest
@@ -41,7 +47,7 @@ format: install
 	$(PY) -m ruff format detlit tests tools
 	$(PY) -m ruff check --fix detlit tests tools
 
-# detlit against detectron2 and pycocotools on this machine's CPU (about 10 minutes on 2 cores);
+# detlit against detectron2 and pycocotools on this machine's CPU (at most about 15 minutes);
 # rewrites its section of BENCHMARKS.md.
 bench: install
 	$(PY) tools/bench.py

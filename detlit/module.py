@@ -7,6 +7,7 @@ import logging
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Literal, cast
 
 import numpy as np
@@ -19,10 +20,12 @@ from torch import nn
 from detlit.coco import LabelMap
 from detlit.compat import EventStorage, GeneralizedRCNN, build_model
 from detlit.d2_config import DEFAULT_CONFIG, build_d2_config, ignores_crowd
+from detlit.dataset import read_image
 from detlit.errors import DetlitError
 from detlit.heads import split_crowd
 from detlit.metrics import DetectionMetrics, Evaluation, as_prediction
 from detlit.schedule import Schedule, build_scheduler
+from detlit.visualize import draw_comparison, montage
 from detlit.weights import load_pretrained
 
 log = logging.getLogger(__name__)
@@ -108,6 +111,8 @@ class DetectionModule(LightningModule):
             is scaled linearly to the effective batch (per device x devices x accumulation).
         on_nonfinite_loss: ``stop`` with a message naming the step, losses and images, or ``skip``
             the batch.
+        log_images: validation images drawn with predictions and ground truth into TensorBoard
+            after every validation (the same images each time; 0 turns it off).
     """
 
     def __init__(
@@ -131,6 +136,7 @@ class DetectionModule(LightningModule):
         lr_gamma: float = 0.1,
         scale_lr_to_batch: int | None = None,
         on_nonfinite_loss: Literal["stop", "skip"] = "stop",
+        log_images: int = 4,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer"])
@@ -157,6 +163,7 @@ class DetectionModule(LightningModule):
         # Per-class score thresholds that maximise F1 on the last validation; inference defaults to them.
         self.score_thresholds: list[float] | None = None
         self.last_evaluation: Evaluation | None = None
+        self._drawn: list[tuple[int, np.ndarray]] = []
         self._pretrained_loaded = False
 
     def setup(self, stage: str) -> None:
@@ -249,6 +256,30 @@ class DetectionModule(LightningModule):
         self.log_dict({f"val/{name}": value for name, value in losses.items()}, batch_size=size, sync_dist=True)
         self.log("val/loss", torch.stack(list(losses.values())).sum(), batch_size=size, sync_dist=True)
         self.val_metrics.update([as_prediction(p["instances"]) for p in predictions], [x["target"] for x in batch])
+        self._draw_some(batch, predictions)
+
+    def _draw_some(self, batch: Batch, predictions: list[dict[str, Any]]) -> None:
+        """Keep drawings of the first ``log_images`` validation images (by id) of this process."""
+        wanted = self.hparams["log_images"]
+        if not wanted or self.trainer.sanity_checking or not self.trainer.is_global_zero:
+            return
+        for item, prediction in zip(batch, predictions, strict=True):
+            if len(self._drawn) >= wanted and item["image_id"] >= self._drawn[-1][0]:
+                continue
+            instances = prediction["instances"].to("cpu")
+            keep = instances.scores >= 0.3  # a readable picture: not every low-score guess
+            target = item["target"]
+            drawing = draw_comparison(
+                read_image(Path(item["file_name"])),
+                instances.pred_boxes.tensor[keep].numpy(),
+                instances.pred_classes[keep].numpy(),
+                instances.scores[keep].numpy(),
+                target["boxes"].numpy(),
+                target["labels"].numpy(),
+                self.label_map.names,
+                gt_crowd=target["iscrowd"].numpy().astype(bool),
+            )
+            self._drawn = sorted([*self._drawn, (int(item["image_id"]), drawing)], key=lambda d: d[0])[:wanted]
 
     def on_validation_epoch_end(self) -> None:
         # compute() gathers every process's images first: the numbers are the whole set's.
@@ -265,6 +296,17 @@ class DetectionModule(LightningModule):
         self.last_evaluation = evaluation
         if not self.trainer.sanity_checking:
             self._log_curves(evaluation)
+            self._log_drawings()
+
+    def _log_drawings(self) -> None:
+        """The kept validation drawings as one TensorBoard image (true positives green, false
+        detections red dashed, missed objects orange)."""
+        drawn, self._drawn = self._drawn, []
+        experiment = getattr(self.logger, "experiment", None)
+        if not drawn or experiment is None or not hasattr(experiment, "add_image"):
+            return
+        grid = montage([image for _, image in drawn], titles=[f"image {i}" for i, _ in drawn], cell_size=(384, 384))
+        experiment.add_image("val/predictions", grid, global_step=self.global_step, dataformats="HWC")
 
     def _log_curves(self, evaluation: Evaluation) -> None:
         """Per-class precision-recall curves to TensorBoard and the per-class table to the log."""

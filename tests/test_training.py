@@ -335,3 +335,20 @@ def test_freeze_at(sample_dir: Path) -> None:
     assert not any(p.requires_grad for p in frozen.res2.parameters())
     assert all(p.requires_grad for p in frozen.res3.parameters())
     assert all(p.requires_grad for p in tiny_module(freeze_at=0).model.backbone.parameters())
+
+
+def test_validation_logs_losses_metrics_curves_and_pictures_to_tensorboard(sample_dir: Path, tmp_path: Path) -> None:
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    trainer = quiet_trainer(max_epochs=1, limit_train_batches=2, logger=logger, log_every_n_steps=1)
+    trainer.fit(tiny_module(log_images=2), datamodule=tiny_datamodule(sample_dir))
+    events = EventAccumulator(str(tmp_path / "tb" / "version_0"), size_guidance={"images": 0, "tensors": 0})
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/loss_cls", "val/loss", "val/map", "val/map50", "val/f1", "val/ap/circle"} <= scalars
+    assert "val/predictions" in events.Tags()["images"]
+    picture = events.Images("val/predictions")[-1]
+    assert picture.width > 384 and picture.height >= 384  # two drawn images side by side
+    assert any(tag.startswith("val_pr/") for tag in events.Tags()["tensors"])  # PR curves
