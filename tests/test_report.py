@@ -1,0 +1,641 @@
+"""python -m detlit.report: the report of a tiny real run, the findings rules, robustness, and the page in a browser."""
+
+from __future__ import annotations
+
+import base64
+import functools
+import http.server
+import json
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+from detlit import report
+from detlit.errors import ConfigError
+from detlit.report import (
+    CONFUSION_SHARE,
+    DROPPED_BOXES_SHARE,
+    FEW_INSTANCES,
+    LOW_CLASS_AP,
+    OVERFIT_VAL_RISE,
+    SMALL_AP_RATIO,
+    SMALL_OBJECT_SHARE,
+    STILL_RISING_GAIN,
+    Document,
+    Figure,
+    ImageOutcome,
+    OutputPaths,
+    Table,
+    Text,
+    locate,
+    parse_run_log,
+    pick_examples,
+    render_html,
+    render_markdown,
+    report_main,
+    rule_boxes_dropped,
+    rule_confusion,
+    rule_dataset_errors,
+    rule_nonfinite_batches,
+    rule_overfitting,
+    rule_skipped_images,
+    rule_small_objects,
+    rule_still_improving,
+    rule_weak_rare_classes,
+)
+
+from .conftest import REPO, tiny_cli_args
+
+SECTIONS = (
+    "Run summary",
+    "Dataset fingerprint",
+    "Findings and recommendations",
+    "Final metrics",
+    "Per class",
+    "Training curves",
+    "Precision-recall, F1 and confusion",
+    "Best and worst validation images",
+    "Dataset statistics",
+)
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def run_module(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+# --- a tiny real run, made by the commands themselves ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(run folder, evaluation folder) of 2 epochs x 3 batches of the tiny model on the sample."""
+    cwd = tmp_path_factory.mktemp("report-run")
+    config = REPO / "configs" / "sample_cpu.yaml"
+    fit = [
+        f"--config={config}",
+        *tiny_cli_args(sample_dir),
+        "--trainer.max_epochs=2",
+        "--trainer.limit_train_batches=3",
+        "--trainer.log_every_n_steps=1",
+        "--trainer.enable_progress_bar=false",
+    ]
+    run_module(["detlit.fit", *fit], cwd)
+    folder = cwd / "runs" / "sample" / "version_0"
+    evaluate = ["--ckpt", str(folder / "checkpoints" / "last.ckpt"), "--json", str(sample_dir / "val.json")]
+    run_module(["detlit.evaluate", *evaluate, "--images", str(sample_dir / "val"), "--out", str(cwd / "eval")], cwd)
+    return folder, cwd / "eval"
+
+
+@pytest.fixture(scope="module")
+def written(trained: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> OutputPaths:
+    """The report of the tiny run with its evaluation."""
+    folder, eval_dir = trained
+    out = tmp_path_factory.mktemp("report") / "report.html"
+    assert report_main(["--run", str(folder), "--eval", str(eval_dir), "--out", str(out)]) == 0
+    return OutputPaths.for_html(out)
+
+
+def attributes(html_text: str) -> list[str]:
+    """Every src/href/srcset/action/data attribute value of the page."""
+    return re.findall(r"""\b(?:src|href|srcset|action|data|poster)\s*=\s*["']([^"']*)["']""", html_text)
+
+
+@pytest.mark.cli
+def test_report_of_a_real_run_is_self_contained(written: OutputPaths) -> None:
+    page = written.html.read_text(encoding="utf-8")
+    for section in SECTIONS:
+        assert f">{section}</h" in page, section
+    images = re.findall(r"<img\b[^>]*>", page)
+    sources = re.findall(r'<img src="([^"]+)"', page)
+    # 4 curve figures, 3 evaluation pictures, 3 best + 3 worst of the 6 validation images
+    assert len(images) == len(sources) == 13
+    for source in sources:
+        assert source.startswith("data:image/png;base64,")
+        assert base64.b64decode(source.split(",", 1)[1]).startswith(PNG_MAGIC)
+    links = attributes(page)
+    assert all(value.startswith(("data:", "#")) for value in links), [v[:40] for v in links if v[:5] != "data:"]
+    assert not re.search(r"https?://", page.replace(written.html.parent.as_posix(), ""))
+    assert "<script" not in page and "<link" not in page and "url(" not in page and "@import" not in page
+
+
+@pytest.mark.cli
+def test_markdown_copy_links_its_pictures(written: OutputPaths) -> None:
+    text = written.markdown.read_text(encoding="utf-8")
+    linked = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert len(linked) == 13
+    assert all(link.startswith("report_files/") for link in linked)
+    files = sorted(p.name for p in written.files.iterdir())
+    assert sorted(Path(link).name for link in linked) == files
+    for link in linked:
+        assert (written.markdown.parent / link).read_bytes().startswith(PNG_MAGIC)
+    for section in SECTIONS:
+        assert re.search(rf"^#+ {re.escape(section)}$", text, re.MULTILINE), section
+
+
+@pytest.mark.cli
+def test_metrics_come_from_the_evaluation(written: OutputPaths, trained: tuple[Path, Path], sample_dir: Path) -> None:
+    _, eval_dir = trained
+    metrics = json.loads((eval_dir / "metrics.json").read_text())
+    text = written.markdown.read_text(encoding="utf-8")
+    assert f"Source: {eval_dir / 'metrics.json'}" in text
+    train = json.loads((sample_dir / "train.json").read_text())
+    train_objects = {c["name"]: 0 for c in train["categories"]}
+    names = {c["id"]: c["name"] for c in train["categories"]}
+    for annotation in train["annotations"]:
+        train_objects[names[annotation["category_id"]]] += 1
+
+    def cell(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    for row in metrics["per_class"]:
+        values = [row[k] for k in ("ap", "ap50", "precision", "recall", "f1", "threshold")]
+        expected = f"| {row['class']} | {train_objects[row['class']]} | {row['objects']} | " + " | ".join(
+            cell(v) for v in values
+        )
+        assert expected in text
+    assert f"| AP @[.50:.95] | {metrics['coco']['map']:.3f} |" in text
+
+
+@pytest.mark.cli
+def test_without_eval_the_event_files_give_the_metrics(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    folder, _ = trained
+    out = tmp_path / "no-eval.html"
+    assert report_main(["--run", str(folder), "--out", str(out), "--max-images", "2"]) == 0
+    text = out.with_suffix(".md").read_text()
+    accumulator = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    last = accumulator.Scalars("val/map")[-1]
+    assert f"Source: the last validation in the TensorBoard event files (step {last.step})" in text
+    assert f"| AP @[.50:.95] | {last.value:.3f} |" in text
+    # the model ran on 2 images: one best, one worst
+    assert "ran on 2 of the 6 validation images" in text
+    assert len(re.findall(r"!\[[^\]]*\]\(no-eval_files/(?:best|worst)_\d\.png\)", text)) == 2
+
+
+# --- synthetic run folders: robustness without training ----------------------------------------
+
+RUN_LOG = """\
+2026-01-02 10:00:00,000 INFO detlit: command: python -m detlit.fit --config my.yaml
+2026-01-02 10:00:00,001 INFO detlit: environment:
+detlit                   0.1.0
+cpu cores                8
+cuda available           True
+gpus                     2 x NVIDIA H100
+torch                    2.14.1
+2026-01-02 10:00:00,002 INFO detlit: model hyper-parameters: {'num_classes': 2, 'class_names': ['cat', 'dog'], \
+'category_ids': [1, 2]}
+2026-01-02 11:02:03,500 INFO detlit: training finished
+"""
+
+
+def write_run(
+    folder: Path, scalars: dict[str, list[tuple[int, float]]], data: dict[str, Any] | None = None, log: bool = True
+) -> Path:
+    """A run folder with config.yaml, run.log and an event file holding ``scalars``; no checkpoint."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    folder.mkdir(parents=True)
+    config = {"trainer": {"accelerator": "cpu", "max_epochs": 3}, "data": data or {}}
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    if log:
+        (folder / "run.log").write_text(RUN_LOG)
+    writer = SummaryWriter(str(folder))
+    for tag, series in scalars.items():
+        for step, value in series:
+            writer.add_scalar(tag, value, step)
+    writer.close()
+    return folder
+
+
+def sample_data(sample_dir: Path) -> dict[str, str]:
+    return {
+        "train_json": str(sample_dir / "train.json"),
+        "train_images": str(sample_dir / "train"),
+        "val_json": str(sample_dir / "val.json"),
+        "val_images": str(sample_dir / "val"),
+    }
+
+
+TRAIN_ONLY = {
+    "train/loss": [(step, 2.0 - 0.1 * step) for step in range(10)],
+    "train/loss_cls": [(step, 1.0 - 0.05 * step) for step in range(10)],
+    "epoch": [(step, step // 5) for step in range(10)],
+}
+
+
+def test_run_without_validation_or_checkpoint(sample_dir: Path, tmp_path: Path) -> None:
+    folder = write_run(tmp_path / "runs" / "x" / "version_0", TRAIN_ONLY, sample_data(sample_dir))
+    assert report_main(["--run", str(folder)]) == 0
+    text = (folder / "report.md").read_text()
+    assert "No validation metrics" in text
+    assert "No validation scalars in the event files" in text
+    assert f"No example images: no checkpoint in {folder / 'checkpoints'}" in text
+    assert "| duration (first to last line of run.log) | 1 h 02 min 03 s |" in text
+    assert "| gpus | 2 x NVIDIA H100 |" in text
+    assert "| optimizer steps | 10 |" in text
+    page = (folder / "report.html").read_text()
+    assert len(re.findall(r'<img src="data:image/png;base64,', page)) == 1  # the loss curves only
+
+
+def test_data_that_moved_is_named_not_fatal(tmp_path: Path) -> None:
+    data = {"train_json": str(tmp_path / "gone" / "train.json"), "train_images": str(tmp_path / "gone")}
+    folder = write_run(tmp_path / "run", TRAIN_ONLY, data, log=False)
+    assert report_main(["--run", str(folder)]) == 0
+    text = (folder / "report.md").read_text()
+    assert f"data.train_json {tmp_path / 'gone' / 'train.json'} was not found" in text
+    assert "the run's config names no data.val_json" in text
+    # without run.log the versions are this machine's
+    assert "versions (of this machine: run.log records none)" in text
+
+
+def test_a_json_that_is_not_coco_is_named(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2]")
+    folder = write_run(tmp_path / "run", TRAIN_ONLY, {"train_json": str(bad), "train_images": str(tmp_path)})
+    assert report_main(["--run", str(folder)]) == 0
+    assert "the train json could not be checked: " in (folder / "report.md").read_text()
+
+
+def test_findings_in_a_report_name_their_numbers(sample_dir: Path, tmp_path: Path) -> None:
+    scalars = {
+        "train/loss": [(s, 1.0 - 0.008 * s) for s in range(0, 100, 5)],
+        "val/loss": [(24, 0.9), (49, 0.6), (74, 0.7), (99, 0.8)],
+        "val/map": [(24, 0.10), (49, 0.20), (74, 0.19), (99, 0.18)],
+        "train/skipped_images": [(24, 0.0), (49, 3.0)],
+    }
+    folder = write_run(tmp_path / "run", scalars, sample_data(sample_dir), log=False)
+    assert report_main(["--run", str(folder), "--max-images", "0"]) == 0
+    text = (folder / "report.md").read_text()
+    assert "**Over-fitting: the train/val loss gap grows.** val/loss rose 33% from its lowest 0.600 (step 49)" in text
+    assert "**Images skipped as unreadable.** up to 3 training images per epoch" in text
+    assert "Validation metrics still rising" not in text
+    assert "Nothing alarming" not in text
+
+
+def test_an_existing_report_is_kept_unless_overwrite(
+    sample_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = write_run(tmp_path / "run", TRAIN_ONLY, sample_data(sample_dir))
+    assert report_main(["--run", str(folder)]) == 0
+    first = (folder / "report.html").read_text()
+    stale = folder / "report_files" / "stale.png"
+    stale.write_bytes(PNG_MAGIC)
+    with pytest.raises(SystemExit) as stopped:
+        report.main(["--run", str(folder)])
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error == (
+        f"error: {folder / 'report.html'} already exists; pass --overwrite to replace the report, or choose another "
+        "--out"
+    )
+    assert (folder / "report.html").read_text() == first
+    assert report_main(["--run", str(folder), "--overwrite"]) == 0
+    assert not stale.exists() and (folder / "report_files" / "curves_losses.png").is_file()
+
+
+@pytest.mark.parametrize("kind", ["empty", "missing", "parent"])
+def test_not_a_run_folder_is_one_sentence(tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str) -> None:
+    target = tmp_path / "folder"
+    if kind == "empty":
+        target.mkdir()
+        expected = (
+            f"error: --run {target} is not a detlit run folder: it has no config.yaml, run.log or TensorBoard event "
+            "file"
+        )
+    elif kind == "missing":
+        expected = f"error: --run {target} is not a folder; pass a run folder such as runs/<name>/version_<n>"
+    else:
+        for version in (0, 2, 10):
+            write_run(target / f"version_{version}", TRAIN_ONLY, log=False)
+        expected = (
+            f"error: --run {target} is not a detlit run folder: it has no config.yaml, run.log or TensorBoard "
+            f"event file (it holds 3 runs: pass one of them, e.g. --run {target / 'version_10'})"
+        )
+    with pytest.raises(SystemExit) as stopped:
+        report.main(["--run", str(target)])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == expected
+    assert not (target / "report.html").exists()
+
+
+def test_eval_folder_without_metrics_is_one_sentence(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = write_run(tmp_path / "run", TRAIN_ONLY, log=False)
+    (tmp_path / "eval").mkdir()
+    with pytest.raises(SystemExit) as stopped:
+        report.main(["--run", str(folder), "--eval", str(tmp_path / "eval")])
+    assert stopped.value.code == 2
+    assert "has no metrics.json; pass the --out folder of python -m detlit.evaluate" in capsys.readouterr().err
+
+
+def test_out_must_be_html(tmp_path: Path) -> None:
+    folder = write_run(tmp_path / "run", TRAIN_ONLY, log=False)
+    with pytest.raises(ConfigError, match="must end in .html"):
+        report_main(["--run", str(folder), "--out", str(tmp_path / "report.pdf")])
+
+
+def test_relative_data_paths_are_found_from_the_run_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a run trained in project/ with data/train.json, reported from elsewhere
+    project = tmp_path / "project"
+    (project / "data").mkdir(parents=True)
+    (project / "data" / "train.json").write_text("{}")
+    run = project / "runs" / "x" / "version_0"
+    run.mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert locate("data/train.json", list(run.resolve().parents)) == project / "data" / "train.json"
+    assert locate("data/other.json", list(run.resolve().parents)) is None
+    assert locate(None, []) is None
+
+
+def test_parse_run_log() -> None:
+    info = parse_run_log(RUN_LOG)
+    assert info.command == "python -m detlit.fit --config my.yaml"
+    assert info.environment == {
+        "detlit": "0.1.0",
+        "cpu cores": "8",
+        "cuda available": "True",
+        "gpus": "2 x NVIDIA H100",
+        "torch": "2.14.1",
+    }
+    assert info.model_hparams["class_names"] == ["cat", "dog"]
+    assert info.started is not None and info.ended is not None
+    assert (info.ended - info.started).total_seconds() == 3723
+
+
+# --- findings rules: one case that triggers, one that does not ----------------------------------
+
+
+def test_rule_weak_rare_classes() -> None:
+    found = rule_weak_rare_classes({"cat": 0.6, "dog": 0.1}, {"cat": 500, "dog": 20})
+    assert found is not None and "'dog': AP 0.100 with 20 training objects" in found.evidence
+    assert "'cat'" not in found.evidence
+    # a low AP with many objects, and few objects with a high AP, are not this finding
+    assert rule_weak_rare_classes({"cat": 0.6, "dog": 0.1}, {"cat": 500, "dog": 400}) is None
+    assert rule_weak_rare_classes({"cat": 0.6, "dog": 0.55}, {"cat": 500, "dog": 20}) is None
+    assert LOW_CLASS_AP > 0.1 and FEW_INSTANCES > 20
+
+
+def test_rule_small_objects() -> None:
+    sizes = {"small": 50, "medium": 40, "large": 10}
+    found = rule_small_objects(sizes, map_all=0.5, map_small=0.2, min_size_test=800)
+    assert found is not None
+    assert "50% of the training objects are small" in found.evidence and "AP_small is 0.200" in found.evidence
+    assert "now 800" in found.advice
+    assert rule_small_objects({"small": 10, "medium": 80, "large": 10}, 0.5, 0.2) is None
+    assert rule_small_objects(sizes, 0.5, 0.5 * SMALL_AP_RATIO + 0.01) is None
+    assert rule_small_objects(sizes, 0.5, float("nan")) is None
+    assert SMALL_OBJECT_SHARE <= 0.5
+
+
+def test_rule_overfitting() -> None:
+    train = [(s, 1.0 - 0.008 * s) for s in range(0, 100, 5)]
+    found = rule_overfitting(train, [(24, 0.8), (49, 0.6), (74, 0.7), (99, 0.75)])
+    assert found is not None
+    assert "val/loss rose 25% from its lowest 0.600 (step 49) to 0.750 (step 99)" in found.evidence
+    assert rule_overfitting(train, [(24, 0.8), (49, 0.6), (74, 0.55), (99, 0.5)]) is None
+    # a rise below the threshold, and a train loss rising too (not over-fitting), do not count
+    assert rule_overfitting(train, [(24, 0.8), (49, 0.6), (74, 0.6), (99, 0.6 * (1 + OVERFIT_VAL_RISE / 2))]) is None
+    rising = [(s, 0.2 + 0.008 * s) for s in range(0, 100, 5)]
+    assert rule_overfitting(rising, [(24, 0.8), (49, 0.6), (74, 0.7), (99, 0.75)]) is None
+
+
+def test_rule_still_improving() -> None:
+    found = rule_still_improving([(10, 0.10), (20, 0.20), (30, 0.25), (40, 0.30)])
+    assert found is not None and "val/map rose from 0.200 (step 20) to 0.300 (step 40)" in found.evidence
+    assert rule_still_improving([(10, 0.10), (20, 0.30), (30, 0.30), (40, 0.301)]) is None  # flattened out
+    assert rule_still_improving([(10, 0.10), (20, 0.30), (30, 0.25), (40, 0.28)]) is None  # not at its best
+    assert rule_still_improving([(10, 0.1), (20, 0.1 + STILL_RISING_GAIN / 2)]) is None
+
+
+def test_rule_boxes_dropped() -> None:
+    found = rule_boxes_dropped([(10, 5.0), (20, 7.0)], train_objects=100)
+    assert found is not None and "12 boxes in 2 epochs, 6.0 per epoch: 6.0% of the 100" in found.evidence
+    assert rule_boxes_dropped([(10, 0.0), (20, 0.0)], 100) is None
+    assert rule_boxes_dropped([(10, 1000 * DROPPED_BOXES_SHARE / 2)], 1000) is None
+    assert rule_boxes_dropped([(10, 2.0)], None) is not None
+
+
+def test_rule_confusion() -> None:
+    counts = [[6, 4, 0], [0, 10, 0], [0, 0, 0]]
+    found = rule_confusion(["cat", "dog"], counts)
+    assert found is not None and found.title == "'cat' mistaken for 'dog'"
+    assert "4 of the 10 'cat' objects (40%)" in found.evidence
+    assert rule_confusion(["cat", "dog"], [[9, 1, 0], [0, 10, 0], [0, 0, 0]]) is None  # 1 object only
+    share = int(100 * CONFUSION_SHARE) - 1  # just under the share, with enough objects
+    assert rule_confusion(["cat", "dog"], [[100 - share, share, 0], [0, 10, 0], [0, 0, 0]]) is None
+    # the background column (missed objects) is not a confusion between classes
+    assert rule_confusion(["cat", "dog"], np.array([[2, 0, 8], [0, 10, 0], [5, 5, 0]])) is None
+
+
+def test_rule_skipped_images() -> None:
+    found = rule_skipped_images([(1, 0.0), (2, 2.0)], [(1, 1.0)])
+    assert found is not None and "up to 2 training images per epoch" in found.evidence
+    assert "and 1 validation images per validation" in found.evidence
+    assert rule_skipped_images([(1, 0.0)], [(1, 0.0)]) is None
+    assert rule_skipped_images([], []) is None
+
+
+def test_rule_nonfinite_batches() -> None:
+    found = rule_nonfinite_batches([(1, 1.0), (2, 2.0)])
+    assert found is not None and found.evidence.startswith("3 batches")
+    assert rule_nonfinite_batches([(1, 0.0)]) is None
+
+
+def test_rule_dataset_errors() -> None:
+    found = rule_dataset_errors({"train missing_file": 2, "val bad_bbox": 1})
+    assert found is not None and "3 errors: train missing_file x2, val bad_bbox x1" in found.evidence
+    assert rule_dataset_errors({}) is None
+
+
+# --- pieces -------------------------------------------------------------------------------------
+
+
+def outcome(image_id: int, tp: int, fp: int, fn: int) -> ImageOutcome:
+    from detlit.coco import ImageRecord
+
+    empty = np.zeros((0, 4))
+    none = np.zeros(0)
+    return ImageOutcome(
+        ImageRecord(image_id, f"{image_id}.jpg", 10, 10), empty, none, none, empty, none, none, tp, fp, fn
+    )
+
+
+def test_pick_examples_ranks_by_errors_then_f1() -> None:
+    outcomes = [outcome(1, 5, 0, 0), outcome(2, 0, 4, 3), outcome(3, 2, 1, 1), outcome(4, 0, 0, 0), outcome(5, 1, 0, 6)]
+    best, worst = pick_examples(outcomes, 2)
+    assert [o.record.id for o in worst] == [2, 5]  # 7 errors each; F1 0 before F1 0.25
+    # a perfect image without objects comes after images with objects
+    assert [o.record.id for o in best] == [1, 3]
+    best, worst = pick_examples(outcomes[:3], 2)  # too few images: split them
+    assert len(best) == len(worst) == 1
+
+
+def test_renderers_escape_their_text() -> None:
+    document = Document(
+        "a <report>",
+        "sub",
+        [Text("x < y and `a|b`"), Table(["k", "v"], [["a|b", "<i>"]]), Figure("f", PNG_MAGIC, "cap")],
+    )
+    page = render_html(document)
+    assert "<title>a &lt;report&gt;</title>" in page
+    assert "x &lt; y and <code>a|b</code>" in page and "<td>&lt;i&gt;</td>" in page
+    assert f'src="data:image/png;base64,{base64.b64encode(PNG_MAGIC).decode()}"' in page
+    text = render_markdown(document, "files")
+    assert "| a\\|b | <i> |" in text and "![cap](files/f.png)" in text
+
+
+# --- the page in a real browser ------------------------------------------------------------------
+
+
+class Browser:
+    """Headless Chromium driven by chromedriver's W3C HTTP API (no Python client needed)."""
+
+    def __init__(self, profile: Path):
+        chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+        assert chromium and driver
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        self.base = f"http://127.0.0.1:{port}"
+        self.process = subprocess.Popen(
+            [driver, f"--port={port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if self.call("GET", "/status")["ready"]:
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        arguments = [
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            f"--user-data-dir={profile}",
+            "--window-size=1200,3000",
+        ]
+        capabilities = {
+            "browserName": "chrome",
+            "goog:loggingPrefs": {"browser": "ALL"},
+            "goog:chromeOptions": {"binary": chromium, "args": arguments},
+        }
+        self.session = self.call("POST", "/session", {"capabilities": {"alwaysMatch": capabilities}})["sessionId"]
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(
+            self.base + path, data=data, method=method, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return json.loads(response.read())["value"]
+
+    def open(self, path: Path) -> None:
+        self.call("POST", f"/session/{self.session}/url", {"url": path.resolve().as_uri()})
+
+    def run(self, script: str) -> Any:
+        return self.call("POST", f"/session/{self.session}/execute/sync", {"script": script, "args": []})
+
+    def log(self) -> list[dict[str, Any]]:
+        """Console messages and failed loads since the last call."""
+        entries: list[dict[str, Any]] = self.call("POST", f"/session/{self.session}/se/log", {"type": "browser"})
+        return entries
+
+    def screenshot(self, path: Path) -> None:
+        path.write_bytes(base64.b64decode(self.call("GET", f"/session/{self.session}/screenshot")))
+
+    def close(self) -> None:
+        try:
+            self.call("DELETE", f"/session/{self.session}")
+        finally:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+
+
+@pytest.fixture()
+def browser(tmp_path: Path) -> Iterator[Browser]:
+    if not (shutil.which("chromium") and shutil.which("chromedriver")):
+        pytest.skip("chromium and chromedriver are not installed (apt-get install chromium chromium-driver)")
+    instance = Browser(tmp_path / "profile")
+    yield instance
+    instance.close()
+
+
+PAGE_STATE = """
+return {
+  images: document.images.length,
+  loaded: [...document.images].filter(i => i.complete && i.naturalWidth > 0).length,
+  requests: performance.getEntriesByType('resource').map(e => e.name),
+  sections: [...document.querySelectorAll('h2')].map(h => h.textContent),
+  title: document.title,
+};
+"""
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture()
+def web_server(tmp_path: Path) -> Iterator[str]:
+    """A local HTTP server of tmp_path, for a page that does make a request."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=tmp_path))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    thread.join()
+
+
+@pytest.mark.slow
+@pytest.mark.cli
+def test_report_opens_offline_in_a_browser(
+    written: OutputPaths, browser: Browser, web_server: str, tmp_path: Path
+) -> None:
+    # The checks catch what they look for: on a control page, a picture fetched from a server, a
+    # missing one, and a console error.
+    (tmp_path / "served.png").write_bytes(written.files.joinpath("curves_losses.png").read_bytes())
+    control = tmp_path / "control.html"
+    control.write_text(
+        f'<html><body><img src="{web_server}/served.png"><img src="missing.png">'
+        '<script>console.error("boom")</script></body></html>'
+    )
+    browser.open(control)
+    state = browser.run(PAGE_STATE)
+    assert (state["images"], state["loaded"], state["requests"]) == (2, 1, [f"{web_server}/served.png"])
+    assert sorted(entry["source"] for entry in browser.log()) == ["console-api", "network"]
+
+    browser.open(written.html)
+    state = browser.run(PAGE_STATE)
+    assert state["images"] == 13 and state["loaded"] == 13
+    assert state["requests"] == []  # data: pictures only: the page asked nothing of any server
+    assert [s for s in SECTIONS if s not in ("Dataset fingerprint", "Per class")] == state["sections"]
+    assert state["title"] == "Training report: sample/version_0"
+    assert browser.log() == []  # no console message, no failed load
+    shot = tmp_path / "report.png"
+    browser.screenshot(shot)
+    assert shot.read_bytes().startswith(PNG_MAGIC)
