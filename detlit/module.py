@@ -271,9 +271,9 @@ class DetectionModule(LightningModule):
             target = item["target"]
             drawing = draw_comparison(
                 read_image(Path(item["file_name"])),
-                instances.pred_boxes.tensor[keep].numpy(),
+                instances.pred_boxes.tensor[keep].float().numpy(),  # float: numpy has no bfloat16 (AMP)
                 instances.pred_classes[keep].numpy(),
-                instances.scores[keep].numpy(),
+                instances.scores[keep].float().numpy(),
                 target["boxes"].numpy(),
                 target["labels"].numpy(),
                 self.label_map.names,
