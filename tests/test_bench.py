@@ -144,7 +144,7 @@ def test_targets_and_rows(bench: ModuleType) -> None:
     assert at_least.met(1.5) and not at_least.met(1.49)
     row = bench.Row("x", "s/step", "1 s", "2 s", 0.5, at_most)
     assert row.cells() == ["x", "s/step", "1 s", "2 s", "0.500x", "<= 1.030x", "PASS"]
-    assert list(bench.abba(3, ["a", "b"])) == ["a", "b", "b", "a", "a", "b"]
+    assert list(bench.abba(range(3), ["a", "b"])) == ["a", "b", "b", "a", "a", "b"]
     assert bench.step_seconds([0.0, 1.0, 3.0, 6.0], warmup=1) == [1.0, 2.0, 3.0]
     assert bench.step_seconds([0.0, 1.0, 3.0, 6.0], warmup=2) == [2.0, 3.0]
 
@@ -168,3 +168,16 @@ def test_unknown_benchmark_and_missing_gpu_end_in_one_sentence(
         assert bench.run(bench.parse_args(["--gpu"])) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "no CUDA GPU" in err
+
+
+def test_budget_shares_time_and_cuts_rounds(bench: ModuleType) -> None:
+    budget = bench.Budget(100.0, {"a": 1.0, "b": 3.0})
+    budget.start("a")
+    assert 24.0 < budget.left() <= 25.0  # a quarter of the whole
+    assert list(budget.rounds(3)) == [0, 1, 2]
+    budget.start("b")
+    assert 99.0 < budget.left() <= 100.0  # the last one gets all that is left, a's unused share too
+    spent = bench.Budget(0.0, {"a": 1.0})
+    spent.start("a")
+    assert list(spent.rounds(3)) == [0]  # the first round always runs
+    assert spent.cuts == {"a": (1, 3)}

@@ -22,9 +22,12 @@ the same code on the CPU at toy sizes and full precision, to try it without a GP
 
 Every ratio is detlit over its baseline, both measured in this invocation: after a warm-up, the
 two sides take turns (ABBA order) several times on the same number of torch threads, and the
-median of the turns is reported. A full run rewrites the part of BENCHMARKS.md between
-``<!-- bench:start -->`` and ``<!-- bench:end -->`` (``<!-- bench-gpu:... -->`` with ``--gpu``);
-text outside the markers is left as it is. ``--quick`` (toy sizes, a smoke test), ``--only`` and
+median of the turns is reported. The run plans for ``--budget`` seconds (14 minutes; 4.5 with
+``--gpu``): where other jobs slow the machine down, benchmarks run fewer rounds and say so.
+
+A full run rewrites the part of BENCHMARKS.md between ``<!-- bench:start -->`` and
+``<!-- bench:end -->`` (``<!-- bench-gpu:... -->`` with ``--gpu``); text outside the markers is
+left as it is. ``--quick`` (toy sizes, a smoke test), ``--only`` and
 ``--dry-run`` runs write only where ``--out`` says.
 """
 
@@ -52,8 +55,9 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
 from typing import Any, Literal
 
@@ -271,10 +275,49 @@ def listed(values: Sequence[float], digits: int = 3) -> str:
     return ", ".join(f"{v:.{digits}g}" for v in values)
 
 
-def abba(turns: int, sides: Sequence[str]) -> Iterator[str]:
-    """The sides in turn, the order reversed every other round (A B, B A, A B, ...)."""
-    for turn in range(turns):
+def abba(rounds: Iterable[int], sides: Sequence[str]) -> Iterator[str]:
+    """The sides in turn, one turn each per round, the order reversed every other round (A B, B A, ...)."""
+    for turn in rounds:
         yield from (sides if turn % 2 == 0 else list(reversed(sides)))
+
+
+class Budget:
+    """The wall time of one invocation, shared out among its benchmarks by weight.
+
+    A benchmark's share is its weight's part of what is left when it starts, so time one leaves
+    unused goes to the next. Within its share a benchmark starts another round of turns only while
+    that round (as long as the last one) is expected to end in time; the first round always runs.
+    On a machine that other jobs slow down, benchmarks run fewer rounds and say so.
+    """
+
+    def __init__(self, seconds: float, weights: dict[str, float]):
+        self.end = time.perf_counter() + seconds
+        self.weights = dict(weights)
+        self.deadline = self.end
+        self.cuts: dict[str, tuple[int, int]] = {}
+        self.current = ""
+
+    def start(self, name: str) -> None:
+        now = time.perf_counter()
+        weight = self.weights.pop(name, 0.0)
+        total = weight + sum(self.weights.values())
+        self.deadline = now + max(0.0, self.end - now) * (weight / total if total > 0 else 1.0)
+        self.current = name
+
+    def left(self) -> float:
+        return self.deadline - time.perf_counter()
+
+    def rounds(self, planned: int, part: float = 1.0) -> Iterator[int]:
+        """Round numbers ``0..planned-1``, stopping early when ``part`` of the share would run out."""
+        deadline = self.deadline - (1.0 - part) * max(0.0, self.left())
+        last = 0.0
+        for turn in range(planned):
+            begun = time.perf_counter()
+            if turn > 0 and begun + last > deadline:
+                self.cuts[self.current] = (turn, planned)
+                return
+            yield turn
+            last = time.perf_counter() - begun
 
 
 def collected() -> None:
@@ -320,6 +363,27 @@ def machine() -> dict[str, str]:
     else:
         info["gpu"] = "none"
     return info
+
+
+def cpu_seconds() -> tuple[float, float] | None:
+    """CPU seconds the whole machine has been busy, and those this process and its reaped children used."""
+    try:
+        fields = [float(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0.0] * 8)[:8]
+    busy = (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    own = os.times()
+    return busy, own.user + own.system + own.children_user + own.children_system
+
+
+def others_share(before: tuple[float, float] | None, wall: float) -> float | None:
+    """The part of the machine's CPU time that other jobs used since ``before`` (0 to 1)."""
+    after = cpu_seconds()
+    if before is None or after is None or wall <= 0:
+        return None
+    others = (after[0] - before[0]) - (after[1] - before[1])
+    return min(1.0, max(0.0, others / (wall * usable_cores())))
 
 
 def load_text() -> str:
@@ -651,7 +715,7 @@ def bench_train_step(ctx: Context) -> Result:
     spec = cpu_spec(scale)
     folder = ctx.sample_folder()
     setup = TrainSetup.build(spec, folder, scale, "cpu", "32-true")
-    times = time_training(setup, scale)
+    times = time_training(setup, scale, ctx.budget)
 
     memory = run_memory_workers(folder, ctx.args)
     mib = {side: m["peak"] / 2**20 for side, m in memory.items()}
@@ -683,35 +747,43 @@ def bench_train_step(ctx: Context) -> Result:
         "peak RSS (VmHWM) during training minus the RSS when training starts; the whole peak in brackets"
         + ("" if reset else " (the kernel refused to reset the peak count: the peaks include the set-up)"),
     ]
-    if not rows[0].passed or ctx.args.profile:
+    if ctx.args.profile or (not rows[0].passed and ctx.budget.left() > 0):
         details += training_profile(setup, scale.train_warmup + scale.train_steps)
+    elif not rows[0].passed:
+        details.append("- no profile: the time budget was spent (run with --only train_step --profile)")
     return Result("train_step", rows, details)
 
 
 def training_profile(setup: TrainSetup, steps: int, top: int = 10) -> list[str]:
-    """Where detlit's loop spends more time than detectron2's: own time per step, largest differences first.
+    """The work detlit's loop does that detectron2's does not: functions it calls more often per step.
 
-    Both sides run ``steps`` steps under cProfile (which slows Python code more than torch's
-    kernels, so the differences are upper bounds).
+    Both sides run one fit of ``steps`` steps under cProfile. Functions both sides call equally
+    (the model's own operators) are left out: their times differ only by noise, most of all on
+    a busy machine; what remains is the loop's own work, by own time per step (cProfile slows
+    Python code more than torch's kernels, so these times are upper bounds).
     """
     own = {side: own_times(functools.partial(setup.run, side, steps)) for side in ("detlit", "detectron2")}
-    names = set(own["detlit"]) | set(own["detectron2"])
-    difference = {name: (own["detlit"].get(name, 0.0) - own["detectron2"].get(name, 0.0)) / steps for name in names}
-    total = (sum(own["detlit"].values()) - sum(own["detectron2"].values())) / steps
+    extra = []
+    for name, (calls, seconds) in own["detlit"].items():
+        their_calls, their_seconds = own["detectron2"].get(name, (0, 0.0))
+        if calls > their_calls:
+            extra.append((name, (seconds - their_seconds) / steps, (calls - their_calls) / steps))
+    extra.sort(key=lambda item: item[1], reverse=True)
     lines = [
-        f"- profile (cProfile, one fit of {steps} steps per side, set-up included): detlit's takes "
-        f"{total * 1e3:+.1f} ms/step more; the functions with the largest differences in own time:"
+        f"- profile (cProfile, one fit of {steps} steps per side, set-up included): what detlit's loop calls more "
+        "often than detectron2's, by own time per step:"
     ]
-    for name, seconds in sorted(difference.items(), key=lambda item: item[1], reverse=True)[:top]:
-        lines.append(f"    - {name}: {seconds * 1e3:+.2f} ms/step")
+    for name, per_step, more_calls in extra[:top]:
+        lines.append(f"    - {name}: {per_step * 1e3:+.2f} ms/step, {more_calls:+.0f} calls/step")
     return lines
 
 
-def time_training(setup: TrainSetup, scale: Scale) -> dict[str, list[float]]:
+def time_training(setup: TrainSetup, scale: Scale, budget: Budget) -> dict[str, list[float]]:
     """Mean seconds per step of each turn, per side, the sides in ABBA order."""
     times: dict[str, list[float]] = {"detlit": [], "detectron2": []}
     steps = scale.train_warmup + scale.train_steps
-    for side in abba(scale.train_turns, list(times)):
+    # The memory workers and the profile come after the timing: leave them a third of the share.
+    for side in abba(budget.rounds(scale.train_turns, part=0.65), list(times)):
         collected()
         seconds = step_seconds(setup.run(side, steps), scale.train_warmup)
         times[side].append(float(np.mean(seconds)))
@@ -749,26 +821,52 @@ def epoch_rate(loader: DataLoader) -> float:
     return images / (time.perf_counter() - start)
 
 
-def own_times(run: Callable[[], Any]) -> dict[str, float]:
-    """Seconds spent in each function itself (not in what it calls) while ``run()`` runs."""
+def own_times(run: Callable[[], Any]) -> dict[str, tuple[int, float]]:
+    """Calls of each function and the seconds spent in it itself (not in what it calls) while ``run()`` runs."""
     profiler = cProfile.Profile()
     profiler.enable()
     run()
     profiler.disable()
     stats = pstats.Stats(profiler, stream=io.StringIO())
-    own: dict[str, float] = {}
+    own: dict[str, tuple[int, float]] = {}
     for (filename, line, name), entry in stats.stats.items():  # type: ignore[attr-defined]
         # Built-ins come as ("~", 0, "<built-in method ...>"); Python functions with their file.
         key = f"`{name}` ({Path(filename).parent.name}/{Path(filename).name}:{line})" if line else f"`{name}`"
-        own[key] = own.get(key, 0.0) + entry[2]
+        calls, seconds = own.get(key, (0, 0.0))
+        own[key] = (calls + entry[1], seconds + entry[2])
     return own
 
 
 def profile_items(get: Callable[[int], Any], count: int, top: int = 8) -> list[str]:
     """The functions that take the most own time over ``count`` items, as markdown lines."""
     own = own_times(lambda: [get(index) for index in range(count)])
-    ranked = sorted(own.items(), key=lambda item: item[1], reverse=True)[:top]
-    return [f"    - {name}: {seconds / count * 1e3:.2f} ms/image" for name, seconds in ranked]
+    ranked = sorted(own.items(), key=lambda item: item[1][1], reverse=True)[:top]
+    return [f"    - {name}: {seconds / count * 1e3:.2f} ms/image" for name, (_, seconds) in ranked]
+
+
+def tensor_count(item: Any) -> int:
+    """Tensors in a detectron2 input dict (its Instances and their Boxes included)."""
+    if isinstance(item, torch.Tensor):
+        return 1
+    if isinstance(item, dict):
+        return sum(tensor_count(value) for value in item.values())
+    if isinstance(item, (list, tuple)):
+        return sum(tensor_count(value) for value in item)
+    if hasattr(item, "get_fields"):  # Instances
+        return tensor_count(item.get_fields())
+    return int(isinstance(getattr(item, "tensor", None), torch.Tensor))  # Boxes
+
+
+def transfer_seconds(items: Sequence[Any]) -> tuple[float, float]:
+    """Seconds per item that a loader worker takes to send it (tensors moved to shared memory) and
+    the main process to receive it: torch's ForkingPickler both ways."""
+    start = time.perf_counter()
+    blobs = [ForkingPickler.dumps(item) for item in items]
+    sent = time.perf_counter()
+    for blob in blobs:
+        ForkingPickler.loads(blob)
+    received = time.perf_counter()
+    return (sent - start) / len(items), (received - sent) / len(items)
 
 
 def bench_data_loading(ctx: Context) -> Result:
@@ -786,16 +884,31 @@ def bench_data_loading(ctx: Context) -> Result:
             "" if scale.tiny_model else f" (no rbc data at {RBC_DIR}; set DETLIT_RBC_DIR)"
         )
     sizes, max_size = spec.min_size_train, spec.max_size_train
-    dm = CocoDataModule(
-        str(train_json),
-        str(images),
-        batch_size=scale.loader_batch,
-        num_workers=scale.loader_workers,
-        augment="flip",
-        min_size_train=sizes,
-        max_size_train=max_size,
-    )
-    dm.setup("fit")
+
+    def detlit_loader(workers: int) -> tuple[CocoDataModule, DataLoader]:
+        dm = CocoDataModule(
+            str(train_json),
+            str(images),
+            batch_size=scale.loader_batch,
+            num_workers=workers,
+            augment="flip",
+            min_size_train=sizes,
+            max_size_train=max_size,
+        )
+        dm.setup("fit")
+        return dm, dm.train_dataloader()
+
+    def detectron2_loader(workers: int) -> DataLoader:
+        return DataLoader(
+            mapped,
+            batch_size=scale.loader_batch,
+            shuffle=True,
+            num_workers=workers,
+            collate_fn=collate,
+            persistent_workers=workers > 0,
+        )
+
+    dm, loader = detlit_loader(scale.loader_workers)
     dicts = to_detectron2_dicts(dm.train_data, dm.label_map)
     mapper = DatasetMapper(
         is_train=True,
@@ -803,21 +916,11 @@ def bench_data_loading(ctx: Context) -> Result:
         image_format="BGR",
     )
     mapped = MappedDicts(dicts, mapper)
-    loaders = {
-        "detlit": dm.train_dataloader(),
-        "detectron2": DataLoader(
-            mapped,
-            batch_size=scale.loader_batch,
-            shuffle=True,
-            num_workers=scale.loader_workers,
-            collate_fn=collate,
-            persistent_workers=scale.loader_workers > 0,
-        ),
-    }
+    loaders = {"detlit": loader, "detectron2": detectron2_loader(scale.loader_workers)}
     for loader in loaders.values():  # warm-up: start the workers, read every file once
         epoch_rate(loader)
     rates: dict[str, list[float]] = {side: [] for side in loaders}
-    for side in abba(scale.loader_turns, list(loaders)):
+    for side in abba(ctx.budget.rounds(scale.loader_turns), list(loaders)):
         collected()
         rates[side].append(epoch_rate(loaders[side]))
     ours, theirs = median(rates["detlit"]), median(rates["detectron2"])
@@ -826,13 +929,8 @@ def bench_data_loading(ctx: Context) -> Result:
         "data_loading", "images/s", f"{ours:.1f} img/s", f"{theirs:.1f} img/s (DatasetMapper)", ours / theirs, target
     )
 
-    # Where the time goes, one image at a time in this process (no workers, no transfer between processes).
-    count = min(scale.loader_profile_images, len(dicts))
-    dataset = dm.datasets["train"]
-    per_image = {
-        "detlit": seconds_per_item(dataset.__getitem__, count),
-        "detectron2": seconds_per_item(mapped.__getitem__, count),
-    }
+    # What the same work costs in this process alone: no workers, nothing sent between processes.
+    in_process = {"detlit": epoch_rate(detlit_loader(0)[1]), "detectron2": epoch_rate(detectron2_loader(0))}
     details = [
         f"- {len(dicts)} images of {source}; shortest edge one of {sizes} (max {max_size}) and a horizontal flip; "
         f"{scale.loader_workers} workers, batch {scale.loader_batch}, the same `collate` (a list of dicts)",
@@ -841,24 +939,28 @@ def bench_data_loading(ctx: Context) -> Result:
         "(its `build_detection_train_loader` does not run on numpy 2)",
         f"- {scale.loader_turns} epochs per side in ABBA order after a warm-up epoch each; img/s of each epoch: "
         f"detlit {listed(rates['detlit'])}; detectron2 {listed(rates['detectron2'])}",
-        f"- one image at a time in the main process ({count} images): detlit {per_image['detlit'] * 1e3:.1f} ms, "
-        f"detectron2 {per_image['detectron2'] * 1e3:.1f} ms "
-        f"({per_image['detectron2'] / per_image['detlit']:.2f}x)",
+        f"- the same loaders without workers (`num_workers=0`, one epoch each, no transfer between processes): "
+        f"detlit {in_process['detlit']:.1f} img/s, detectron2 {in_process['detectron2']:.1f} img/s "
+        f"({in_process['detlit'] / in_process['detectron2']:.2f}x)",
     ]
     if not row.passed or ctx.args.profile:
-        details.append("- profile, functions by own time, detlit's `DetectionDataset.__getitem__`:")
+        count = min(scale.loader_profile_images, len(dicts))
+        dataset = dm.datasets["train"]
+        details.append(f"- profile of {count} images in this process, by own time; detlit's `DetectionDataset`:")
         details += profile_items(dataset.__getitem__, count)
         details.append("- profile, detectron2's `DatasetMapper.__call__`:")
         details += profile_items(mapped.__getitem__, count)
+        items = {"detlit": [dataset[i] for i in range(count)], "detectron2": [mapped[i] for i in range(count)]}
+        sent = {side: transfer_seconds(values) for side, values in items.items()}
+        details.append(
+            "- what each image costs to pass from a worker to the main process (torch's ForkingPickler, tensors "
+            "moved to shared memory; send + receive): "
+            + "; ".join(
+                f"{side} {send * 1e3:.2f} + {receive * 1e3:.2f} ms ({tensor_count(values[0])} tensors)"
+                for (side, (send, receive)), values in zip(sent.items(), items.values(), strict=True)
+            )
+        )
     return Result("data_loading", [row], details)
-
-
-def seconds_per_item(get: Callable[[int], Any], count: int) -> float:
-    get(0)
-    start = time.perf_counter()
-    for index in range(count):
-        get(index)
-    return (time.perf_counter() - start) / count
 
 
 # --- metrics ------------------------------------------------------------------------------------
@@ -911,7 +1013,7 @@ def bench_metrics(ctx: Context) -> Result:
         evaluate(warmup)
     seconds: dict[str, list[float]] = {side: [] for side in sides}
     numbers: dict[str, np.ndarray] = {}
-    for side in abba(scale.metric_turns, list(sides)):
+    for side in abba(ctx.budget.rounds(scale.metric_turns), list(sides)):
         collected()
         start = time.perf_counter()
         numbers[side] = sides[side](scale.metric_images)
@@ -950,7 +1052,7 @@ def bench_metrics(ctx: Context) -> Result:
 
 
 def predict_rates(
-    spec: Spec, folder: Path, scale: Scale, device: str, weights_dir: Path
+    spec: Spec, folder: Path, scale: Scale, device: str, weights_dir: Path, budget: Budget
 ) -> tuple[dict[str, list[float]], int]:
     """Images/s per turn of Predictor at batch 1 and 8 and of DefaultPredictor, the same weights and images."""
     dm = datamodule(spec, folder)
@@ -990,7 +1092,7 @@ def predict_rates(
         run(min(8, len(images)))
     sync()
     rates: dict[str, list[float]] = {side: [] for side in sides}
-    for turn in range(scale.predict_turns):
+    for turn in budget.rounds(scale.predict_turns):
         order = list(sides)[turn % 3 :] + list(sides)[: turn % 3]
         for side in order:
             collected()
@@ -1016,7 +1118,7 @@ def predict_row(benchmark: str, rates: dict[str, list[float]]) -> Row:
 
 def bench_predict(ctx: Context) -> Result:
     spec = cpu_spec(ctx.scale)
-    rates, count = predict_rates(spec, ctx.sample_folder(), ctx.scale, "cpu", ctx.tmp)
+    rates, count = predict_rates(spec, ctx.sample_folder(), ctx.scale, "cpu", ctx.tmp, ctx.budget)
     details = [
         f"- model: {spec.describe()} (its initial weights, saved to a .pth for DefaultPredictor)",
         f"- {count} images of the synthetic sample's val split (3 shapes), decoded once; detlit's `Predictor."
@@ -1078,7 +1180,7 @@ def bench_check(ctx: Context) -> Result:
     root = ctx.tmp / "check"
     warmup, structure = parse_coco(synthetic_coco(min(sizes)), root / "train.json", root)
     check_dataset(warmup, structure, files=False)
-    for turn in range(scale.check_turns):
+    for turn in ctx.budget.rounds(scale.check_turns):
         for size in sizes if turn % 2 == 0 else reversed(sizes):
             data = synthetic_coco(size)
             annotations[size] = len(data["annotations"])
@@ -1130,7 +1232,7 @@ def bench_gpu_train_step(ctx: Context) -> Result:
     times: dict[str, list[float]] = {"detlit": [], "detectron2": []}
     peaks: dict[str, list[float]] = {"detlit": [], "detectron2": []}
     steps = scale.train_warmup + scale.train_steps
-    for side in abba(scale.train_turns, list(times)):
+    for side in abba(ctx.budget.rounds(scale.train_turns), list(times)):
         collected()
         if not dry:
             torch.cuda.empty_cache()
@@ -1171,7 +1273,7 @@ def bench_gpu_train_step(ctx: Context) -> Result:
 def bench_gpu_predict(ctx: Context) -> Result:
     spec = gpu_spec(ctx.args.dry_run)
     device = "cpu" if ctx.args.dry_run else "cuda"
-    rates, count = predict_rates(spec, ctx.sample_folder(), ctx.scale, device, ctx.tmp)
+    rates, count = predict_rates(spec, ctx.sample_folder(), ctx.scale, device, ctx.tmp, ctx.budget)
     details = [
         f"- model: {spec.describe()}, random initialisation, full precision on both sides, device {device}",
         f"- {count} sample val images at shortest edge {spec.min_size_test}; {ctx.scale.predict_turns} turns per "
@@ -1190,6 +1292,7 @@ class Context:
     args: argparse.Namespace
     scale: Scale
     tmp: Path
+    budget: Budget
 
     def sample_folder(self) -> Path:
         return write_sample_data(self.tmp / "sample", self.scale)
@@ -1197,6 +1300,10 @@ class Context:
     def sample_note(self) -> str:
         return f"the synthetic sample (`detlit.sample`, {self.scale.sample_train} train images, seed 0)"
 
+
+# Shares of the time budget, about as each benchmark's planned turns take on 2 idle CPU cores.
+WEIGHTS = {"train_step": 0.40, "data_loading": 0.08, "metrics": 0.30, "predict": 0.12, "check": 0.10}
+BUDGET = {"cpu": 840.0, "gpu": 270.0}  # seconds: 14 minutes for `make bench`, 4.5 for `make bench-gpu`
 
 CPU_RUNNERS: dict[str, Callable[[Context], Result]] = {
     "train_step": bench_train_step,
@@ -1269,15 +1376,24 @@ def run(args: argparse.Namespace) -> int:
             return 2
     scale = (GPU_DRY if args.dry_run else GPU_FULL) if gpu else QUICK if args.quick else FULL
     console = Console(stderr=True)
-    started, load_before = time.perf_counter(), load_text()
+    started, load_before, cpu_before = time.perf_counter(), load_text(), cpu_seconds()
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     results = []
+    seconds = args.budget if args.budget is not None else BUDGET["gpu" if gpu else "cpu"]
+    budget = Budget(seconds, {name: WEIGHTS[name] for name in names})
     with tempfile.TemporaryDirectory(prefix="detlit-bench-") as tmp:
-        ctx = Context(args, scale, Path(tmp))
+        ctx = Context(args, scale, Path(tmp), budget)
         for name in names:
             console.print(f"[bold]{name}[/bold] ...")
             begun = time.perf_counter()
+            budget.start(name)
             result = runners[name](ctx)
+            if name in budget.cuts:
+                done, planned = budget.cuts[name]
+                result.details.append(
+                    f"- time budget: {done} of {planned} planned rounds ran; the machine was slower than "
+                    "planned (busy, or fewer cores)"
+                )
             results.append(result)
             console.print(f"  {name} done in {time.perf_counter() - begun:.0f} s")
     wall = time.perf_counter() - started
@@ -1293,9 +1409,19 @@ def run(args: argparse.Namespace) -> int:
         "torch threads": f"{args.threads} on every side",
         "versions": collect_env(),
     }
+    share = others_share(cpu_before, wall)
+    if share is not None:
+        header["other jobs"] = f"{share:.0%} of the machine's CPU time during the run"
+        if share > 0.15:
+            header["note"] = (
+                "other jobs shared the cores: times are slower and noisier than on an idle machine, above "
+                "all with several torch threads (a thread that waits for a busy core holds up the others)"
+            )
     # Wide enough for the table when the output goes to a file or a pipe.
     Console(width=None if sys.stdout.isatty() else 200).print(table(results, title))
     print(f"wall time {wall:.0f} s; load average {header['load average (1, 5, 15 min)']}")
+    if "note" in header:
+        print(f"note: {header['note']}")
     out = args.out
     if out is None and not (args.quick or args.only or args.dry_run):
         out = DEFAULT_OUT
@@ -1332,6 +1458,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--threads", type=int, help="torch threads on every side (default: the usable cores; 1 with --quick)"
     )
     parser.add_argument("--profile", action="store_true", help="add the profiles of train_step and data_loading")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        metavar="SECONDS",
+        help=f"wall time to plan for; benchmarks run fewer rounds on a slow machine (default {BUDGET['cpu']:.0f}, "
+        f"with --gpu {BUDGET['gpu']:.0f})",
+    )
     parser.add_argument("--worker", choices=["train_step_detlit", "train_step_detectron2"], help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
