@@ -148,7 +148,13 @@ class CocoDataModule(LightningDataModule):
         if hp["strict_images"]:
             on_unreadable = "raise"
         return DetectionDataset(
-            data.images, data.image_root, self.label_map, transform, hp["image_format"], on_unreadable
+            data.images,
+            data.image_root,
+            self.label_map,
+            transform,
+            hp["image_format"],
+            on_unreadable,
+            targets=not train,
         )
 
     def setup(self, stage: str) -> None:

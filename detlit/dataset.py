@@ -103,6 +103,9 @@ class DetectionDataset(Dataset[dict[str, Any]]):
             ``replace`` - the next readable image takes its place (training: batches keep their
             size, and every process its number of steps), ``mark`` - a ``{"skipped": path}`` dict
             that evaluation leaves out, or ``raise`` - a DataError naming the file.
+        targets: add ``target`` (the ground truth in original pixels, for metrics) to each item.
+            Training leaves it out: every tensor an item holds costs a shared-memory transfer
+            from a loader worker.
     """
 
     def __init__(
@@ -113,6 +116,7 @@ class DetectionDataset(Dataset[dict[str, Any]]):
         transform: A.Compose,
         image_format: str = "BGR",
         on_unreadable: Literal["replace", "mark", "raise"] = "raise",
+        targets: bool = True,
     ):
         if image_format not in ("BGR", "RGB"):
             raise ValueError(f"image_format must be 'BGR' or 'RGB', not '{image_format}'")
@@ -122,6 +126,7 @@ class DetectionDataset(Dataset[dict[str, Any]]):
         self.label_map = label_map
         self.transform = transform
         self.image_format = image_format
+        self.targets = targets
 
     def __len__(self) -> int:
         return len(self.records)
@@ -163,16 +168,18 @@ class DetectionDataset(Dataset[dict[str, Any]]):
         instances.gt_boxes = Boxes(torch.as_tensor(np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)))
         instances.gt_classes = torch.as_tensor(np.asarray(out["labels"], dtype=np.int64).reshape(-1))
         instances.gt_crowd = torch.as_tensor(kept_crowd)
-        return {
+        item = {
             "image": torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))),
             "instances": instances,
             "height": height,
             "width": width,
             "image_id": record.id,
             "file_name": str(path),
-            "target": eval_target(record, self.label_map),
             "boxes_dropped": crowd.count(False) - int((~kept_crowd).sum()),
         }
+        if self.targets:
+            item["target"] = eval_target(record, self.label_map)
+        return item
 
 
 def collate(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -55,6 +55,8 @@ def test_train_dict_contract(sample_dir: Path) -> None:
         assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
         assert set(instances.gt_classes.tolist()) <= {0, 1, 2}
         assert item["boxes_dropped"] == 0  # a flip and a resize cut nothing
+        assert "target" not in item  # metric targets only in evaluation
+    assert all("target" in item for item in dm.datasets["val"])
 
 
 def test_channel_order_is_bgr_for_model_zoo_configs(sample_dir: Path) -> None:
@@ -107,6 +109,10 @@ def test_empty_image_has_no_instances(tmp_path: Path) -> None:
     item = DetectionDataset(dataset.images, tmp_path, dataset.label_map(), train_transform("flip", [32], 64))[0]
     assert len(item["instances"]) == 0 and item["instances"].gt_boxes.tensor.shape == (0, 4)
     assert item["target"]["boxes"].shape == (0, 4)
+    lean = DetectionDataset(
+        dataset.images, tmp_path, dataset.label_map(), train_transform("flip", [32], 64), targets=False
+    )
+    assert "target" not in lean[0] and len(lean[0]["instances"]) == 0  # training items carry no metric targets
 
 
 def test_crowd_regions_are_flagged_ignore_regions(tmp_path: Path) -> None:
