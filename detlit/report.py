@@ -18,28 +18,23 @@ matrix, the best and worst validation images, and the dataset statistics. Whatev
 lacks (validation, a checkpoint, data that moved) is named in its section; the report is written
 anyway. A folder that is not a run folder ends in one sentence and exit status 2.
 
-Each finding comes from one small rule (``rule_*``) with its threshold in a module constant, and
-names the numbers that triggered it.
+Each finding comes from one small rule (``rule_*`` in :mod:`detlit.advice`) with its threshold in
+a module constant there, and names the numbers that triggered it. The run folder is read by
+:mod:`detlit.run_reader`; the page is a :mod:`detlit.document`, rendered to HTML and Markdown there.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
-import base64
-import hashlib
-import html
 import io
-import json
 import logging
 import math
 import re
-import statistics
 import sys
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeAlias
@@ -50,426 +45,70 @@ matplotlib.use("Agg")  # files only: no display is needed or wanted
 
 import matplotlib.pyplot as plt
 import numpy as np
-import yaml
 from PIL import Image
 
 from detlit import plots
+from detlit.advice import (
+    NOTHING_ALARMING,
+    Recommendation,
+    rule_boxes_dropped,
+    rule_confusion,
+    rule_dataset_errors,
+    rule_nonfinite_batches,
+    rule_overfitting,
+    rule_skipped_images,
+    rule_small_objects,
+    rule_still_improving,
+    rule_weak_rare_classes,
+)
 from detlit.cli import run_cli
-from detlit.coco import CocoDataset, ImageRecord, parse_coco
+from detlit.coco import CocoDataset, ImageRecord
+from detlit.document import (
+    NO_VALUE,
+    Block,
+    Callout,
+    Code,
+    Document,
+    Figure,
+    Gallery,
+    Heading,
+    Note,
+    Table,
+    Text,
+    render_html,
+    render_markdown,
+)
 from detlit.env import collect_env
 from detlit.errors import ConfigError, DataError, DetlitError
 from detlit.evaluate import COCO_TITLES
-from detlit.metrics import COCO_NAMES, Evaluation, unique_names
-from detlit.validate import Report, check_file
+from detlit.metrics import COCO_NAMES, Evaluation
+from detlit.run_reader import (
+    OVERALL_EXTRA,
+    PER_CLASS_KEYS,
+    DataSplit,
+    FinalMetrics,
+    Run,
+    Series,
+    choose_checkpoint,
+    float_or_nan,
+    locate,
+    metrics_from_evaluation,
+    metrics_from_scalars,
+    read_eval,
+    read_run,
+    read_split,
+)
 
 log = logging.getLogger("detlit.report")
 
-Series: TypeAlias = list[tuple[int, float]]  # (step, value), ascending steps
-
-# --- thresholds of the findings rules ------------------------------------------------------------
-
-LOW_CLASS_AP = 0.25  # a class AP below this is low whatever the other classes reach
-WEAK_CLASS_AP_RATIO = 0.7  # ... and so is one below 70% of the mean AP over classes
-FEW_INSTANCES = 100  # training objects of a class: fewer than this is few
-FEW_INSTANCES_RATIO = 0.5  # ... and so is fewer than half the median class
-SMALL_OBJECT_SHARE = 0.3  # share of small training objects (COCO: area < 32 x 32) worth a look
-SMALL_AP_RATIO = 0.7  # AP_small below 70% of the overall AP
-OVERFIT_VAL_RISE = 0.1  # val/loss 10% above its lowest point while train/loss kept falling
-MIN_VALIDATIONS = 3  # validations needed before a trend is read
-STILL_RISING_WINDOW = 3  # the last validations a metric's trend is read over
-STILL_RISING_GAIN = 0.01  # val/map gain over that window (absolute) that says "train longer" ...
-STILL_RISING_LAST_GAIN = 0.005  # ... when the last validation still gained this much
-DROPPED_BOXES_SHARE = 0.01  # boxes dropped by augmentation per epoch, as a share of training objects
-CONFUSION_SHARE = 0.1  # share of a class's objects detected as one other class
-CONFUSION_MIN_COUNT = 3  # ... and at least this many of them
-SKIPPED_IMAGES = 1  # unreadable images skipped in an epoch (train) or a validation
-NONFINITE_BATCHES = 1  # batches skipped for a non-finite loss
-DATASET_ERRORS = 1  # errors found by the dataset check
-
-# --- other settings --------------------------------------------------------------------------
+# --- settings ------------------------------------------------------------------------------------
 
 MAX_IMAGES = 100  # validation images the model runs on for the example images
 EXAMPLES = 4  # best and worst images shown, each
 EXAMPLE_SIZE = 480  # pixels: drawn examples are scaled down to fit this square
 PLOT_DPI = 90
-RUN_FILES = ("config.yaml", "run.log", "hparams.yaml")
 LOSS_PARTS = ("loss", "loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc")
 IGNORED_TAGS = ("hp_metric", "epoch")
-LOG_LINE = re.compile(r"^(\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}),(\d{3}) (\w+) ([\w.]+): (.*)$")
-NO_VALUE = "-"
-
-
-# === reading the run folder ========================================================================
-
-
-@dataclass
-class LogInfo:
-    """What ``run.log`` records: first and last time stamps, the command, the environment."""
-
-    started: datetime | None = None
-    ended: datetime | None = None
-    command: str | None = None
-    environment: dict[str, str] = field(default_factory=dict)
-    model_hparams: dict[str, Any] = field(default_factory=dict)
-
-
-def parse_run_log(text: str) -> LogInfo:
-    """Time stamps, command, ``environment:`` block and model hyper-parameters of a ``run.log``."""
-    info = LogInfo()
-    in_environment = False
-    for line in text.splitlines():
-        match = LOG_LINE.match(line)
-        if match is None:
-            if in_environment and line.strip():
-                key, *value = re.split(r"\s{2,}", line.strip(), maxsplit=1)
-                info.environment[key] = value[0] if value else ""
-            continue
-        stamp = datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S")
-        info.started = info.started or stamp
-        info.ended = stamp
-        message = match.group(5)
-        in_environment = message == "environment:"
-        if message.startswith("command: ") and info.command is None:
-            info.command = message[len("command: ") :]
-        elif message.startswith("model hyper-parameters: ") and not info.model_hparams:
-            try:
-                parsed = ast.literal_eval(message[len("model hyper-parameters: ") :])
-            except (ValueError, SyntaxError):
-                parsed = None  # a value without a literal repr (a class): the hparams.yaml has them
-            if isinstance(parsed, dict):
-                info.model_hparams = parsed
-    return info
-
-
-def read_scalars(folder: Path) -> tuple[dict[str, Series], tuple[float, float] | None]:
-    """Every scalar of the folder's TensorBoard event files, and the first and last wall time.
-
-    A step logged twice (a resumed run repeats the steps after its checkpoint) keeps the later value.
-    """
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    if not any(folder.glob("events.out.tfevents.*")):
-        return {}, None
-    accumulator = EventAccumulator(str(folder), size_guidance={"scalars": 0})
-    try:
-        accumulator.Reload()
-    except Exception as err:  # a damaged event file must not stop the report: it says so instead
-        log.warning("cannot read the event files in %s: %s", folder, err)
-        return {}, None
-    scalars: dict[str, Series] = {}
-    walls: list[float] = []
-    for tag in accumulator.Tags()["scalars"]:
-        by_step: dict[int, float] = {}
-        for event in accumulator.Scalars(tag):
-            by_step[int(event.step)] = float(event.value)
-            walls.append(float(event.wall_time))
-        scalars[tag] = sorted(by_step.items())
-    return scalars, ((min(walls), max(walls)) if walls else None)
-
-
-def _read_yaml(path: Path) -> tuple[dict[str, Any], str | None, str | None]:
-    """(parsed mapping, text, note): a missing or unreadable file gives an empty mapping and a note."""
-    if not path.is_file():
-        return {}, None, f"{path.name} is missing"
-    text = path.read_text(encoding="utf-8", errors="replace")
-    try:
-        parsed = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        return {}, text, f"{path.name} is not valid YAML ({str(err).splitlines()[0]})"
-    return (parsed if isinstance(parsed, dict) else {}), text, None
-
-
-@dataclass
-class Run:
-    """The files of one run folder, read."""
-
-    folder: Path
-    config: dict[str, Any]
-    config_text: str | None
-    config_note: str | None
-    hparams: dict[str, Any]
-    log: LogInfo
-    scalars: dict[str, Series]
-    wall_times: tuple[float, float] | None
-    checkpoints: list[Path]
-
-    @property
-    def name(self) -> str:
-        return f"{self.folder.parent.name}/{self.folder.name}"
-
-    def data_setting(self, key: str) -> Any:
-        """A ``data.*`` setting: config.yaml first, the saved hyper-parameters second."""
-        data = self.config.get("data")
-        if isinstance(data, dict) and key in data:
-            return data[key]
-        return self.hparams.get(key)
-
-    def model_setting(self, key: str) -> Any:
-        model = self.config.get("model")
-        if isinstance(model, dict) and key in model:
-            return model[key]
-        return self.hparams.get(key, self.log.model_hparams.get(key))
-
-    def series(self, tag: str) -> Series:
-        return self.scalars.get(tag, [])
-
-
-def check_run_folder(folder: Path) -> None:
-    """Raise one sentence unless ``folder`` is a detlit run folder.
-
-    Raises:
-        ConfigError: it does not exist, or holds none of config.yaml, run.log, hparams.yaml and
-            an events.out.tfevents file.
-    """
-    if not folder.is_dir():
-        raise ConfigError(f"--run {folder} is not a folder; pass a run folder such as runs/<name>/version_<n>")
-    if any((folder / name).is_file() for name in RUN_FILES) or any(folder.glob("events.out.tfevents.*")):
-        return
-    versions = sorted(
-        (p for p in folder.glob("version_*") if p.is_dir() and p.name[8:].isdigit()), key=lambda p: int(p.name[8:])
-    )
-    hint = f" (it holds {len(versions)} runs: pass one of them, e.g. --run {versions[-1]})" if versions else ""
-    raise ConfigError(
-        f"--run {folder} is not a detlit run folder: it has no config.yaml, run.log or TensorBoard event file{hint}"
-    )
-
-
-def read_run(folder: Path) -> Run:
-    """Read a run folder (see :func:`check_run_folder`); missing parts stay empty."""
-    check_run_folder(folder)
-    config, config_text, config_note = _read_yaml(folder / "config.yaml")
-    hparams, _, _ = _read_yaml(folder / "hparams.yaml")
-    log_path = folder / "run.log"
-    log_info = (
-        parse_run_log(log_path.read_text(encoding="utf-8", errors="replace")) if log_path.is_file() else LogInfo()
-    )
-    scalars, walls = read_scalars(folder)
-    checkpoints = sorted((folder / "checkpoints").glob("*.ckpt")) if (folder / "checkpoints").is_dir() else []
-    return Run(folder, config, config_text, config_note, hparams, log_info, scalars, walls, checkpoints)
-
-
-def locate(value: Any, anchors: Sequence[Path]) -> Path | None:
-    """An existing file or folder named in a config: absolute, or relative to the current folder
-    or to one of ``anchors`` (a run is often reported from elsewhere than where it was trained)."""
-    if not isinstance(value, str) or not value:
-        return None
-    path = Path(value).expanduser()
-    if path.is_absolute():
-        return path if path.exists() else None
-    for base in (Path.cwd(), *anchors):
-        if (base / path).exists():
-            return base / path
-    return None
-
-
-def choose_checkpoint(run: Run, evaluated: Path | None = None) -> tuple[Path | None, str]:
-    """The checkpoint to draw examples with, and why it was chosen."""
-    if evaluated is not None and evaluated.suffix == ".ckpt" and evaluated.is_file():
-        return evaluated, "the checkpoint --eval evaluated"
-    best = sorted((p for p in run.checkpoints if p.name.startswith("best")), key=lambda p: p.stat().st_mtime)
-    if best:
-        return best[-1], "the best checkpoint"
-    last = [p for p in run.checkpoints if p.name == "last.ckpt"]
-    if last:
-        return last[0], "the last checkpoint"
-    if run.checkpoints:
-        return max(run.checkpoints, key=lambda p: p.stat().st_mtime), "the newest checkpoint"
-    return None, ""
-
-
-# === the dataset ===================================================================================
-
-
-@dataclass
-class DataSplit:
-    """One dataset split named in the run's config, checked."""
-
-    name: str
-    configured_json: str | None
-    json_path: Path | None = None
-    image_root: Path | None = None
-    report: Report | None = None
-    dataset: CocoDataset | None = None
-    json_sha256: str | None = None
-    names_sha256: str | None = None
-    note: str | None = None
-
-    @property
-    def objects_per_category(self) -> dict[int, int]:
-        """Objects (crowd regions excluded) per category id, from the check's statistics."""
-        if self.report is None:
-            return {}
-        out = {}
-        for key, count in self.report.stats.get("per_category", {}).items():
-            cid, _, _ = str(key).partition(" ")
-            if cid.lstrip("-").isdigit():
-                out[int(cid)] = int(count)
-        return out
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def names_fingerprint(raw: Mapping[str, Any]) -> str:
-    """sha256 of the json's image file names, sorted, one per line: changes when images are added,
-    removed or renamed, not when the json is merely re-written."""
-    images = raw.get("images")
-    names = sorted(str(i.get("file_name")) for i in images if isinstance(i, dict)) if isinstance(images, list) else []
-    return hashlib.sha256("\n".join(names).encode("utf-8")).hexdigest()
-
-
-def read_split(run: Run, name: str) -> DataSplit:
-    """Find, fingerprint and check the ``name`` split (``train`` or ``val``) of the run's data."""
-    json_value, images_value = run.data_setting(f"{name}_json"), run.data_setting(f"{name}_images")
-    split = DataSplit(name, json_value)
-    if not json_value:
-        split.note = f"the run's config names no data.{name}_json"
-        return split
-    anchors = list(run.folder.resolve().parents)
-    split.json_path = locate(json_value, anchors)
-    split.image_root = locate(images_value, anchors)
-    if split.json_path is None:
-        split.note = (
-            f"data.{name}_json {json_value} was not found (relative to the current folder or the run's parent "
-            "folders): dataset statistics and fingerprints are left out"
-        )
-        return split
-    split.json_sha256 = sha256_file(split.json_path)
-    image_root = split.image_root or Path(str(images_value or "."))
-    files = split.image_root is not None
-    try:
-        report, raw = check_file(split.json_path, image_root, files=files, decode=False, unlisted=False)
-        split.dataset, _ = parse_coco(raw, split.json_path, image_root)
-    except DataError as err:
-        split.note = f"the {name} json could not be checked: {err}"
-        return split
-    split.report = report
-    split.names_sha256 = names_fingerprint(raw)
-    if not files:
-        split.note = f"data.{name}_images {images_value} was not found: image files were not checked"
-    return split
-
-
-# === metrics =====================================================================================
-
-
-@dataclass
-class FinalMetrics:
-    """The numbers of the metrics tables and where they come from.
-
-    Attributes:
-        source: one sentence naming the source.
-        overall: COCO numbers and precision / recall / F1 over all classes (NaN when unknown).
-        per_class: per class: ``class``, ``objects``, ``ap``, ``ap50``, ``precision``, ``recall``,
-            ``f1``, ``threshold`` (NaN when unknown).
-        confusion: (K+1, K+1) counts, rows true class, columns predicted (last: background).
-        category_ids: original id of each class, when known.
-    """
-
-    source: str
-    overall: dict[str, float]
-    per_class: list[dict[str, Any]]
-    confusion: np.ndarray | None = None
-    category_ids: list[int] | None = None
-    iou_threshold: float | None = None
-    score_threshold: float | None = None
-
-    @property
-    def class_names(self) -> list[str]:
-        return [str(row["class"]) for row in self.per_class]
-
-
-PER_CLASS_KEYS = ("ap", "ap50", "precision", "recall", "f1", "threshold")
-OVERALL_EXTRA = ("precision", "recall", "f1", "precision@thr", "recall@thr", "f1@thr")
-
-
-def _float(value: Any) -> float:
-    """A JSON or scalar value as a float; null and non-numbers are NaN."""
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
-
-
-def read_eval(eval_dir: Path) -> tuple[FinalMetrics, dict[str, Any]]:
-    """The metrics of a ``python -m detlit.evaluate`` folder, and its ``metrics.json`` as read.
-
-    Raises:
-        ConfigError: the folder or its metrics.json is missing or unreadable.
-    """
-    path = eval_dir / "metrics.json"
-    if not eval_dir.is_dir():
-        raise ConfigError(f"--eval {eval_dir} is not a folder; pass the --out folder of python -m detlit.evaluate")
-    if not path.is_file():
-        raise ConfigError(f"--eval {eval_dir} has no metrics.json; pass the --out folder of python -m detlit.evaluate")
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-        overall = {str(k): _float(v) for k, v in document["overall"].items()}
-        rows = [
-            {
-                "class": str(row["class"]),
-                "objects": row.get("objects"),
-                **{k: _float(row.get(k)) for k in PER_CLASS_KEYS},
-            }
-            for row in document["per_class"]
-        ]
-    except (ValueError, KeyError, TypeError, AttributeError) as err:
-        raise ConfigError(f"{path} is not a metrics.json of python -m detlit.evaluate ({err})") from err
-    confusion = document.get("confusion_matrix", {}).get("counts")
-    ids = document.get("category_ids")
-    metrics = FinalMetrics(
-        source=(
-            f"{path} (python -m detlit.evaluate of {document.get('source', '?')} on {document.get('json', '?')}, "
-            f"{document.get('images', '?')} images)"
-        ),
-        overall=overall,
-        per_class=rows,
-        confusion=np.asarray(confusion, dtype=np.int64) if confusion else None,
-        category_ids=[int(i) for i in ids] if isinstance(ids, list) else None,
-        iou_threshold=_float(document.get("iou_threshold")),
-        score_threshold=_float(document.get("score_threshold")),
-    )
-    return metrics, document
-
-
-def metrics_from_scalars(scalars: Mapping[str, Series], class_names: Sequence[str]) -> FinalMetrics | None:
-    """The last validation's numbers from the event files (None without validation metrics)."""
-    if not scalars.get("val/map"):
-        return None
-    step = scalars["val/map"][-1][0]
-
-    def at_last(tag: str) -> float:
-        series = scalars.get(tag, [])
-        return series[-1][1] if series and series[-1][0] == step else math.nan
-
-    overall = {name: at_last(f"val/{name}") for name in (*COCO_NAMES, *OVERALL_EXTRA)}
-    names = list(class_names)
-    if not names:
-        # without the class names, the per-class tags name the classes
-        names = sorted({tag.split("/", 2)[2] for tag in scalars if tag.startswith("val/ap/")})
-    rows = []
-    for name, key in zip(names, unique_names(names), strict=True):
-        rows.append({"class": name, "objects": None, **{k: at_last(f"val/{k}/{key}") for k in PER_CLASS_KEYS}})
-    return FinalMetrics(
-        source=f"the last validation in the TensorBoard event files (step {step})", overall=overall, per_class=rows
-    )
-
-
-def metrics_from_evaluation(evaluation: Evaluation, source: str) -> FinalMetrics:
-    rows = [{k: row[k] for k in ("class", "objects", *PER_CLASS_KEYS)} for row in evaluation.per_class()]
-    return FinalMetrics(
-        source=source,
-        overall={k: v for k, v in evaluation.scalars().items() if "/" not in k},
-        per_class=rows,
-        confusion=evaluation.confusion.astype(np.int64),
-        iou_threshold=evaluation.iou_threshold,
-        score_threshold=evaluation.score_threshold,
-    )
 
 
 # === the model on validation images =============================================================
@@ -658,242 +297,6 @@ def png_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-# === findings and recommendations ================================================================
-
-
-@dataclass(frozen=True)
-class Recommendation:
-    """One finding about the run: the rule that fired, the numbers behind it, and what to do."""
-
-    rule: str
-    title: str
-    evidence: str
-    advice: str
-
-
-NOTHING_ALARMING = (
-    "No rule found anything alarming: no weak rare class, no small-object gap, no over-fitting, no metric "
-    "still rising at the end, no boxes dropped by augmentation, no confused class pair, no skipped images, "
-    "no dataset errors."
-)
-
-
-def _fmt(value: float, digits: int = 3) -> str:
-    return f"{value:.{digits}f}" if math.isfinite(value) else NO_VALUE
-
-
-def rule_weak_rare_classes(ap: Mapping[str, float], instances: Mapping[str, int]) -> Recommendation | None:
-    """Classes with a low AP and few training objects: more data for them helps most.
-
-    Low: AP below :data:`LOW_CLASS_AP` or below :data:`WEAK_CLASS_AP_RATIO` x the mean AP. Few:
-    fewer than :data:`FEW_INSTANCES` objects or fewer than :data:`FEW_INSTANCES_RATIO` x the
-    median class's.
-    """
-    known = {name: value for name, value in ap.items() if math.isfinite(value) and name in instances}
-    if not known:
-        return None
-    mean_ap = statistics.fmean(known.values())
-    median = statistics.median(instances[name] for name in known)
-    weak = [
-        name
-        for name, value in known.items()
-        if (value < LOW_CLASS_AP or value < WEAK_CLASS_AP_RATIO * mean_ap)
-        and (instances[name] < FEW_INSTANCES or instances[name] < FEW_INSTANCES_RATIO * median)
-    ]
-    if not weak:
-        return None
-    listed = "; ".join(f"'{name}': AP {known[name]:.3f} with {instances[name]} training objects" for name in weak)
-    return Recommendation(
-        "weak_rare_classes",
-        "Classes with a low AP and few training objects",
-        f"{listed} (mean AP over classes {mean_ap:.3f}, median {median:g} training objects per class).",
-        "More labelled examples of these classes help most; until then, oversample the images that hold them "
-        "(`data.repeat_factor_threshold`, e.g. 0.001) and check their labels with `python -m detlit.check`.",
-    )
-
-
-def rule_small_objects(
-    box_sizes: Mapping[str, int], map_all: float, map_small: float, min_size_test: Any = None
-) -> Recommendation | None:
-    """Many small objects (at least :data:`SMALL_OBJECT_SHARE`) and AP_small below
-    :data:`SMALL_AP_RATIO` x the overall AP: the input resolution or the anchors are too coarse."""
-    total = sum(box_sizes.values())
-    if total == 0 or not (math.isfinite(map_all) and math.isfinite(map_small)) or map_all <= 0:
-        return None
-    share = box_sizes.get("small", 0) / total
-    if share < SMALL_OBJECT_SHARE or map_small >= SMALL_AP_RATIO * map_all:
-        return None
-    now = f", now {min_size_test}" if min_size_test is not None else ""
-    return Recommendation(
-        "small_objects",
-        "Many small objects, found poorly",
-        f"{share:.0%} of the training objects are small (area under 32 x 32 pixels) and AP_small is "
-        f"{map_small:.3f} against AP {map_all:.3f} over all sizes.",
-        f"Raise the input resolution (`data.min_size_train` / `data.min_size_test`{now}) or give the RPN "
-        "smaller anchors (`model.overrides` `MODEL.ANCHOR_GENERATOR.SIZES`, e.g. [[16], [32], [64], [128], [256]]).",
-    )
-
-
-def _mean_between(series: Series, low: int, high: int) -> float:
-    """Mean of the values logged at steps in (low, high]; the last value before ``high`` if none."""
-    inside = [value for step, value in series if low < step <= high]
-    if inside:
-        return statistics.fmean(inside)
-    before = [value for step, value in series if step <= high]
-    return before[-1] if before else math.nan
-
-
-def rule_overfitting(train_loss: Series, val_loss: Series) -> Recommendation | None:
-    """val/loss at least :data:`OVERFIT_VAL_RISE` above its lowest point while train/loss kept
-    falling (at least :data:`MIN_VALIDATIONS` validations): the train/val gap grows."""
-    if len(val_loss) < MIN_VALIDATIONS or not train_loss:
-        return None
-    best = min(range(len(val_loss)), key=lambda i: val_loss[i][1])
-    best_step, best_value = val_loss[best]
-    last_step, last_value = val_loss[-1]
-    if best == len(val_loss) - 1 or not last_value >= best_value * (1 + OVERFIT_VAL_RISE):
-        return None
-    before_best = val_loss[best - 1][0] if best else -1
-    train_then = _mean_between(train_loss, before_best, best_step)
-    train_now = _mean_between(train_loss, val_loss[-2][0], last_step)
-    if not train_now < train_then:
-        return None
-    return Recommendation(
-        "overfitting",
-        "Over-fitting: the train/val loss gap grows",
-        f"val/loss rose {last_value / best_value - 1:.0%} from its lowest {best_value:.3f} (step {best_step}) to "
-        f"{last_value:.3f} (step {last_step}) while train/loss fell from {train_then:.3f} to {train_now:.3f}: the "
-        f"gap grew from {best_value - train_then:.3f} to {last_value - train_now:.3f}.",
-        "Use the best checkpoint rather than the last; add augmentation (`data.augment: default` or `strong`) or "
-        "weight decay, or stop early (an `EarlyStopping` callback on `val/map`, see docs/training.md).",
-    )
-
-
-def rule_still_improving(val_map: Series) -> Recommendation | None:
-    """val/map still rising when training stopped: over the last :data:`STILL_RISING_WINDOW`
-    validations it gained at least :data:`STILL_RISING_GAIN`, at the last one at least
-    :data:`STILL_RISING_LAST_GAIN` (a curve that has flattened out does not count), and it ends at its best."""
-    if len(val_map) < 2:
-        return None
-    window = min(STILL_RISING_WINDOW, len(val_map))
-    start_step, start = val_map[-window]
-    before = val_map[-2][1]
-    end_step, end = val_map[-1]
-    best = max(value for _, value in val_map)
-    if not (end - start >= STILL_RISING_GAIN and end - before >= STILL_RISING_LAST_GAIN and end >= best):
-        return None
-    return Recommendation(
-        "still_improving",
-        "Validation metrics still rising at the end",
-        f"val/map rose from {start:.3f} (step {start_step}) to {end:.3f} (step {end_step}) over the last "
-        f"{window} validations, {end - before:+.3f} at the last one, and is at its best at the end.",
-        "Train longer (`trainer.max_epochs`), or continue from this checkpoint with a fresh schedule "
-        "(`model.weights` set to it).",
-    )
-
-
-def rule_boxes_dropped(dropped: Series, train_objects: int | None) -> Recommendation | None:
-    """Augmentation drops boxes (``train/boxes_dropped_by_aug``, a sum per epoch): at least
-    :data:`DROPPED_BOXES_SHARE` of the training objects per epoch, or any when that number is unknown."""
-    total = sum(value for _, value in dropped)
-    if not dropped or total <= 0:
-        return None
-    per_epoch = total / len(dropped)
-    if train_objects:
-        share = per_epoch / train_objects
-        if share < DROPPED_BOXES_SHARE:
-            return None
-        evidence = (
-            f"augmentation dropped {total:g} boxes in {len(dropped)} epochs, {per_epoch:.1f} per epoch: "
-            f"{share:.1%} of the {train_objects} training objects."
-        )
-    else:
-        evidence = f"augmentation dropped {total:g} boxes in {len(dropped)} epochs ({per_epoch:.1f} per epoch)."
-    return Recommendation(
-        "boxes_dropped",
-        "Boxes dropped by augmentation",
-        evidence,
-        "Crops and affine moves push objects out of the image; a milder preset (`data.augment: default`) or "
-        "gentler crop settings keep them. `python -m detlit.browse --config CONFIG` shows what training sees.",
-    )
-
-
-def rule_confusion(class_names: Sequence[str], counts: Any) -> Recommendation | None:
-    """The largest off-diagonal cell of the confusion matrix relative to its row (the true class's
-    objects): at least :data:`CONFUSION_SHARE` of them and :data:`CONFUSION_MIN_COUNT` objects."""
-    matrix = np.asarray(counts, dtype=np.int64)
-    classes = len(class_names)
-    if matrix.ndim != 2 or matrix.shape[0] < classes or matrix.shape[1] < classes or classes < 2:
-        return None
-    best: tuple[float, int, int, int, int] | None = None
-    for row in range(classes):
-        objects = int(matrix[row].sum())
-        for column in range(classes):
-            if column == row or objects == 0:
-                continue
-            count = int(matrix[row, column])
-            share = count / objects
-            if best is None or share > best[0]:
-                best = (share, count, objects, row, column)
-    if best is None:
-        return None
-    share, count, objects, row, column = best
-    if share < CONFUSION_SHARE or count < CONFUSION_MIN_COUNT:
-        return None
-    return Recommendation(
-        "confusion",
-        f"'{class_names[row]}' mistaken for '{class_names[column]}'",
-        f"{count} of the {objects} '{class_names[row]}' objects ({share:.0%}) were detected as "
-        f"'{class_names[column]}' (the largest off-diagonal cell of the confusion matrix, relative to its row).",
-        "Check that the two classes are labelled consistently, add examples that tell them apart, or merge them "
-        "if the difference does not matter for your use.",
-    )
-
-
-def rule_skipped_images(train_skipped: Series, val_skipped: Series) -> Recommendation | None:
-    """Unreadable images skipped: at least :data:`SKIPPED_IMAGES` in an epoch or a validation."""
-    train = max((value for _, value in train_skipped), default=0.0)
-    val = max((value for _, value in val_skipped), default=0.0)
-    if train < SKIPPED_IMAGES and val < SKIPPED_IMAGES:
-        return None
-    return Recommendation(
-        "skipped_images",
-        "Images skipped as unreadable",
-        f"up to {train:g} training images per epoch (`train/skipped_images`) and {val:g} validation images per "
-        "validation (`val/skipped_images`) could not be read and were skipped.",
-        "Find them with `python -m detlit.check JSON --images FOLDER` (it decodes every image); `--fix OUT.json` "
-        "writes a copy without them.",
-    )
-
-
-def rule_nonfinite_batches(skipped: Series) -> Recommendation | None:
-    """Batches skipped for a non-finite loss: at least :data:`NONFINITE_BATCHES`."""
-    total = sum(value for _, value in skipped)
-    if total < NONFINITE_BATCHES:
-        return None
-    return Recommendation(
-        "nonfinite_batches",
-        "Batches skipped for a non-finite loss",
-        f"{total:g} batches had a NaN or infinite loss and were skipped (`train/skipped_nonfinite`).",
-        "Lower the learning rate or lengthen the warm-up (`model.warmup_steps`), clip gradients "
-        "(`trainer.gradient_clip_val`), and check the images the log names.",
-    )
-
-
-def rule_dataset_errors(errors: Mapping[str, int]) -> Recommendation | None:
-    """The dataset check found errors (at least :data:`DATASET_ERRORS`), keyed ``"<split> <kind>"``."""
-    total = sum(errors.values())
-    if total < DATASET_ERRORS:
-        return None
-    listed = ", ".join(f"{key} x{count}" for key, count in sorted(errors.items()))
-    return Recommendation(
-        "dataset_errors",
-        "Errors in the dataset",
-        f"the dataset check found {total} errors: {listed}.",
-        "`python -m detlit.check JSON --images FOLDER` lists them; `--fix OUT.json` writes a repaired copy.",
-    )
-
-
 # === training curves ==============================================================================
 
 
@@ -1001,248 +404,6 @@ def curve_figures(scalars: Mapping[str, Series]) -> list[tuple[str, str, bytes]]
     return figures
 
 
-# === the document ===============================================================================
-
-
-@dataclass
-class Heading:
-    text: str
-    level: int = 2
-
-
-@dataclass
-class Text:
-    """A paragraph; text in backticks is shown as code."""
-
-    text: str
-
-
-@dataclass
-class Note:
-    """Something the report could not show, and why."""
-
-    text: str
-
-
-@dataclass
-class Table:
-    columns: list[str]
-    rows: list[list[str]]
-    numeric: set[int] = field(default_factory=set)  # right-aligned columns
-
-
-@dataclass
-class Figure:
-    name: str  # file name stem, unique in the report
-    png: bytes
-    caption: str
-
-
-@dataclass
-class Gallery:
-    figures: list[Figure]
-    columns: int = 2
-
-
-@dataclass
-class Code:
-    """Preformatted text, collapsed under ``summary`` when one is given."""
-
-    text: str
-    summary: str | None = None
-    language: str = ""
-
-
-@dataclass
-class Callout:
-    title: str
-    text: str
-    kind: str = "warn"  # "warn" or "ok"
-
-
-Block: TypeAlias = Heading | Text | Note | Table | Figure | Gallery | Code | Callout
-
-
-@dataclass
-class Document:
-    title: str
-    subtitle: str
-    blocks: list[Block]
-
-    def figures(self) -> list[Figure]:
-        out: list[Figure] = []
-        for block in self.blocks:
-            if isinstance(block, Figure):
-                out.append(block)
-            elif isinstance(block, Gallery):
-                out.extend(block.figures)
-        return out
-
-
-CSS = """
-body { font-family: -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; color: #1d2330;
-  max-width: 1180px; margin: 0 auto; padding: 20px 28px 60px; line-height: 1.45; background: #fff; }
-h1 { font-size: 1.7em; margin-bottom: 0.1em; }
-h2 { font-size: 1.3em; border-bottom: 2px solid #dfe3ea; padding-bottom: 4px; margin-top: 2em; }
-h3 { font-size: 1.05em; margin-top: 1.4em; }
-.subtitle { color: #5b6577; margin-top: 0; }
-nav { background: #f5f7fa; border: 1px solid #dfe3ea; border-radius: 6px; padding: 8px 14px; font-size: 0.92em; }
-nav a { margin-right: 14px; color: #2456a6; text-decoration: none; white-space: nowrap; }
-table { border-collapse: collapse; margin: 8px 0 14px; font-size: 0.88em; }
-th, td { border: 1px solid #dfe3ea; padding: 3px 9px; text-align: left; vertical-align: top; }
-th { background: #f0f3f7; }
-td code { word-break: break-all; }
-td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
-tr:nth-child(even) td { background: #fafbfc; }
-code, pre { font-family: SFMono-Regular, Menlo, Consolas, monospace; font-size: 0.88em; }
-code { background: #f0f3f7; padding: 0 3px; border-radius: 3px; }
-pre { background: #f5f7fa; border: 1px solid #dfe3ea; padding: 10px; overflow-x: auto; }
-details summary { cursor: pointer; color: #2456a6; }
-figure { margin: 10px 0 18px; }
-figure img { max-width: 100%; height: auto; border: 1px solid #dfe3ea; }
-figcaption { font-size: 0.85em; color: #5b6577; }
-.gallery { display: grid; gap: 14px; align-items: start; }
-.columns2 { grid-template-columns: repeat(2, minmax(0, 1fr)); }
-.columns3 { grid-template-columns: repeat(3, minmax(0, 1fr)); }
-.gallery figure { margin: 0; }
-.note { background: #fff8e1; border-left: 4px solid #f0b400; padding: 6px 10px; }
-.callout { border-left: 4px solid #d9534f; background: #fdf1f0; padding: 6px 12px; margin: 10px 0; }
-.callout.ok { border-left-color: #3c9a4a; background: #eef8f0; }
-.callout b { display: block; }
-"""
-
-
-def _inline_html(text: str) -> str:
-    """Escaped text; spans in backticks become code."""
-    parts = text.split("`")
-    return "".join(f"<code>{html.escape(p)}</code>" if i % 2 else html.escape(p) for i, p in enumerate(parts))
-
-
-def _anchor(text: str, index: int) -> str:
-    return f"s{index}-" + re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-
-
-def _data_uri(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-
-
-def render_html(document: Document) -> str:
-    """The document as one HTML page: inline style, pictures as data URIs, no script, no links out."""
-    body: list[str] = []
-    toc: list[str] = []
-    for index, block in enumerate(document.blocks):
-        if isinstance(block, Heading):
-            anchor = _anchor(block.text, index)
-            if block.level == 2:
-                toc.append(f'<a href="#{anchor}">{html.escape(block.text)}</a>')
-            body.append(f'<h{block.level} id="{anchor}">{html.escape(block.text)}</h{block.level}>')
-        elif isinstance(block, Text):
-            body.append(f"<p>{_inline_html(block.text)}</p>")
-        elif isinstance(block, Note):
-            body.append(f'<p class="note">{_inline_html(block.text)}</p>')
-        elif isinstance(block, Callout):
-            kind = "callout ok" if block.kind == "ok" else "callout"
-            body.append(f'<div class="{kind}"><b>{html.escape(block.title)}</b>{_inline_html(block.text)}</div>')
-        elif isinstance(block, Table):
-            body.append(_html_table(block))
-        elif isinstance(block, Figure):
-            body.append(_html_figure(block))
-        elif isinstance(block, Gallery):
-            figures = "".join(_html_figure(f) for f in block.figures)
-            body.append(f'<div class="gallery columns{block.columns}">{figures}</div>')
-        elif isinstance(block, Code):
-            pre = f"<pre>{html.escape(block.text)}</pre>"
-            if block.summary:
-                pre = f"<details><summary>{html.escape(block.summary)}</summary>{pre}</details>"
-            body.append(pre)
-    return "\n".join(
-        [
-            "<!DOCTYPE html>",
-            '<html lang="en">',
-            "<head>",
-            '<meta charset="utf-8">',
-            '<meta name="viewport" content="width=device-width, initial-scale=1">',
-            # No request may leave the page: data: images only, no scripts, no fonts, no frames.
-            '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; img-src data:; '
-            "style-src 'unsafe-inline'\">",
-            f"<title>{html.escape(document.title)}</title>",
-            f"<style>{CSS}</style>",
-            "</head>",
-            "<body>",
-            f"<h1>{html.escape(document.title)}</h1>",
-            f'<p class="subtitle">{_inline_html(document.subtitle)}</p>',
-            "<nav>" + " ".join(toc) + "</nav>",
-            *body,
-            "</body>",
-            "</html>",
-            "",
-        ]
-    )
-
-
-def _html_table(table: Table) -> str:
-    def cell(tag: str, column: int, text: str) -> str:
-        css = ' class="num"' if column in table.numeric else ""
-        return f"<{tag}{css}>{_inline_html(text)}</{tag}>"
-
-    head = "".join(cell("th", i, c) for i, c in enumerate(table.columns))
-    rows = "".join("<tr>" + "".join(cell("td", i, c) for i, c in enumerate(row)) + "</tr>" for row in table.rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
-
-
-def _html_figure(figure: Figure) -> str:
-    alt = html.escape(figure.caption, quote=True)
-    return (
-        f'<figure><img src="{_data_uri(figure.png)}" alt="{alt}">'
-        f"<figcaption>{_inline_html(figure.caption)}</figcaption></figure>"
-    )
-
-
-def _md_cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
-def render_markdown(document: Document, files_dir: str) -> str:
-    """The document as Markdown; figures link to ``files_dir/<name>.png`` (relative)."""
-    out = [f"# {document.title}", "", document.subtitle, ""]
-    for block in document.blocks:
-        if isinstance(block, Heading):
-            out += ["#" * block.level + " " + block.text, ""]
-        elif isinstance(block, Text):
-            out += [block.text, ""]
-        elif isinstance(block, Note):
-            out += [f"> **Note:** {block.text}", ""]
-        elif isinstance(block, Callout):
-            out += [f"- **{block.title}.** {block.text}", ""]
-        elif isinstance(block, Table):
-            align = ["---:" if i in block.numeric else "---" for i in range(len(block.columns))]
-            out.append("| " + " | ".join(_md_cell(c) for c in block.columns) + " |")
-            out.append("| " + " | ".join(align) + " |")
-            out += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in block.rows]
-            out.append("")
-        elif isinstance(block, Figure):
-            out += [f"![{_md_cell(block.caption)}]({files_dir}/{block.name}.png)", "", f"*{block.caption}*", ""]
-        elif isinstance(block, Gallery):
-            for figure in block.figures:
-                out += [f"![{_md_cell(figure.caption)}]({files_dir}/{figure.name}.png)", "", figure.caption, ""]
-        elif isinstance(block, Code):
-            fence = "```"
-            code = [f"{fence}{block.language}", block.text.rstrip("\n"), fence]
-            if block.summary:
-                out += [
-                    "<details>",
-                    f"<summary>{html.escape(block.summary)}</summary>",
-                    "",
-                    *code,
-                    "",
-                    "</details>",
-                    "",
-                ]
-            else:
-                out += [*code, ""]
-    return "\n".join(out).rstrip("\n") + "\n"
-
-
 # === the sections ================================================================================
 
 
@@ -1251,7 +412,7 @@ def _num(value: Any, digits: int = 3) -> str:
         return NO_VALUE
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         return str(int(value))
-    number = _float(value)
+    number = float_or_nan(value)
     return f"{number:.{digits}f}" if math.isfinite(number) else NO_VALUE
 
 
@@ -1293,7 +454,7 @@ class Context:
         per-class number at all (event files of older runs) and the report ran the model itself."""
         metrics = self.metrics
         has_numbers = metrics is not None and any(
-            math.isfinite(_float(row.get(key))) for row in metrics.per_class for key in PER_CLASS_KEYS
+            math.isfinite(float_or_nan(row.get(key))) for row in metrics.per_class for key in PER_CLASS_KEYS
         )
         if has_numbers or self.examples is None or self.examples.evaluation is None:
             return metrics
@@ -1391,7 +552,9 @@ def recommendations(context: Context) -> list[Recommendation]:
     instances = context.objects_by_class(context.train)
     per_class = context.per_class_metrics()
     if per_class is not None and instances:
-        found.append(rule_weak_rare_classes({r["class"]: _float(r["ap"]) for r in per_class.per_class}, instances))
+        found.append(
+            rule_weak_rare_classes({r["class"]: float_or_nan(r["ap"]) for r in per_class.per_class}, instances)
+        )
     if metrics is not None and context.train.report is not None:
         sizes = context.train.report.stats.get("box_sizes", {})
         overall = metrics.overall
@@ -1458,7 +621,7 @@ def metrics_section(context: Context) -> list[Block]:
     titles = {"precision": "precision", "recall": "recall", "f1": "F1"}
     threshold = metrics.score_threshold if metrics.score_threshold is not None else 0.5
     # Runs logged before these numbers existed have none of them: their rows are left out.
-    if any(math.isfinite(_float(metrics.overall.get(name))) for name in OVERALL_EXTRA):
+    if any(math.isfinite(float_or_nan(metrics.overall.get(name))) for name in OVERALL_EXTRA):
         for name in ("precision", "recall", "f1"):
             rows.append([f"{titles[name]} (each class at its F1-optimal threshold)", _num(metrics.overall.get(name))])
         for name in ("precision", "recall", "f1"):
@@ -1737,7 +900,7 @@ def build_report(
         if metrics is not None and eval_dir is not None:
             # NaN / null: no threshold ever gave a true positive; such a class keeps no detection
             thresholds = [
-                t if math.isfinite(t) else math.inf for t in (_float(r["threshold"]) for r in metrics.per_class)
+                t if math.isfinite(t) else math.inf for t in (float_or_nan(r["threshold"]) for r in metrics.per_class)
             ]
             source = "the F1-optimal score thresholds of --eval"
         log.info("running %s (%s) on up to %d validation images", checkpoint, why, max_images)

@@ -24,8 +24,7 @@ import pytest
 import yaml
 
 from detlit import report
-from detlit.errors import ConfigError
-from detlit.report import (
+from detlit.advice import (
     CONFUSION_SHARE,
     DROPPED_BOXES_SHARE,
     FEW_INSTANCES,
@@ -34,18 +33,6 @@ from detlit.report import (
     SMALL_AP_RATIO,
     SMALL_OBJECT_SHARE,
     STILL_RISING_GAIN,
-    Document,
-    Figure,
-    ImageOutcome,
-    OutputPaths,
-    Table,
-    Text,
-    locate,
-    parse_run_log,
-    pick_examples,
-    render_html,
-    render_markdown,
-    report_main,
     rule_boxes_dropped,
     rule_confusion,
     rule_dataset_errors,
@@ -56,6 +43,10 @@ from detlit.report import (
     rule_still_improving,
     rule_weak_rare_classes,
 )
+from detlit.document import Document, Figure, Table, Text, render_html, render_markdown
+from detlit.errors import ConfigError
+from detlit.report import ImageOutcome, OutputPaths, pick_examples, report_main
+from detlit.run_reader import locate, parse_run_log
 
 from .conftest import REPO, tiny_cli_args
 

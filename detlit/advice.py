@@ -1,0 +1,272 @@
+"""The findings rules of the run report: a few numbers of a run in, a recommendation or None out.
+
+Each rule (``rule_*``) reads the numbers it needs, compares them with thresholds kept as module
+constants below, and when it fires returns a :class:`Recommendation` that names the numbers that
+triggered it and what to change.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from detlit.document import NO_VALUE
+from detlit.run_reader import Series
+
+# --- thresholds of the findings rules ------------------------------------------------------------
+
+LOW_CLASS_AP = 0.25  # a class AP below this is low whatever the other classes reach
+WEAK_CLASS_AP_RATIO = 0.7  # ... and so is one below 70% of the mean AP over classes
+FEW_INSTANCES = 100  # training objects of a class: fewer than this is few
+FEW_INSTANCES_RATIO = 0.5  # ... and so is fewer than half the median class
+SMALL_OBJECT_SHARE = 0.3  # share of small training objects (COCO: area < 32 x 32) worth a look
+SMALL_AP_RATIO = 0.7  # AP_small below 70% of the overall AP
+OVERFIT_VAL_RISE = 0.1  # val/loss 10% above its lowest point while train/loss kept falling
+MIN_VALIDATIONS = 3  # validations needed before a trend is read
+STILL_RISING_WINDOW = 3  # the last validations a metric's trend is read over
+STILL_RISING_GAIN = 0.01  # val/map gain over that window (absolute) that says "train longer" ...
+STILL_RISING_LAST_GAIN = 0.005  # ... when the last validation still gained this much
+DROPPED_BOXES_SHARE = 0.01  # boxes dropped by augmentation per epoch, as a share of training objects
+CONFUSION_SHARE = 0.1  # share of a class's objects detected as one other class
+CONFUSION_MIN_COUNT = 3  # ... and at least this many of them
+SKIPPED_IMAGES = 1  # unreadable images skipped in an epoch (train) or a validation
+NONFINITE_BATCHES = 1  # batches skipped for a non-finite loss
+DATASET_ERRORS = 1  # errors found by the dataset check
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """One finding about the run: the rule that fired, the numbers behind it, and what to do."""
+
+    rule: str
+    title: str
+    evidence: str
+    advice: str
+
+
+NOTHING_ALARMING = (
+    "No rule found anything alarming: no weak rare class, no small-object gap, no over-fitting, no metric "
+    "still rising at the end, no boxes dropped by augmentation, no confused class pair, no skipped images, "
+    "no dataset errors."
+)
+
+
+def _fmt(value: float, digits: int = 3) -> str:
+    return f"{value:.{digits}f}" if math.isfinite(value) else NO_VALUE
+
+
+def rule_weak_rare_classes(ap: Mapping[str, float], instances: Mapping[str, int]) -> Recommendation | None:
+    """Classes with a low AP and few training objects: more data for them helps most.
+
+    Low: AP below :data:`LOW_CLASS_AP` or below :data:`WEAK_CLASS_AP_RATIO` x the mean AP. Few:
+    fewer than :data:`FEW_INSTANCES` objects or fewer than :data:`FEW_INSTANCES_RATIO` x the
+    median class's.
+    """
+    known = {name: value for name, value in ap.items() if math.isfinite(value) and name in instances}
+    if not known:
+        return None
+    mean_ap = statistics.fmean(known.values())
+    median = statistics.median(instances[name] for name in known)
+    weak = [
+        name
+        for name, value in known.items()
+        if (value < LOW_CLASS_AP or value < WEAK_CLASS_AP_RATIO * mean_ap)
+        and (instances[name] < FEW_INSTANCES or instances[name] < FEW_INSTANCES_RATIO * median)
+    ]
+    if not weak:
+        return None
+    listed = "; ".join(f"'{name}': AP {known[name]:.3f} with {instances[name]} training objects" for name in weak)
+    return Recommendation(
+        "weak_rare_classes",
+        "Classes with a low AP and few training objects",
+        f"{listed} (mean AP over classes {mean_ap:.3f}, median {median:g} training objects per class).",
+        "More labelled examples of these classes help most; until then, oversample the images that hold them "
+        "(`data.repeat_factor_threshold`, e.g. 0.001) and check their labels with `python -m detlit.check`.",
+    )
+
+
+def rule_small_objects(
+    box_sizes: Mapping[str, int], map_all: float, map_small: float, min_size_test: Any = None
+) -> Recommendation | None:
+    """Many small objects (at least :data:`SMALL_OBJECT_SHARE`) and AP_small below
+    :data:`SMALL_AP_RATIO` x the overall AP: the input resolution or the anchors are too coarse."""
+    total = sum(box_sizes.values())
+    if total == 0 or not (math.isfinite(map_all) and math.isfinite(map_small)) or map_all <= 0:
+        return None
+    share = box_sizes.get("small", 0) / total
+    if share < SMALL_OBJECT_SHARE or map_small >= SMALL_AP_RATIO * map_all:
+        return None
+    now = f", now {min_size_test}" if min_size_test is not None else ""
+    return Recommendation(
+        "small_objects",
+        "Many small objects, found poorly",
+        f"{share:.0%} of the training objects are small (area under 32 x 32 pixels) and AP_small is "
+        f"{map_small:.3f} against AP {map_all:.3f} over all sizes.",
+        f"Raise the input resolution (`data.min_size_train` / `data.min_size_test`{now}) or give the RPN "
+        "smaller anchors (`model.overrides` `MODEL.ANCHOR_GENERATOR.SIZES`, e.g. [[16], [32], [64], [128], [256]]).",
+    )
+
+
+def _mean_between(series: Series, low: int, high: int) -> float:
+    """Mean of the values logged at steps in (low, high]; the last value before ``high`` if none."""
+    inside = [value for step, value in series if low < step <= high]
+    if inside:
+        return statistics.fmean(inside)
+    before = [value for step, value in series if step <= high]
+    return before[-1] if before else math.nan
+
+
+def rule_overfitting(train_loss: Series, val_loss: Series) -> Recommendation | None:
+    """val/loss at least :data:`OVERFIT_VAL_RISE` above its lowest point while train/loss kept
+    falling (at least :data:`MIN_VALIDATIONS` validations): the train/val gap grows."""
+    if len(val_loss) < MIN_VALIDATIONS or not train_loss:
+        return None
+    best = min(range(len(val_loss)), key=lambda i: val_loss[i][1])
+    best_step, best_value = val_loss[best]
+    last_step, last_value = val_loss[-1]
+    if best == len(val_loss) - 1 or not last_value >= best_value * (1 + OVERFIT_VAL_RISE):
+        return None
+    before_best = val_loss[best - 1][0] if best else -1
+    train_then = _mean_between(train_loss, before_best, best_step)
+    train_now = _mean_between(train_loss, val_loss[-2][0], last_step)
+    if not train_now < train_then:
+        return None
+    return Recommendation(
+        "overfitting",
+        "Over-fitting: the train/val loss gap grows",
+        f"val/loss rose {last_value / best_value - 1:.0%} from its lowest {best_value:.3f} (step {best_step}) to "
+        f"{last_value:.3f} (step {last_step}) while train/loss fell from {train_then:.3f} to {train_now:.3f}: the "
+        f"gap grew from {best_value - train_then:.3f} to {last_value - train_now:.3f}.",
+        "Use the best checkpoint rather than the last; add augmentation (`data.augment: default` or `strong`) or "
+        "weight decay, or stop early (an `EarlyStopping` callback on `val/map`, see docs/training.md).",
+    )
+
+
+def rule_still_improving(val_map: Series) -> Recommendation | None:
+    """val/map still rising when training stopped: over the last :data:`STILL_RISING_WINDOW`
+    validations it gained at least :data:`STILL_RISING_GAIN`, at the last one at least
+    :data:`STILL_RISING_LAST_GAIN` (a curve that has flattened out does not count), and it ends at its best."""
+    if len(val_map) < 2:
+        return None
+    window = min(STILL_RISING_WINDOW, len(val_map))
+    start_step, start = val_map[-window]
+    before = val_map[-2][1]
+    end_step, end = val_map[-1]
+    best = max(value for _, value in val_map)
+    if not (end - start >= STILL_RISING_GAIN and end - before >= STILL_RISING_LAST_GAIN and end >= best):
+        return None
+    return Recommendation(
+        "still_improving",
+        "Validation metrics still rising at the end",
+        f"val/map rose from {start:.3f} (step {start_step}) to {end:.3f} (step {end_step}) over the last "
+        f"{window} validations, {end - before:+.3f} at the last one, and is at its best at the end.",
+        "Train longer (`trainer.max_epochs`), or continue from this checkpoint with a fresh schedule "
+        "(`model.weights` set to it).",
+    )
+
+
+def rule_boxes_dropped(dropped: Series, train_objects: int | None) -> Recommendation | None:
+    """Augmentation drops boxes (``train/boxes_dropped_by_aug``, a sum per epoch): at least
+    :data:`DROPPED_BOXES_SHARE` of the training objects per epoch, or any when that number is unknown."""
+    total = sum(value for _, value in dropped)
+    if not dropped or total <= 0:
+        return None
+    per_epoch = total / len(dropped)
+    if train_objects:
+        share = per_epoch / train_objects
+        if share < DROPPED_BOXES_SHARE:
+            return None
+        evidence = (
+            f"augmentation dropped {total:g} boxes in {len(dropped)} epochs, {per_epoch:.1f} per epoch: "
+            f"{share:.1%} of the {train_objects} training objects."
+        )
+    else:
+        evidence = f"augmentation dropped {total:g} boxes in {len(dropped)} epochs ({per_epoch:.1f} per epoch)."
+    return Recommendation(
+        "boxes_dropped",
+        "Boxes dropped by augmentation",
+        evidence,
+        "Crops and affine moves push objects out of the image; a milder preset (`data.augment: default`) or "
+        "gentler crop settings keep them. `python -m detlit.browse --config CONFIG` shows what training sees.",
+    )
+
+
+def rule_confusion(class_names: Sequence[str], counts: Any) -> Recommendation | None:
+    """The largest off-diagonal cell of the confusion matrix relative to its row (the true class's
+    objects): at least :data:`CONFUSION_SHARE` of them and :data:`CONFUSION_MIN_COUNT` objects."""
+    matrix = np.asarray(counts, dtype=np.int64)
+    classes = len(class_names)
+    if matrix.ndim != 2 or matrix.shape[0] < classes or matrix.shape[1] < classes or classes < 2:
+        return None
+    best: tuple[float, int, int, int, int] | None = None
+    for row in range(classes):
+        objects = int(matrix[row].sum())
+        for column in range(classes):
+            if column == row or objects == 0:
+                continue
+            count = int(matrix[row, column])
+            share = count / objects
+            if best is None or share > best[0]:
+                best = (share, count, objects, row, column)
+    if best is None:
+        return None
+    share, count, objects, row, column = best
+    if share < CONFUSION_SHARE or count < CONFUSION_MIN_COUNT:
+        return None
+    return Recommendation(
+        "confusion",
+        f"'{class_names[row]}' mistaken for '{class_names[column]}'",
+        f"{count} of the {objects} '{class_names[row]}' objects ({share:.0%}) were detected as "
+        f"'{class_names[column]}' (the largest off-diagonal cell of the confusion matrix, relative to its row).",
+        "Check that the two classes are labelled consistently, add examples that tell them apart, or merge them "
+        "if the difference does not matter for your use.",
+    )
+
+
+def rule_skipped_images(train_skipped: Series, val_skipped: Series) -> Recommendation | None:
+    """Unreadable images skipped: at least :data:`SKIPPED_IMAGES` in an epoch or a validation."""
+    train = max((value for _, value in train_skipped), default=0.0)
+    val = max((value for _, value in val_skipped), default=0.0)
+    if train < SKIPPED_IMAGES and val < SKIPPED_IMAGES:
+        return None
+    return Recommendation(
+        "skipped_images",
+        "Images skipped as unreadable",
+        f"up to {train:g} training images per epoch (`train/skipped_images`) and {val:g} validation images per "
+        "validation (`val/skipped_images`) could not be read and were skipped.",
+        "Find them with `python -m detlit.check JSON --images FOLDER` (it decodes every image); `--fix OUT.json` "
+        "writes a copy without them.",
+    )
+
+
+def rule_nonfinite_batches(skipped: Series) -> Recommendation | None:
+    """Batches skipped for a non-finite loss: at least :data:`NONFINITE_BATCHES`."""
+    total = sum(value for _, value in skipped)
+    if total < NONFINITE_BATCHES:
+        return None
+    return Recommendation(
+        "nonfinite_batches",
+        "Batches skipped for a non-finite loss",
+        f"{total:g} batches had a NaN or infinite loss and were skipped (`train/skipped_nonfinite`).",
+        "Lower the learning rate or lengthen the warm-up (`model.warmup_steps`), clip gradients "
+        "(`trainer.gradient_clip_val`), and check the images the log names.",
+    )
+
+
+def rule_dataset_errors(errors: Mapping[str, int]) -> Recommendation | None:
+    """The dataset check found errors (at least :data:`DATASET_ERRORS`), keyed ``"<split> <kind>"``."""
+    total = sum(errors.values())
+    if total < DATASET_ERRORS:
+        return None
+    listed = ", ".join(f"{key} x{count}" for key, count in sorted(errors.items()))
+    return Recommendation(
+        "dataset_errors",
+        "Errors in the dataset",
+        f"the dataset check found {total} errors: {listed}.",
+        "`python -m detlit.check JSON --images FOLDER` lists them; `--fix OUT.json` writes a repaired copy.",
+    )
