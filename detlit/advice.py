@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 
-from detlit.document import NO_VALUE
 from detlit.run_reader import Series
 
 # --- thresholds of the findings rules ------------------------------------------------------------
@@ -54,10 +53,6 @@ NOTHING_ALARMING = (
     "still rising at the end, no boxes dropped by augmentation, no confused class pair, no skipped images, "
     "no dataset errors."
 )
-
-
-def _fmt(value: float, digits: int = 3) -> str:
-    return f"{value:.{digits}f}" if math.isfinite(value) else NO_VALUE
 
 
 def rule_weak_rare_classes(ap: Mapping[str, float], instances: Mapping[str, int]) -> Recommendation | None:
