@@ -289,8 +289,7 @@ def summarise(study: optuna.Study, space: SearchSpace, out: Path, base: dict[str
         except (RuntimeError, ValueError) as err:
             log.info("parameter importances not available (%s)", err)
     best = study.best_trial
-    config = with_params(base, best.params)
-    config.get("trainer", {}).pop("logger", None)
+    config = with_params(base, best.params)  # the base config's own logger: runs log where it says
     path = out / "best.yaml"
     header = f"# best of study {study.study_name}: trial {best.number}, {space.monitor}={best.value:.4f}\n"
     path.write_text(header + yaml.safe_dump(config, sort_keys=False))

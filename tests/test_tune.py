@@ -64,6 +64,8 @@ def test_three_trials(sample_dir: Path, tmp_path: Path) -> None:
         assert list((tmp_path / "out" / f"trial_{number:03d}").glob("events.out.tfevents.*"))
     best = tmp_path / "out" / "best.yaml"
     assert best.is_file() and (tmp_path / "out" / "trials.csv").is_file()
+    # the base config's logger, not a trial's: a run of the best config logs where the user's config says
+    assert yaml.safe_load(best.read_text())["trainer"]["logger"]["init_args"]["name"] == "sample"
     printed = subprocess.run(
         [sys.executable, "-m", "detlit.fit", "--config", str(best), "--print_config"],
         cwd=tmp_path,
