@@ -259,22 +259,37 @@ def make_study(args: argparse.Namespace, space: SearchSpace) -> optuna.Study:
     )
 
 
+def short_names(names: list[str]) -> list[str]:
+    """Table headers: each parameter's last dotted part, the whole key where two would clash."""
+    last = [name.rsplit(".", 1)[-1] for name in names]
+    return [short if last.count(short) == 1 else name for short, name in zip(last, names, strict=True)]
+
+
+def short_value(value: Any) -> str:
+    """A table cell: 4 significant digits for floats, lists without spaces."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
 def summarise(study: optuna.Study, space: SearchSpace, out: Path, base: dict[str, Any]) -> Path | None:
     """Print and write the trials table and importances; write the best config. Returns its path."""
     table = Table(title=f"study {study.study_name}: {space.direction} {space.monitor}")
     names = list(space.params)
-    for column in ("trial", "state", "value", *names):
+    for column in ("trial", "state", "value", *short_names(names)):
         table.add_column(column, overflow="fold")
     rows = []
     for trial in study.trials:
         value = "" if trial.value is None else f"{trial.value:.4f}"
-        cells = [str(trial.number), trial.state.name.lower(), value] + [
-            str(decode(trial.params.get(n, ""))) for n in names
-        ]
-        table.add_row(*cells)
-        rows.append(cells)
+        params = [decode(trial.params.get(n, "")) for n in names]
+        table.add_row(str(trial.number), trial.state.name.lower(), value, *(short_value(v) for v in params))
+        rows.append([str(trial.number), trial.state.name.lower(), value, *(str(v) for v in params)])
     console = Console()
     console.print(table)
+    if any(short != name for short, name in zip(short_names(names), names, strict=True)):
+        console.print("columns: " + ", ".join(f"{s} = {n}" for s, n in zip(short_names(names), names, strict=True)))
     with (out / "trials.csv").open("w", newline="") as handle:
         csv.writer(handle).writerows([["trial", "state", "value", *names], *rows])
     completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]

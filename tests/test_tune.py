@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from detlit.errors import ConfigError
-from detlit.tune import load_search, with_params
+from detlit.tune import load_search, short_names, short_value, with_params
 
 from .conftest import REPO, TINY_OVERRIDES, TINY_SIZES
 
@@ -116,3 +116,10 @@ def test_sample_search_space_loads_and_applies() -> None:
     assert config["data"]["min_size_train"] == [224, 256, 288]
     assert config["model"]["overrides"]["MODEL.ANCHOR_GENERATOR.SIZES"][0] == [16]
     assert base["model"]["optimizer"]["init_args"]["lr"] == 0.02  # the base config is not modified
+
+
+def test_trial_table_cells_are_short() -> None:
+    names = ["model.optimizer.init_args.lr", "model.warmup_steps", "data.augment", "a.size", "b.size"]
+    assert short_names(names) == ["lr", "warmup_steps", "augment", "a.size", "b.size"]
+    assert short_value(0.018342298322747464) == "0.01834"
+    assert short_value([[16], [32]]) == "[[16],[32]]" and short_value("flip") == "flip" and short_value(184) == "184"
