@@ -41,6 +41,13 @@ def test_gpu_config_parses(tmp_path: Path) -> None:
     assert "detectron2://ImageNetPretrained/MSRA/R-50.pkl" in result.stdout
 
 
+def test_rbc_config_parses_with_the_tuned_values(tmp_path: Path) -> None:
+    result = run(["detlit.fit", f"--config={REPO / 'configs' / 'rbc_cpu.yaml'}", "--print_config"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "lr: 0.018342298322747464" in result.stdout and "warmup_steps: 184" in result.stdout
+    assert "test_json: data/rbc/test/_annotations.coco.json" in result.stdout
+
+
 def _error_line(result: subprocess.CompletedProcess[str]) -> str:
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
