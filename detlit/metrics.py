@@ -31,7 +31,6 @@ import contextlib
 import io
 import logging
 import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -124,8 +123,29 @@ def rates(tp: Any, fp: Any, fn: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return _ratio(tp, tp + fp), _ratio(tp, tp + fn), _ratio(2 * tp, 2 * tp + fp + fn)
 
 
+class _Rates:
+    """Precision, recall and F1 from a class's ``tp``, ``fp`` and ``fn`` arrays."""
+
+    tp: np.ndarray
+    fp: np.ndarray
+    fn: np.ndarray
+
+    @property
+    def precision(self) -> np.ndarray:
+        return rates(self.tp, self.fp, self.fn)[0]
+
+    @property
+    def recall(self) -> np.ndarray:
+        return rates(self.tp, self.fp, self.fn)[1]
+
+    @property
+    def f1(self) -> np.ndarray:
+        """F1 (against ``thresholds``: F1-vs-confidence)."""
+        return rates(self.tp, self.fp, self.fn)[2]
+
+
 @dataclass
-class Counts:
+class Counts(_Rates):
     """True positives, false positives and misses per class at one score threshold per class.
 
     Attributes:
@@ -141,18 +161,6 @@ class Counts:
     fp: np.ndarray
     fn: np.ndarray
 
-    @property
-    def precision(self) -> np.ndarray:
-        return rates(self.tp, self.fp, self.fn)[0]
-
-    @property
-    def recall(self) -> np.ndarray:
-        return rates(self.tp, self.fp, self.fn)[1]
-
-    @property
-    def f1(self) -> np.ndarray:
-        return rates(self.tp, self.fp, self.fn)[2]
-
     def overall(self) -> tuple[float, float, float]:
         """Micro-averaged precision, recall and F1: the rates of the counts summed over classes."""
         precision, recall, f1 = rates(self.tp.sum(), self.fp.sum(), self.fn.sum())
@@ -160,7 +168,7 @@ class Counts:
 
 
 @dataclass
-class PRCurve:
+class PRCurve(_Rates):
     """Precision-recall data of one class: counts at every distinct detection score.
 
     Attributes:
@@ -177,21 +185,8 @@ class PRCurve:
     num_objects: int
 
     @property
-    def fn(self) -> np.ndarray:
+    def fn(self) -> np.ndarray:  # type: ignore[override]  # derived: the objects not found
         return self.num_objects - self.tp
-
-    @property
-    def precision(self) -> np.ndarray:
-        return rates(self.tp, self.fp, self.fn)[0]
-
-    @property
-    def recall(self) -> np.ndarray:
-        return rates(self.tp, self.fp, self.fn)[1]
-
-    @property
-    def f1(self) -> np.ndarray:
-        """F1 at each threshold (plot against ``thresholds`` for F1-vs-confidence)."""
-        return rates(self.tp, self.fp, self.fn)[2]
 
     def at(self, thresholds: Sequence[float] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """True and false positives with ``score >= t`` for each given threshold ``t``."""
@@ -980,78 +975,19 @@ def synthetic_data(
     return preds, targets
 
 
-def time_against_pycocotools(
-    num_images: int = 5000,
-    detections_per_image: int = 100,
-    num_classes: int = 80,
-    seed: int = 0,
-) -> dict[str, float]:
-    """Seconds taken on the same :func:`synthetic_data` by DetectionMetrics (everything it
-    computes), by torchmetrics' MeanAveragePrecision (backend faster_coco_eval), by
-    faster_coco_eval's COCOeval alone and by pycocotools' COCOeval, and the largest difference
-    between DetectionMetrics' and pycocotools' 12 COCO numbers.
-
-    Each time covers the whole path from in-memory predictions: ``update`` and ``compute`` for the
-    metrics; building the COCO objects from dicts (``loadRes`` included), ``evaluate``,
-    ``accumulate`` and ``summarize`` for the COCO APIs.
+def pycocotools_stats(ground_truth: dict[str, Any], results: Sequence[dict[str, Any]]) -> np.ndarray:
+    """pycocotools' own ``COCOeval`` (bbox, default parameters) on COCO json dicts: its 12 stats,
+    NaN where it gives -1. The reference that DetectionMetrics is checked and timed against.
     """
-    from faster_coco_eval import COCO as FasterCOCO
-    from faster_coco_eval import COCOeval_faster as FasterCOCOeval
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    from detlit.coco import LabelMap
-    from detlit.export import coco_ground_truth_and_results
-
-    names = [str(k) for k in range(num_classes)]
-    preds, targets = synthetic_data(num_images, detections_per_image, num_classes, seed=seed)
-    label_map = LabelMap(tuple(range(num_classes)), tuple(names))
-    ground_truth, results = coco_ground_truth_and_results(preds, targets, label_map)
-
-    start = time.perf_counter()
-    metric = DetectionMetrics(names)
-    metric.warn_on_many_detections = False
-    metric.update(preds, targets)
-    evaluation = metric.compute()
-    detlit_s = time.perf_counter() - start
-
-    start = time.perf_counter()
-    reference = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="faster_coco_eval")
-    reference.warn_on_many_detections = False
-    reference.update(preds, targets)
-    reference.compute()
-    torchmetrics_s = time.perf_counter() - start
-
-    start = time.perf_counter()
-    fast_gt = FasterCOCO()
-    fast_gt.dataset = ground_truth
-    fast_gt.createIndex()
-    fast = FasterCOCOeval(fast_gt, fast_gt.loadRes([dict(r) for r in results]), iouType="bbox")
-    fast.evaluate()
-    fast.accumulate()
-    fast.summarize()
-    faster_coco_eval_s = time.perf_counter() - start
-
-    start = time.perf_counter()
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt = COCO()
-        coco_gt.dataset = ground_truth
-        coco_gt.createIndex()
-        evaluator = COCOeval(coco_gt, coco_gt.loadRes(results), "bbox")
+    with contextlib.redirect_stdout(io.StringIO()):  # summarize() prints
+        coco = COCO()
+        coco.dataset = ground_truth
+        coco.createIndex()
+        evaluator = COCOeval(coco, coco.loadRes([dict(r) for r in results]), "bbox")  # loadRes edits its input
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-    pycocotools_s = time.perf_counter() - start
-
-    ours = np.array([evaluation.coco[name] for name in COCO_NAMES])
-    theirs = _nan_for_undefined(np.asarray(evaluator.stats, np.float64))
-    return {
-        "images": float(num_images),
-        "detections": float(num_images * detections_per_image),
-        "detlit_s": detlit_s,
-        "torchmetrics_faster_coco_eval_s": torchmetrics_s,
-        "faster_coco_eval_s": faster_coco_eval_s,
-        "pycocotools_s": pycocotools_s,
-        "ratio": detlit_s / pycocotools_s,
-        "max_abs_difference": float(np.nanmax(np.abs(ours - theirs))),
-    }
+    return _nan_for_undefined(np.asarray(evaluator.stats[:12], np.float64))

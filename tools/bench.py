@@ -65,8 +65,6 @@ import numpy as np
 import torch
 import yaml
 from lightning.pytorch import Callback, Trainer
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 from rich.console import Console
 from rich.table import Table
 from torch.utils.data import DataLoader, Dataset
@@ -88,7 +86,7 @@ from detlit.datamodule import CocoDataModule
 from detlit.dataset import collate
 from detlit.env import collect_env
 from detlit.export import coco_ground_truth_and_results
-from detlit.metrics import COCO_NAMES, DetectionMetrics, synthetic_data
+from detlit.metrics import COCO_NAMES, DetectionMetrics, pycocotools_stats, synthetic_data
 from detlit.module import DetectionModule
 from detlit.predictor import Predictor, load_image
 from detlit.sample import write_sample
@@ -989,18 +987,7 @@ def bench_metrics(ctx: Context) -> Result:
         return np.array([evaluation.coco[name] for name in COCO_NAMES])
 
     def pycocotools_side(count: int) -> np.ndarray:
-        ground_truth, results = as_json[count]
-        results = [dict(r) for r in results]  # loadRes adds keys to the dicts it is given
-        with contextlib.redirect_stdout(io.StringIO()):
-            coco = COCO()
-            coco.dataset = ground_truth
-            coco.createIndex()
-            evaluator = COCOeval(coco, coco.loadRes(results), "bbox")
-            evaluator.evaluate()
-            evaluator.accumulate()
-            evaluator.summarize()
-        stats = np.asarray(evaluator.stats[:12], np.float64)
-        return np.where(stats == -1, np.nan, stats)
+        return pycocotools_stats(*as_json[count])
 
     # The same data as COCO json dicts, made before any timing (pycocotools' input format).
     warmup = min(100, scale.metric_images)
