@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from detlit.sample import write_sample
+from detlit.data.sample import write_sample
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -95,7 +95,7 @@ def tiny_module(**kwargs: Any) -> Any:
     """The tiny DetectionModule for the sample's 3 classes, seeded."""
     import torch
 
-    from detlit.module import DetectionModule
+    from detlit.model.module import DetectionModule
 
     torch.manual_seed(0)
     args: dict[str, Any] = {
@@ -112,7 +112,7 @@ def tiny_module(**kwargs: Any) -> Any:
 
 def tiny_datamodule(sample: Path, **kwargs: Any) -> Any:
     """CocoDataModule on a sample folder with the tiny sizes, in-process loading."""
-    from detlit.datamodule import CocoDataModule
+    from detlit.data.datamodule import CocoDataModule
 
     args: dict[str, Any] = {
         "train_json": str(sample / "train.json"),

@@ -9,10 +9,10 @@ import pytest
 import yaml
 from PIL import Image
 
-from detlit.browse import browse_main, build_datamodule, main, take_images, to_rgb
-from detlit.dataset import read_image
-from detlit.transforms import eval_transform
-from detlit.visualize import class_color, grid_shape, title_height
+from detlit.data.dataset import read_image
+from detlit.data.transforms import eval_transform
+from detlit.evaluation.drawing import class_color, grid_shape, title_height
+from detlit.training.browse import browse_main, build_datamodule, main, take_images, to_rgb
 
 from .conftest import TINY_SIZES
 

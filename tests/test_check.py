@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from detlit.check import main as check
-from detlit.validate import check_file
+from detlit.data.check import main as check
+from detlit.data.checks import check_file
 
 W, H = 64, 48
 

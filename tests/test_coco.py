@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from detlit.coco import LabelMap, load_coco, require_images
+from detlit.data.coco import LabelMap, load_coco, require_images
 from detlit.errors import DataError
 
 

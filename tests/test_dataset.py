@@ -11,12 +11,12 @@ import pytest
 import torch
 from PIL import Image
 
-from detlit.coco import load_coco
 from detlit.compat import Instances
-from detlit.datamodule import CocoDataModule
-from detlit.dataset import DetectionDataset, read_image
+from detlit.data.coco import load_coco
+from detlit.data.datamodule import CocoDataModule
+from detlit.data.dataset import DetectionDataset, read_image
+from detlit.data.transforms import eval_transform, resized_shape, train_transform
 from detlit.errors import DataError
-from detlit.transforms import eval_transform, resized_shape, train_transform
 
 
 def _datamodule(sample_dir: Path, **kwargs: object) -> CocoDataModule:
@@ -150,7 +150,7 @@ def test_datamodule_exposes_label_map(sample_dir: Path) -> None:
 
 def test_detectron2_registration(sample_dir: Path) -> None:
     from detlit.compat import DatasetCatalog, MetadataCatalog
-    from detlit.d2_data import register_detectron2
+    from detlit.data.detectron2 import register_detectron2
 
     dataset = load_coco(sample_dir / "val.json", sample_dir / "val")
     register_detectron2("detlit_test_val", dataset)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from detlit.module import DetectionModule
+from detlit.model.module import DetectionModule
 
 from .conftest import REPO, quiet_trainer, tiny_cli_args, tiny_datamodule
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from detlit.sample import write_sample
+from detlit.data.sample import write_sample
 
 from .conftest import REPO, tiny_cli_args
 

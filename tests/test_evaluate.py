@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from pycocotools.coco import COCO
 
-from detlit.evaluate import main as evaluate
-from detlit.module import DetectionModule
+from detlit.inference.evaluate import main as evaluate
+from detlit.model.module import DetectionModule
 
 from .conftest import quiet_trainer, source_stats, tiny_datamodule, tiny_module
 

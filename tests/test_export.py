@@ -12,11 +12,11 @@ import pytest
 import torch
 from pycocotools.coco import COCO
 
-from detlit.coco import LabelMap, load_coco
 from detlit.compat import Boxes, Instances
+from detlit.data.coco import LabelMap, load_coco
 from detlit.errors import ConfigError, DataError
-from detlit.export import coco_results, gather_results, merge_ranks, read_results, write_results
-from detlit.metrics import DetectionMetrics
+from detlit.evaluation.metric import DetectionMetrics
+from detlit.evaluation.results import coco_results, gather_results, merge_ranks, read_results, write_results
 
 LABEL_MAP = LabelMap((0, 5, 90), ("zero", "five", "ninety"))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from detlit.compat import RPN, Boxes, EventStorage, Instances, StandardROIHeads, build_model, pairwise_ioa
-from detlit.d2_config import build_d2_config, ignores_crowd
+from detlit.model.config import build_d2_config, ignores_crowd
 
 from .conftest import TINY_OVERRIDES
 

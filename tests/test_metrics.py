@@ -18,9 +18,9 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from detlit.coco import LabelMap, load_coco
-from detlit.export import coco_ground_truth_and_results, read_results
-from detlit.metrics import COCO_NAMES, DetectionMetrics, Evaluation, pycocotools_stats
+from detlit.data.coco import LabelMap, load_coco
+from detlit.evaluation.metric import COCO_NAMES, DetectionMetrics, Evaluation, pycocotools_stats
+from detlit.evaluation.results import coco_ground_truth_and_results, read_results
 
 from .conftest import source_stats
 
@@ -348,7 +348,7 @@ def test_sync_gathers_uneven_processes(split: tuple[int, int]) -> None:
 def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
     import torch.distributed as dist
 
-    from detlit.export import gather_results
+    from detlit.evaluation.results import gather_results
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     preds, targets = tiny_case()

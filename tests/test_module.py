@@ -10,8 +10,8 @@ import torch
 from lightning.pytorch import Trainer
 
 from detlit.compat import Instances
-from detlit.datamodule import CocoDataModule
-from detlit.module import DetectionModule
+from detlit.data.datamodule import CocoDataModule
+from detlit.model.module import DetectionModule
 
 from .conftest import TINY_OVERRIDES, TINY_SIZES
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import detlit
-from detlit.sample import write_sample
+from detlit.data.sample import write_sample
 
 from .conftest import REPO
 
@@ -39,7 +39,7 @@ def test_wheel_contents(wheel: Path) -> None:
     for expected in ("detlit/configs/sample_cpu.yaml", "detlit/configs/faster_rcnn_R50_FPN.yaml", "detlit/sample.py"):
         assert expected in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
-    assert "detlit = detlit.main:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "detlit = detlit.__main__:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
 
 def test_fresh_environment_runs_detlit(wheel: Path, tmp_path: Path) -> None:

@@ -14,9 +14,9 @@ import torch
 from PIL import Image
 from pycocotools.coco import COCO
 
-from detlit.predict import main
-from detlit.predictor import DEFAULT_SCORE_THRESHOLD, Predictor, load_image
-from detlit.visualize import class_color
+from detlit.evaluation.drawing import class_color
+from detlit.inference.predict import main
+from detlit.inference.predictor import DEFAULT_SCORE_THRESHOLD, Predictor, load_image
 
 from .conftest import REPO, quiet_trainer, tiny_datamodule, tiny_module
 
@@ -280,7 +280,7 @@ def test_mixed_precision_runs_on_cpu(checkpoint: Path, sample_dir: Path) -> None
 @pytest.fixture(scope="module")
 def default_predictor(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
     from detlit.compat import DefaultPredictor
-    from detlit.module import DetectionModule
+    from detlit.model.module import DetectionModule
 
     module = DetectionModule.load_from_checkpoint(checkpoint, map_location="cpu")
     weights = tmp_path_factory.mktemp("d2") / "model.pth"
@@ -323,7 +323,7 @@ def test_parity_with_default_predictor_when_resizing(
 
 
 def test_inputs_from_files_folders_and_patterns(image_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from detlit.predict import find_images
+    from detlit.inference.predict import find_images
 
     names = [i.name for i in find_images([str(image_folder)])]
     assert names == ["alpha.png", "broken.jpg", "gray.png", "photo.jpg", "rotated.jpg"]
@@ -339,7 +339,7 @@ def test_inputs_from_files_folders_and_patterns(image_folder: Path, monkeypatch:
 
 
 def test_output_names_keep_jpeg_and_never_collide() -> None:
-    from detlit.predict import InputImage, output_names
+    from detlit.inference.predict import InputImage, output_names
 
     images = [InputImage(Path(p), n) for p, n in [("a/x.bmp", "x.bmp"), ("b/x.png", "x.png"), ("c/X.JPG", "y/X.JPG")]]
     assert output_names(images) == ["x.png", "x-2.png", "y/X.JPG"]

@@ -20,12 +20,12 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import get_worker_info
 
-from detlit import checkpointing
-from detlit.checkpointing import AtomicCheckpointIO, CheckpointWriteError
-from detlit.dataset import DetectionDataset
+from detlit.data.dataset import DetectionDataset
 from detlit.errors import DataError, DetlitError
-from detlit.fit import plain_failures
-from detlit.module import DetectionModule
+from detlit.model.module import DetectionModule
+from detlit.training import checkpointing
+from detlit.training.checkpointing import AtomicCheckpointIO, CheckpointWriteError
+from detlit.training.cli import plain_failures
 
 from .conftest import REPO, quiet_trainer, tiny_cli_args, tiny_datamodule, tiny_module
 from .probes import LogBatches

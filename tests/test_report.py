@@ -23,8 +23,9 @@ import numpy as np
 import pytest
 import yaml
 
-from detlit import report
-from detlit.advice import (
+from detlit.errors import ConfigError
+from detlit.reporting import report
+from detlit.reporting.advice import (
     CONFUSION_SHARE,
     DROPPED_BOXES_SHARE,
     FEW_INSTANCES,
@@ -43,10 +44,9 @@ from detlit.advice import (
     rule_still_improving,
     rule_weak_rare_classes,
 )
-from detlit.document import Document, Figure, Table, Text, render_html, render_markdown
-from detlit.errors import ConfigError
-from detlit.report import ImageOutcome, OutputPaths, pick_examples, report_main
-from detlit.run_reader import locate, parse_run_log
+from detlit.reporting.document import Document, Figure, Table, Text, render_html, render_markdown
+from detlit.reporting.report import ImageOutcome, OutputPaths, pick_examples, report_main
+from detlit.reporting.run_reader import locate, parse_run_log
 
 from .conftest import REPO, tiny_cli_args
 
@@ -459,7 +459,7 @@ def test_rule_dataset_errors() -> None:
 
 
 def outcome(image_id: int, tp: int, fp: int, fn: int) -> ImageOutcome:
-    from detlit.coco import ImageRecord
+    from detlit.data.coco import ImageRecord
 
     empty = np.zeros((0, 4))
     none = np.zeros(0)

@@ -13,9 +13,9 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.trainer.states import RunningStage
 from torch.utils.data import DataLoader, SequentialSampler
 
-from detlit.coco import Annotation, ImageRecord
-from detlit.datamodule import CocoDataModule
-from detlit.samplers import (
+from detlit.data.coco import Annotation, ImageRecord
+from detlit.data.datamodule import CocoDataModule
+from detlit.data.samplers import (
     BatchDataset,
     EvaluationBatchSampler,
     TrainingBatchSampler,

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from detlit.check import main as check_cli
-from detlit.sample import write_sample
-from detlit.split import main as split_cli
+from detlit.data.check import main as check_cli
+from detlit.data.sample import write_sample
+from detlit.data.split import main as split_cli
 
 from .conftest import REPO, tiny_cli_args
 

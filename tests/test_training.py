@@ -14,9 +14,9 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import EarlyStopping, EMAWeightAveraging, ModelCheckpoint
 
 from detlit.errors import WeightsError
-from detlit.module import DetectionModule, NonFiniteLossError
-from detlit.schedule import lr_factor
-from detlit.weights import load_pretrained
+from detlit.model.module import DetectionModule, NonFiniteLossError
+from detlit.model.schedule import lr_factor
+from detlit.model.weights import load_pretrained
 
 from .conftest import TINY_OVERRIDES, quiet_trainer, tiny_datamodule, tiny_module
 

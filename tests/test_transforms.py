@@ -15,11 +15,10 @@ import yaml
 from lightning.pytorch.cli import LightningArgumentParser
 from PIL import Image
 
-from detlit.coco import load_coco
-from detlit.datamodule import CocoDataModule
-from detlit.dataset import DetectionDataset
-from detlit.errors import ConfigError
-from detlit.transforms import (
+from detlit.data.coco import load_coco
+from detlit.data.datamodule import CocoDataModule
+from detlit.data.dataset import DetectionDataset
+from detlit.data.transforms import (
     MIN_AREA,
     PRESETS,
     RandomCropKeepingABox,
@@ -27,6 +26,7 @@ from detlit.transforms import (
     describe_augment,
     train_transform,
 )
+from detlit.errors import ConfigError
 
 
 def _write(tmp_path: Path, boxes: list[list[float]], crowd: list[int] | None = None) -> DetectionDataset:

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from detlit.errors import ConfigError
-from detlit.tune import load_search, short_names, short_value, with_params
+from detlit.training.tune import load_search, short_names, short_value, with_params
 
 from .conftest import REPO, TINY_OVERRIDES, TINY_SIZES
 

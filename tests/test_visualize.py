@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from detlit import visualize as vis
+from detlit.evaluation import drawing as vis
 
 GREY = 128
 

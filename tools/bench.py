@@ -12,7 +12,7 @@
 * ``metrics``: seconds of ``DetectionMetrics`` (COCO numbers, precision/recall/F1, confusion
   matrix) against pycocotools' ``COCOeval`` on the same synthetic detections, with their AP
   numbers compared.
-* ``predict``: images/s of ``detlit.predictor.Predictor`` at batch 1 and 8 against detectron2's
+* ``predict``: images/s of ``detlit.inference.predictor.Predictor`` at batch 1 and 8 against detectron2's
   ``DefaultPredictor`` on the same weights and images.
 * ``check``: seconds of the json-only ``check_dataset`` per 1,000 images as the dataset grows.
 
@@ -69,7 +69,7 @@ from rich.console import Console
 from rich.table import Table
 from torch.utils.data import DataLoader, Dataset
 
-from detlit.coco import LabelMap, parse_coco
+from detlit.common.env import collect_env
 from detlit.compat import (
     AMPTrainer,
     D2LRScheduler,
@@ -81,17 +81,17 @@ from detlit.compat import (
     SimpleTrainer,
     build_model,
 )
-from detlit.d2_data import to_detectron2_dicts
-from detlit.datamodule import CocoDataModule
-from detlit.dataset import collate
-from detlit.env import collect_env
-from detlit.export import coco_ground_truth_and_results
-from detlit.metrics import COCO_NAMES, DetectionMetrics, pycocotools_stats, synthetic_data
-from detlit.module import DetectionModule
-from detlit.predictor import Predictor, load_image
-from detlit.sample import write_sample
-from detlit.schedule import build_scheduler
-from detlit.validate import check_dataset
+from detlit.data.checks import check_dataset
+from detlit.data.coco import LabelMap, parse_coco
+from detlit.data.datamodule import CocoDataModule
+from detlit.data.dataset import collate
+from detlit.data.detectron2 import to_detectron2_dicts
+from detlit.data.sample import write_sample
+from detlit.evaluation.metric import COCO_NAMES, DetectionMetrics, pycocotools_stats, synthetic_data
+from detlit.evaluation.results import coco_ground_truth_and_results
+from detlit.inference.predictor import Predictor, load_image
+from detlit.model.module import DetectionModule
+from detlit.model.schedule import build_scheduler
 
 REPO = Path(__file__).resolve().parents[1]
 CPU_CONFIG = REPO / "configs" / "sample_cpu.yaml"
@@ -466,7 +466,7 @@ def gpu_spec(dry_run: bool) -> Spec:
 
 
 def write_sample_data(folder: Path, scale: Scale) -> Path:
-    """The synthetic sample dataset (``detlit.sample``) in ``folder``, written once."""
+    """The synthetic sample dataset (``detlit.data.sample``) in ``folder``, written once."""
     if not (folder / "train.json").is_file():
         write_sample(folder, train=scale.sample_train, val=scale.sample_val, seed=0)
     return folder
@@ -1020,7 +1020,7 @@ def bench_metrics(ctx: Context) -> Result:
         ),
     ]
     details = [
-        f"- {scale.metric_images} synthetic images (`detlit.metrics.synthetic_data`, seed 0): {detections} "
+        f"- {scale.metric_images} synthetic images (`detlit.evaluation.metric.synthetic_data`, seed 0): {detections} "
         f"detections each, {objects / scale.metric_images:.1f} objects per image over {num_classes} classes, "
         f"{crowd} crowd regions",
         "- detlit: `DetectionMetrics.update` + `compute` from the tensors (the 12 COCO numbers, per-class AP, "
@@ -1285,7 +1285,7 @@ class Context:
         return write_sample_data(self.tmp / "sample", self.scale)
 
     def sample_note(self) -> str:
-        return f"the synthetic sample (`detlit.sample`, {self.scale.sample_train} train images, seed 0)"
+        return f"the synthetic sample (`detlit.data.sample`, {self.scale.sample_train} train images, seed 0)"
 
 
 # Shares of the time budget, about as each benchmark's planned turns take on 2 idle CPU cores.

@@ -32,7 +32,7 @@ from typing import Generic, Protocol, TypeVar
 import torch
 from torch.utils.data import Dataset, DistributedSampler
 
-from detlit.coco import ImageRecord
+from detlit.data.coco import ImageRecord
 
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)

@@ -13,9 +13,9 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 
-from detlit.d2_config import portable_config
-from detlit.env import collect_env, format_env
-from detlit.module import DetectionModule
+from detlit.common.env import collect_env, format_env
+from detlit.model.config import portable_config
+from detlit.model.module import DetectionModule
 
 log = logging.getLogger("detlit")
 

@@ -472,7 +472,7 @@ class DetectionMetrics(MeanAveragePrecision):
 
         torchmetrics gathers list states one element at a time, which needs every process to hold
         the same number of images (validation shards differ by one when they do not divide evenly;
-        see ``detlit.samplers``) and costs two collectives per image and state. Packed, each
+        see ``detlit.data.samplers``) and costs two collectives per image and state. Packed, each
         process sends its images whole, in one tensor per kind, and any process may hold any
         number of images, none included. Images end up ordered by process, then as updated.
         """

@@ -12,7 +12,7 @@ matplotlib.use("Agg")  # files only: no display is needed or wanted
 import matplotlib.pyplot as plt
 import numpy as np
 
-from detlit.metrics import Evaluation
+from detlit.evaluation.metric import Evaluation
 
 
 def confusion_matrix(evaluation: Evaluation, path: Path) -> Path:

@@ -17,16 +17,16 @@ from lightning.pytorch.cli import OptimizerCallable
 from rich.console import Console
 from torch import nn
 
-from detlit.coco import LabelMap
 from detlit.compat import EventStorage, GeneralizedRCNN, build_model
-from detlit.d2_config import DEFAULT_CONFIG, build_d2_config, ignores_crowd
-from detlit.dataset import read_image
+from detlit.data.coco import LabelMap
+from detlit.data.dataset import read_image
 from detlit.errors import DetlitError
-from detlit.heads import split_crowd
-from detlit.metrics import DetectionMetrics, Evaluation, as_prediction
-from detlit.schedule import Schedule, build_scheduler
-from detlit.visualize import draw_comparison, montage
-from detlit.weights import load_pretrained
+from detlit.evaluation.drawing import draw_comparison, montage
+from detlit.evaluation.metric import DetectionMetrics, Evaluation, as_prediction
+from detlit.model.config import DEFAULT_CONFIG, build_d2_config, ignores_crowd
+from detlit.model.heads import split_crowd
+from detlit.model.schedule import Schedule, build_scheduler
+from detlit.model.weights import load_pretrained
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def render_table(table: Any, width: int = 120) -> str:
 class DetectionModule(LightningModule):
     """A detectron2 Faster R-CNN trained by Lightning.
 
-    Batches are lists of detectron2 input dicts (see ``detlit.dataset``). Training returns the
+    Batches are lists of detectron2 input dicts (see ``detlit.data.dataset``). Training returns the
     sum of detectron2's losses and logs each of them; validation computes the same losses on the
     validation batch (one backbone pass serves both) and COCO metrics of the predictions. Every
     argument but the optimizer is saved as a hyper-parameter, so ``load_from_checkpoint(path)``

@@ -12,7 +12,7 @@ from typing import Any
 
 from detlit.compat import CfgNode, get_cfg, model_zoo_config_path
 from detlit.errors import ConfigError
-from detlit.heads import CrowdIgnoringROIHeads, CrowdIgnoringRPN
+from detlit.model.heads import CrowdIgnoringROIHeads, CrowdIgnoringRPN
 
 DEFAULT_CONFIG = "COCO-Detection/faster_rcnn_R_50_FPN_3x.yaml"
 CROWD_IGNORING_HEADS = {"RPN": CrowdIgnoringRPN.__name__, "StandardROIHeads": CrowdIgnoringROIHeads.__name__}
@@ -66,7 +66,7 @@ def build_d2_config(
         _set_key(cfg, key, value)
     if freeze_at is not None:
         cfg.MODEL.BACKBONE.FREEZE_AT = freeze_at
-    # The same heads, with crowd regions as ignore regions (detlit.heads).
+    # The same heads, with crowd regions as ignore regions (detlit.model.heads).
     for node, standard in ((cfg.MODEL.PROPOSAL_GENERATOR, "RPN"), (cfg.MODEL.ROI_HEADS, "StandardROIHeads")):
         if standard == node.NAME:
             node.NAME = CROWD_IGNORING_HEADS[standard]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from detlit.coco import CocoDataset, LabelMap
+from detlit.data.coco import CocoDataset, LabelMap
 from detlit.compat import BoxMode, DatasetCatalog, MetadataCatalog
 
 

@@ -23,10 +23,10 @@ from typing import Any, TypeAlias
 import numpy as np
 import yaml
 
-from detlit.coco import CocoDataset, parse_coco
+from detlit.data.checks import Report, check_file
+from detlit.data.coco import CocoDataset, parse_coco
 from detlit.errors import ConfigError, DataError
-from detlit.metrics import COCO_NAMES, Evaluation, unique_names
-from detlit.validate import Report, check_file
+from detlit.evaluation.metric import COCO_NAMES, Evaluation, unique_names
 
 log = logging.getLogger(__name__)
 

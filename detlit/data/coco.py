@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from detlit.errors import DataError
-from detlit.findings import Finding, Repair, Severity, errors
+from detlit.data.findings import Finding, Repair, Severity, errors
 
 log = logging.getLogger(__name__)
 

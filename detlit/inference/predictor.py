@@ -2,7 +2,7 @@
 
 Example::
 
-    from detlit.predictor import Predictor
+    from detlit.inference.predictor import Predictor
 
     predictor = Predictor.from_checkpoint("runs/sample/version_0/checkpoints/last.ckpt")
     prediction = predictor("photo.jpg")  # one image in, one Prediction out
@@ -11,7 +11,7 @@ Example::
     predictions = predictor(["a.jpg", "b.png", pil_image, rgb_array])  # a list in, a list out
 
 Images are read and resized exactly as validation reads and resizes them (EXIF orientation
-applied, converted to RGB, detlit's :func:`~detlit.transforms.eval_transform`), so the scores
+applied, converted to RGB, detlit's :func:`~detlit.data.transforms.eval_transform`), so the scores
 mean what the validation metrics and the checkpoint's score thresholds measured. With
 ``resize="detectron2"`` the resize is detectron2's own (PIL bilinear, as in its
 ``DefaultPredictor``) instead. The two agree exactly on images already at the test size; where
@@ -42,11 +42,11 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from detlit.compat import D2ResizeShortestEdge
-from detlit.dataset import read_image
+from detlit.data.dataset import read_image
+from detlit.data.transforms import eval_transform
 from detlit.errors import ConfigError, DataError, WeightsError
-from detlit.module import DetectionModule
-from detlit.transforms import eval_transform
-from detlit.visualize import draw_predictions
+from detlit.evaluation.drawing import draw_predictions
+from detlit.model.module import DetectionModule
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def load_image(source: ImageInput) -> np.ndarray:
     """An image as RGB uint8 (H, W, 3), read the way training reads it.
 
     Files and PIL images get their EXIF orientation applied and are converted to RGB (grayscale
-    and palette images expanded, an alpha channel dropped, as :func:`detlit.dataset.read_image`
+    and palette images expanded, an alpha channel dropped, as :func:`detlit.data.dataset.read_image`
     does). Arrays are taken as RGB: (H, W) and (H, W, 1) are expanded, a fourth channel dropped.
 
     Raises:

@@ -22,8 +22,8 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from detlit.coco import Annotation, CocoDataset, ImageRecord, parse_coco, raise_on_errors, read_json, require_images
-from detlit.findings import Finding, Repair, Severity, errors, log_summary
+from detlit.data.coco import Annotation, CocoDataset, ImageRecord, parse_coco, raise_on_errors, read_json, require_images
+from detlit.data.findings import Finding, Repair, Severity, errors, log_summary
 
 log = logging.getLogger(__name__)
 
@@ -532,7 +532,7 @@ def check_dataset(
     """Run every check on a parsed dataset.
 
     Args:
-        dataset: the records, as :func:`detlit.coco.parse_coco` returned them.
+        dataset: the records, as :func:`detlit.data.coco.parse_coco` returned them.
         structure: the structure findings :func:`parse_coco` returned with them.
         files: look at the image files (existence, size, EXIF orientation, mode).
         decode: also decode and hash every image (unreadable files, duplicate content).

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from detlit.run_reader import Series
+from detlit.reporting.run_reader import Series
 
 # --- thresholds of the findings rules ------------------------------------------------------------
 

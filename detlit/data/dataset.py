@@ -6,7 +6,7 @@ The dict follows GeneralizedRCNN's contract (design.md section 2):
   ``INPUT.FORMAT`` order (BGR for model-zoo configs);
 * ``instances``: ``Instances`` with ``gt_boxes`` (XYXY, resized-image pixels),
   ``gt_classes`` (int64 contiguous labels) and ``gt_crowd`` (bool): crowd regions are ignore
-  regions for the heads of ``detlit.heads``, never objects;
+  regions for the heads of ``detlit.model.heads``, never objects;
 * ``height``, ``width``: the original image size, so predictions come back in original pixels;
 * ``image_id``: the COCO image id; ``file_name``: the image path;
 * ``boxes_dropped``: how many objects (crowd regions not counted) the transform removed: those
@@ -35,7 +35,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from detlit.coco import ImageRecord, LabelMap
+from detlit.data.coco import ImageRecord, LabelMap
 from detlit.compat import Boxes, Instances
 from detlit.errors import DataError
 
@@ -50,7 +50,7 @@ def read_image(path: Path) -> np.ndarray:
 
 
 def eval_target(record: ImageRecord, label_map: LabelMap) -> dict[str, torch.Tensor]:
-    """Ground truth of one image in original pixels, as ``detlit.metrics.DetectionMetrics`` takes it.
+    """Ground truth of one image in original pixels, as ``detlit.evaluation.metric.DetectionMetrics`` takes it.
 
     Crowd regions are included and flagged; float64 keeps the json's precision, so metrics equal
     pycocotools' on the json itself; ``image_id`` orders images as COCOeval does.

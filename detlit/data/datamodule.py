@@ -8,18 +8,18 @@ from typing import Any, Literal
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
-from detlit.coco import CocoDataset, LabelMap
-from detlit.dataset import DetectionDataset, collate
+from detlit.data.coco import CocoDataset, LabelMap
+from detlit.data.dataset import DetectionDataset, collate
 from detlit.errors import ConfigError, DataError
-from detlit.samplers import (
+from detlit.data.samplers import (
     BatchDataset,
     EvaluationBatchSampler,
     TrainingBatchSampler,
     orientation_groups,
     repeat_factors,
 )
-from detlit.transforms import Step, describe_augment, eval_transform, resized_shape, train_transform
-from detlit.validate import load_checked
+from detlit.data.transforms import Step, describe_augment, eval_transform, resized_shape, train_transform
+from detlit.data.checks import load_checked
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 class CocoDataModule(LightningDataModule):
     """COCO json files and image folders, served as detectron2 input dicts.
 
-    Every json is checked when the module is built (``detlit.validate``): errors stop with one
+    Every json is checked when the module is built (``detlit.data.checks``): errors stop with one
     sentence that names the first of them and the command that reports all; warnings are logged.
 
     The label map (contiguous labels <-> COCO category ids) is built from the training json and
@@ -35,7 +35,7 @@ class CocoDataModule(LightningDataModule):
     the model so they are never typed twice.
 
     With several processes (DDP) every loader serves only its process's share of the images
-    (``detlit.samplers``): training batches are dealt out evenly, so every process runs the same
+    (``detlit.data.samplers``): training batches are dealt out evenly, so every process runs the same
     number of steps; validation and test images are each seen by exactly one process.
 
     Args:
@@ -48,7 +48,7 @@ class CocoDataModule(LightningDataModule):
         batch_size: images per batch on each device.
         num_workers: data-loading worker processes per device.
         augment: training augmentation: a preset name (``none``, ``flip``, ``default``, ``strong``;
-            see ``detlit.transforms``) or a list of Albumentations transforms (``class_path`` and
+            see ``detlit.data.transforms``) or a list of Albumentations transforms (``class_path`` and
             ``init_args`` in YAML; ``A.OneOf`` and other compositions too) run after the resize.
         min_size_train: shortest-edge sizes in training; one is drawn per image.
         max_size_train: cap on the longest edge in training.
@@ -213,7 +213,7 @@ class CocoDataModule(LightningDataModule):
             sampler.set_epoch(epoch)
             self._resume_position = None
         # The sampler yields whole batches; as the loader's `sampler` (not `batch_sampler`) Lightning
-        # keeps it and calls its set_epoch (see detlit.samplers).
+        # keeps it and calls its set_epoch (see detlit.data.samplers).
         return DataLoader(BatchDataset(dataset), batch_size=None, sampler=sampler, **self._loader_options())
 
     def state_dict(self) -> dict[str, Any]:

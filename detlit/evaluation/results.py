@@ -7,7 +7,7 @@ Out: detectron2 predictions (``Instances`` with ``pred_boxes`` XYXY in original 
 :func:`gather_results` collects them, keeps every image once and sorts them.
 
 In: :func:`read_results` turns a results json and the ground truth it belongs to into the
-``preds`` / ``targets`` lists of :class:`detlit.metrics.DetectionMetrics`, so a results file can be
+``preds`` / ``targets`` lists of :class:`detlit.evaluation.metric.DetectionMetrics`, so a results file can be
 evaluated without a model.
 """
 
@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from detlit.coco import ImageRecord, LabelMap
-from detlit.dataset import eval_target
+from detlit.data.coco import ImageRecord, LabelMap
+from detlit.data.dataset import eval_target
 from detlit.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -188,7 +188,7 @@ def read_results(
 
     Args:
         path: COCO results json (a list of ``{image_id, category_id, bbox, score}``).
-        records: the ground-truth images (``detlit.coco.load_coco(...).images``); every one of
+        records: the ground-truth images (``detlit.data.coco.load_coco(...).images``); every one of
             them is evaluated, with or without results.
         label_map: original category id <-> contiguous label of the ground truth.
 

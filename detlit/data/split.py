@@ -1,0 +1,394 @@
+"""Stage [2]: a seeded, stratified train/val split of a COCO dataset.
+
+``python -m detlit.split DATA.json --images DIR --out OUT_DIR`` writes ``OUT_DIR/train.json`` and
+``OUT_DIR/val.json``. Images are assigned by iterative stratification (Sechidis et al., 2011) on
+the number of objects per category, with "no objects" as one more label so that empty images
+are split in proportion too; a balancing pass then makes the validation set hold
+``round(fraction x images)`` images (exactly, unless groups make that impossible). Images with
+identical file content, and images of one group (``--group-by FIELD`` or ``--group-pattern``),
+always land on the same side. Every original id and field is kept, and the same inputs and
+seed give byte-identical files.
+
+Several json files (each with its ``--images`` folder) are merged before splitting, e.g. an
+export's train and valid parts; file names are then made relative to the folders' common
+parent, and ids of a later file are shifted when they collide with an earlier one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import re
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from detlit.common.command import run_cli
+from detlit.data.coco import CocoDataset, parse_coco, raise_on_errors, read_json
+from detlit.errors import DataError
+
+log = logging.getLogger("detlit.data.split")
+
+
+@dataclass
+class Split:
+    """The outcome: image ids of each side and the numbers that describe its quality."""
+
+    train_ids: list[int]
+    val_ids: list[int]
+    category_shares: dict[str, tuple[int, int]]  # category -> (train objects, val objects)
+    groups: int
+
+
+# --- inputs --------------------------------------------------------------------------------
+
+
+def merge_inputs(inputs: list[tuple[Path, Path]]) -> tuple[dict[str, Any], Path]:
+    """Read one or more (json, image folder) pairs as one raw COCO dict and its image root."""
+    if len(inputs) == 1:
+        return read_json(inputs[0][0]), inputs[0][1]
+    root = Path(os.path.commonpath([str(images.resolve()) for _, images in inputs]))
+    merged: dict[str, Any] | None = None
+    for json_path, images in inputs:
+        raw = read_json(json_path)
+        prefix = os.path.relpath(images.resolve(), root)
+        for image in raw["images"]:
+            if isinstance(image, dict) and isinstance(image.get("file_name"), str):
+                image["file_name"] = os.path.normpath(os.path.join(prefix, image["file_name"]))
+        if merged is None:
+            merged = raw
+            continue
+        if _category_key(raw) != _category_key(merged):
+            raise DataError(
+                f"{json_path} defines other categories than {inputs[0][0]}; only files with the same "
+                "categories can be merged"
+            )
+        image_shift = _shift(merged["images"], raw["images"])
+        annotation_shift = _shift(merged["annotations"], raw["annotations"])
+        if image_shift or annotation_shift:
+            log.info(
+                "%s: ids collide with earlier files; image ids +%d, annotation ids +%d",
+                json_path,
+                image_shift,
+                annotation_shift,
+            )
+        for image in raw["images"]:
+            image["id"] += image_shift
+        for annotation in raw["annotations"]:
+            annotation["id"] += annotation_shift
+            annotation["image_id"] += image_shift
+        merged["images"] += raw["images"]
+        merged["annotations"] += raw["annotations"]
+    assert merged is not None
+    return merged, root
+
+
+def _category_key(raw: dict[str, Any]) -> list[tuple[Any, Any]]:
+    return sorted((c.get("id"), c.get("name")) for c in raw["categories"] if isinstance(c, dict))
+
+
+def _shift(earlier: list[dict[str, Any]], later: list[dict[str, Any]]) -> int:
+    """0 when the ids of ``later`` do not collide with ``earlier``; else past the largest id."""
+    used = {item.get("id") for item in earlier}
+    if not any(item.get("id") in used for item in later):
+        return 0
+    return 1 + max(int(item["id"]) for item in earlier) - min(int(item["id"]) for item in later)
+
+
+def content_hashes(dataset: CocoDataset, workers: int = 8) -> dict[int, str]:
+    """sha1 of every image file; fails with one sentence when a file is missing."""
+
+    def digest(file_name: str) -> str | None:
+        path = dataset.image_root / file_name
+        return hashlib.sha1(path.read_bytes()).hexdigest() if path.is_file() else None
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        digests = list(pool.map(digest, [image.file_name for image in dataset.images]))
+    missing = [image.file_name for image, d in zip(dataset.images, digests, strict=True) if d is None]
+    if missing:
+        raise DataError(
+            f"{len(missing)} image(s) of {dataset.json_path} are missing under {dataset.image_root} "
+            f"(first: {missing[0]}); check the --images folder or repair with python -m detlit.check --fix"
+        )
+    return {image.id: d for image, d in zip(dataset.images, digests, strict=True) if d is not None}
+
+
+# --- grouping ------------------------------------------------------------------------------
+
+
+def group_images(
+    dataset: CocoDataset,
+    raw_images: dict[int, dict[str, Any]],
+    hashes: dict[int, str],
+    group_by: str | None,
+    group_pattern: str | None,
+) -> list[list[int]]:
+    """Image ids that must stay together: same content, same ``group_by`` value, same pattern match."""
+    parent = {image.id: image.id for image in dataset.images}
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    def union_by(keys: dict[int, Any]) -> None:
+        first: dict[Any, int] = {}
+        for image_id, key in keys.items():
+            if key is None:
+                continue
+            if key in first:
+                parent[find(image_id)] = find(first[key])
+            else:
+                first[key] = image_id
+
+    union_by(hashes)
+    if group_by:
+        union_by({iid: _hashable(raw_images[iid].get(group_by)) for iid in parent})
+    if group_pattern:
+        pattern = re.compile(group_pattern)
+        keys: dict[int, Any] = {}
+        for image in dataset.images:
+            match = pattern.search(image.file_name)
+            keys[image.id] = (match.group(1) if pattern.groups else match.group(0)) if match else None
+        union_by(keys)
+    groups: dict[int, list[int]] = defaultdict(list)
+    for image in dataset.images:
+        groups[find(image.id)].append(image.id)
+    return list(groups.values())
+
+
+def _hashable(value: Any) -> Any:
+    return json.dumps(value, sort_keys=True) if isinstance(value, (list, dict)) else value
+
+
+# --- the split -----------------------------------------------------------------------------
+
+
+def label_matrix(dataset: CocoDataset, groups: list[list[int]]) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """Objects per category for each group (last column: images without objects) and group sizes."""
+    category_ids = sorted(c.id for c in dataset.categories)
+    column = {cid: i for i, cid in enumerate(category_ids)}
+    by_id = {image.id: image for image in dataset.images}
+    counts = np.zeros((len(groups), len(category_ids) + 1), dtype=np.int64)
+    for g, ids in enumerate(groups):
+        for image_id in ids:
+            objects = [a for a in by_id[image_id].annotations if not a.iscrowd]
+            for annotation in objects:
+                counts[g, column[annotation.category_id]] += 1
+            if not objects:
+                counts[g, -1] += 1
+    sizes = np.array([len(ids) for ids in groups], dtype=np.int64)
+    return counts, sizes, category_ids
+
+
+def stratify(counts: np.ndarray, sizes: np.ndarray, val_fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """Iterative stratification of groups into train (0) / val (1), then size balancing."""
+    fractions = np.array([1.0 - val_fraction, val_fraction])
+    wanted = np.outer(fractions, counts.sum(axis=0)).astype(np.float64)  # (2, labels)
+    wanted_images = fractions * sizes.sum()
+    side = np.full(len(sizes), -1, dtype=np.int64)
+    remaining = counts.copy()
+    order = rng.permutation(len(sizes))
+    while (side < 0).any():
+        open_groups = order[side[order] < 0]
+        totals = remaining[open_groups].sum(axis=0)
+        present = np.flatnonzero(totals > 0)
+        if present.size == 0:
+            label_groups = open_groups
+            label = None
+        else:
+            label = int(present[np.argmin(totals[present])])
+            label_groups = open_groups[remaining[open_groups, label] > 0]
+        for g in label_groups:
+            if label is None:
+                choice = int(np.argmax(wanted_images))
+            else:
+                need = wanted[:, label]
+                best = np.flatnonzero(need == need.max())
+                if best.size > 1:
+                    best = best[wanted_images[best] == wanted_images[best].max()]
+                choice = int(best[0] if best.size == 1 else rng.choice(best))
+            side[g] = choice
+            wanted[choice] -= counts[g]
+            wanted_images[choice] -= sizes[g]
+            remaining[g] = 0
+    return balance(side, counts, sizes, val_fraction)
+
+
+def _imbalance(val_counts: np.ndarray, totals: np.ndarray, fraction: float) -> np.ndarray:
+    """Squared deviation of each label's val share from the fraction, summed (any leading shape)."""
+    share = val_counts / np.maximum(totals, 1)
+    return np.asarray(((share - fraction) ** 2 * (totals > 0)).sum(axis=-1))
+
+
+def balance(side: np.ndarray, counts: np.ndarray, sizes: np.ndarray, val_fraction: float) -> np.ndarray:
+    """Move (or swap) groups until val holds round(fraction x images) images, hurting the strata least."""
+    side = side.copy()
+    totals = counts.sum(axis=0)
+    target = round(val_fraction * int(sizes.sum()))
+    for _ in range(len(sizes)):
+        gap = int(sizes[side == 1].sum()) - target
+        if gap == 0:
+            break
+        source = 1 if gap > 0 else 0  # the side that has too many images
+        val_counts = counts[side == 1].sum(axis=0)
+        sign = -1 if source == 1 else 1  # moving from val subtracts from the val counts
+        candidates = np.flatnonzero((side == source) & (sizes <= abs(gap)))
+        if candidates.size:
+            cost = _imbalance(val_counts + sign * counts[candidates], totals, val_fraction)
+            side[candidates[int(np.argmin(cost))]] = 1 - source
+            continue
+        if not _swap(side, counts, sizes, val_counts, totals, val_fraction, gap):
+            break  # groups too large to reach the target exactly
+    return side
+
+
+def _swap(
+    side: np.ndarray,
+    counts: np.ndarray,
+    sizes: np.ndarray,
+    val_counts: np.ndarray,
+    totals: np.ndarray,
+    val_fraction: float,
+    gap: int,
+    limit: int = 200,
+) -> bool:
+    """Exchange a val group and a train group whose size difference closes part of the gap."""
+    val, train = np.flatnonzero(side == 1), np.flatnonzero(side == 0)
+    diff = sizes[val][:, None] - sizes[train][None, :]  # images val loses by the exchange
+    useful = (diff != 0) & (np.sign(diff) == np.sign(gap)) & (np.abs(diff) <= abs(gap))
+    if not useful.any():
+        return False
+    pairs = np.argwhere(useful)[: limit * limit]
+    moved = val_counts - counts[val[pairs[:, 0]]] + counts[train[pairs[:, 1]]]
+    best = pairs[int(np.argmin(_imbalance(moved, totals, val_fraction)))]
+    side[val[best[0]]], side[train[best[1]]] = 0, 1
+    return True
+
+
+def split_dataset(
+    dataset: CocoDataset,
+    raw_images: dict[int, dict[str, Any]],
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    group_by: str | None = None,
+    group_pattern: str | None = None,
+) -> Split:
+    """Assign every image to train or val (see the module docstring)."""
+    if not 0.0 < val_fraction < 1.0:
+        raise DataError(f"--val-fraction {val_fraction} must be between 0 and 1")
+    hashes = content_hashes(dataset)
+    groups = group_images(dataset, raw_images, hashes, group_by, group_pattern)
+    groups.sort(key=min)  # a deterministic order, independent of hashing
+    counts, sizes, category_ids = label_matrix(dataset, groups)
+    side = stratify(counts, sizes, val_fraction, np.random.default_rng(seed))
+    val_ids = sorted(iid for g, ids in enumerate(groups) if side[g] == 1 for iid in ids)
+    train_ids = sorted(iid for g, ids in enumerate(groups) if side[g] == 0 for iid in ids)
+    names = {c.id: c.name for c in dataset.categories}
+    shares = {
+        names[cid]: (int(counts[side == 0, i].sum()), int(counts[side == 1, i].sum()))
+        for i, cid in enumerate(category_ids)
+    }
+    shares["(no objects)"] = (int(counts[side == 0, -1].sum()), int(counts[side == 1, -1].sum()))
+    return Split(train_ids, val_ids, shares, len(groups))
+
+
+def subset(raw: dict[str, Any], image_ids: list[int]) -> dict[str, Any]:
+    """The raw COCO dict restricted to some images (their annotations, every other key kept)."""
+    keep = set(image_ids)
+    out = {key: value for key, value in raw.items() if key not in ("images", "annotations")}
+    out["images"] = [image for image in raw["images"] if image["id"] in keep]
+    out["annotations"] = [a for a in raw["annotations"] if a["image_id"] in keep]
+    return {key: out[key] for key in raw}  # the input's key order
+
+
+def print_split(split: Split, console: Console) -> None:
+    table = Table(title=f"train {len(split.train_ids)} / val {len(split.val_ids)} images ({split.groups} groups)")
+    for column in ("category", "train objects", "val objects", "val share"):
+        table.add_column(column, justify="left" if column == "category" else "right")
+    for name, (train, val) in split.category_shares.items():
+        if train + val == 0:
+            continue
+        share = f"{100 * val / (train + val):.1f}%" if train + val else "-"
+        table.add_row(name, str(train), str(val), share)
+    console.print(table)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m detlit.split", description="Split a COCO dataset into train and val."
+    )
+    parser.add_argument("json", type=Path, nargs="+", help="COCO json file(s); several are merged first")
+    parser.add_argument("--images", type=Path, nargs="+", required=True, help="image folder of each json")
+    parser.add_argument("--out", type=Path, required=True, help="folder for train.json and val.json")
+    parser.add_argument("--val-fraction", type=float, default=0.1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--group-by", metavar="FIELD", help="image field whose equal values stay together")
+    parser.add_argument(
+        "--group-pattern",
+        metavar="REGEX",
+        help="images whose file_name gives the same match (first group) stay together, e.g. '(.+)\\.rf\\.'",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace existing train.json / val.json")
+    verbosity = parser.add_mutually_exclusive_group()
+    verbosity.add_argument("--verbose", action="store_true")
+    verbosity.add_argument("--quiet", action="store_true")
+    return parser.parse_args(argv)
+
+
+def split_main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.getLogger().setLevel(logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO)
+    if len(args.images) != len(args.json):
+        raise DataError(
+            f"{len(args.json)} json file(s) but {len(args.images)} --images folder(s); give one folder per json"
+        )
+    outputs = [args.out / "train.json", args.out / "val.json"]
+    existing = [str(p) for p in outputs if p.exists()]
+    if existing and not args.overwrite:
+        raise DataError(f"{', '.join(existing)} already exist(s); choose another --out or pass --overwrite")
+    raw, root = merge_inputs(list(zip(args.json, args.images, strict=True)))
+    source = args.json[0] if len(args.json) == 1 else Path(" + ".join(str(p) for p in args.json))
+    dataset, findings = parse_coco(raw, source, root)
+    raise_on_errors(findings, source, root)
+    log.info("read %d images, %d annotations from %s", len(dataset.images), dataset.num_annotations, source)
+    split = split_dataset(
+        dataset,
+        {image["id"]: image for image in raw["images"]},
+        args.val_fraction,
+        args.seed,
+        args.group_by,
+        args.group_pattern,
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    for path, ids in zip(outputs, (split.train_ids, split.val_ids), strict=True):
+        part = subset(raw, ids)
+        path.write_text(json.dumps(part, indent=1))
+        unresolved = [i["file_name"] for i in part["images"] if not (root / i["file_name"]).is_file()]
+        if unresolved:
+            raise DataError(
+                f"{path}: {len(unresolved)} image path(s) do not resolve under {root} (first: {unresolved[0]})"
+            )
+        log.info("wrote %s: %d images, %d annotations", path, len(part["images"]), len(part["annotations"]))
+    if not args.quiet:
+        print_split(split, Console())
+    log.info("file names in both files are relative to %s: train with --data.train_images=%s", root, root)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_cli(split_main, argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,361 @@
+"""``python -m detlit.tune``: hyper-parameter search with Optuna over ``python -m detlit.fit`` runs.
+
+Example::
+
+    python -m detlit.tune --config configs/sample_cpu.yaml --search configs/search_sample.yaml \\
+        --trials 20 --storage sqlite:///runs/tune.db
+
+Every trial is a normal detlit run (its own folder with TensorBoard logs, run.log, checkpoints)
+started as a subprocess with the trial's config, so a trial may use several devices (DDP) and a
+crash costs one trial, not the study. A callback in the run reports the monitored validation
+metric to the study after every validation; the pruner (median or successive halving) stops
+unpromising trials early. The study lives in the storage (SQLite), so an interrupted search
+continues where it stopped when run again with the same ``--storage`` and ``--study``. At the end:
+a table of the trials, the parameter importances, and the best trial's config as a YAML ready
+for ``python -m detlit.fit --config``.
+
+The search space is a YAML file::
+
+    monitor: val/map          # optional, default val/map
+    direction: maximize       # optional
+    params:                   # dotted keys of the fit config
+      model.optimizer.init_args.lr: {type: float, low: 0.001, high: 0.05, log: true}
+      model.warmup_steps: {type: int, low: 10, high: 200}
+      data.augment: {type: categorical, choices: [flip, default, strong]}
+      model.overrides.MODEL.ANCHOR_GENERATOR.SIZES:
+        type: categorical
+        choices: [[[32], [64], [128], [256], [512]], [[16], [32], [64], [128], [256]]]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import json
+import logging
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+from lightning.pytorch import Callback, LightningModule, Trainer
+from rich.console import Console
+from rich.table import Table
+
+from detlit.common.command import run_cli
+from detlit.errors import ConfigError
+
+log = logging.getLogger("detlit.training.tune")
+
+RESULT_FILE = "tune_result.json"
+OVERRIDES_PREFIX = "model.overrides."
+
+
+# --- the search space ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    params: dict[str, optuna.distributions.BaseDistribution]
+    monitor: str = "val/map"
+    direction: str = "maximize"
+
+
+def _distribution(path: Path, key: str, spec: Any) -> optuna.distributions.BaseDistribution:
+    where = f"{path}: parameter '{key}'"
+    if not isinstance(spec, dict) or "type" not in spec:
+        raise ConfigError(f"{where} needs a mapping with a 'type' (float, int or categorical)")
+    kind = spec["type"]
+    try:
+        if kind in ("float", "int"):
+            low, high = spec["low"], spec["high"]
+            if not low < high:
+                raise ConfigError(f"{where} has low={low} not below high={high}; swap or fix them")
+            if spec.get("log") and low <= 0:
+                raise ConfigError(f"{where} is log-scaled, so low must be above 0, not {low}")
+            if kind == "float":
+                return optuna.distributions.FloatDistribution(float(low), float(high), log=bool(spec.get("log")))
+            return optuna.distributions.IntDistribution(int(low), int(high), log=bool(spec.get("log")))
+        if kind == "categorical":
+            choices = spec["choices"]
+            if not isinstance(choices, list) or not choices:
+                raise ConfigError(f"{where} needs a non-empty list of 'choices'")
+            # Optuna stores choices as str/int/float/bool/None: lists are kept as JSON strings.
+            return optuna.distributions.CategoricalDistribution(
+                [json.dumps(c) if isinstance(c, (list, dict)) else c for c in choices]
+            )
+    except KeyError as err:
+        raise ConfigError(f"{where} of type {kind} needs '{err.args[0]}'") from err
+    raise ConfigError(f"{where} has type '{kind}'; use float, int or categorical")
+
+
+def load_search(path: Path) -> SearchSpace:
+    """Read and validate a search-space YAML; every mistake is one sentence naming the file."""
+    if not path.is_file():
+        raise ConfigError(f"search space {path} does not exist; pass a YAML file with a 'params' mapping")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or type(err).__name__
+        raise ConfigError(f"search space {path} is not valid YAML ({problem}{where}); fix the syntax") from err
+    if not isinstance(raw, dict) or not isinstance(raw.get("params"), dict) or not raw["params"]:
+        raise ConfigError(f"search space {path} needs a non-empty 'params' mapping of dotted config keys")
+    unknown = set(raw) - {"params", "monitor", "direction"}
+    if unknown:
+        raise ConfigError(f"search space {path} has unknown key(s) {sorted(unknown)}; use params, monitor, direction")
+    direction = raw.get("direction", "maximize")
+    if direction not in ("maximize", "minimize"):
+        raise ConfigError(f"search space {path}: direction must be maximize or minimize, not {direction!r}")
+    for key in raw["params"]:
+        if not isinstance(key, str) or key.split(".")[0] not in ("model", "data", "trainer"):
+            raise ConfigError(f"search space {path}: parameter '{key}' must start with model., data. or trainer.")
+    params = {key: _distribution(path, key, spec) for key, spec in raw["params"].items()}
+    return SearchSpace(params, str(raw.get("monitor", "val/map")), direction)
+
+
+def decode(value: Any) -> Any:
+    """A sampled value as the config needs it (lists were stored as JSON strings)."""
+    if isinstance(value, str) and value[:1] in "[{":
+        return json.loads(value)
+    return value
+
+
+def with_params(config: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a fit config (as loaded from YAML) with dotted keys set to the trial's values."""
+    out = copy.deepcopy(config)
+    for key, value in params.items():
+        value = decode(value)
+        if key.startswith(OVERRIDES_PREFIX):
+            out.setdefault("model", {}).setdefault("overrides", {})[key[len(OVERRIDES_PREFIX) :]] = value
+            continue
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            child = node.get(part)
+            if part == "init_args" and not isinstance(child, dict):
+                child = node.setdefault("init_args", {})
+            if not isinstance(child, dict):
+                child = node[part] = {} if child is None else child
+                if not isinstance(child, dict):
+                    raise ConfigError(f"cannot set '{key}': '{part}' is {child!r} in the config, not a mapping")
+            node = child
+        node[leaf] = value
+    return out
+
+
+# --- the callback inside each trial's run --------------------------------------------------
+
+
+class ReportToStudy(Callback):
+    """Reports the monitored metric to an Optuna trial after each validation and stops the run
+    when the pruner says so; writes the trial's outcome to ``tune_result.json`` in the run folder.
+
+    Args:
+        storage: the study's storage URL.
+        study_name: the study's name.
+        trial_id: the trial's id in the storage.
+        monitor: the logged metric to report.
+        result_dir: where to write ``tune_result.json``.
+    """
+
+    def __init__(self, storage: str, study_name: str, trial_id: int, monitor: str, result_dir: str):
+        self.storage, self.study_name, self.trial_id = storage, study_name, trial_id
+        self.monitor, self.result_dir = monitor, Path(result_dir)
+        self.values: list[float] = []
+        self.pruned = False
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        if self.monitor not in trainer.callback_metrics:
+            raise ConfigError(f"the monitored metric '{self.monitor}' is not logged; set 'monitor' in the search space")
+        value = float(trainer.callback_metrics[self.monitor])
+        self.values.append(value)
+        study = optuna.load_study(study_name=self.study_name, storage=self.storage)
+        trial = optuna.trial.Trial(study, self.trial_id)
+        trial.report(value, step=trainer.current_epoch)
+        if trial.should_prune():
+            self.pruned = True
+            trainer.should_stop = True
+            log.info("trial pruned after epoch %d (%s=%.4f)", trainer.current_epoch, self.monitor, value)
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.is_global_zero:
+            self.result_dir.mkdir(parents=True, exist_ok=True)
+            outcome = {"values": self.values, "pruned": self.pruned}
+            (self.result_dir / RESULT_FILE).write_text(json.dumps(outcome))
+
+
+# --- the search ----------------------------------------------------------------------------
+
+
+def objective_value(values: list[float], direction: str) -> float:
+    """The trial's result: its best validation value."""
+    return max(values) if direction == "maximize" else min(values)
+
+
+def run_trial(
+    trial: optuna.trial.Trial, base: dict[str, Any], space: SearchSpace, args: argparse.Namespace, folder: Path
+) -> tuple[optuna.trial.TrialState, float | None]:
+    """One detlit run in a subprocess; its outcome as a trial state and value."""
+    config = with_params(base, trial.params)
+    logger: dict[str, Any] = {
+        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+        "init_args": {"save_dir": str(folder.parent), "name": folder.name, "version": ""},
+    }
+    config.setdefault("trainer", {})["logger"] = logger
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "trial.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    callback = {
+        "class_path": "detlit.training.tune.ReportToStudy",
+        "init_args": {
+            "storage": args.storage,
+            "study_name": args.study,
+            "trial_id": trial._trial_id,
+            "monitor": space.monitor,
+            "result_dir": str(folder),
+        },
+    }
+    command = [sys.executable, "-m", "detlit.fit", "--config", str(folder / "trial.yaml")]
+    command += ["--trainer.callbacks+=" + json.dumps(callback), *args.fit_args]
+    log.info("trial %d: %s", trial.number, ", ".join(f"{k}={decode(v)}" for k, v in trial.params.items()))
+    with (folder / "trial.log").open("w") as output:
+        code = subprocess.run(command, stdout=output, stderr=subprocess.STDOUT, env=os.environ.copy()).returncode
+    result_file = folder / RESULT_FILE
+    if code != 0 or not result_file.is_file():
+        tail = (folder / "trial.log").read_text().strip().splitlines()[-1:] or ["no output"]
+        log.warning("trial %d failed (exit %d): %s (log: %s)", trial.number, code, tail[0], folder / "trial.log")
+        return optuna.trial.TrialState.FAIL, None
+    outcome = json.loads(result_file.read_text())
+    if not outcome["values"]:
+        return optuna.trial.TrialState.FAIL, None
+    if outcome["pruned"]:
+        return optuna.trial.TrialState.PRUNED, None
+    return optuna.trial.TrialState.COMPLETE, objective_value(outcome["values"], space.direction)
+
+
+def make_study(args: argparse.Namespace, space: SearchSpace) -> optuna.Study:
+    pruner: optuna.pruners.BasePruner
+    if args.pruner == "median":
+        pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+    else:
+        pruner = optuna.pruners.SuccessiveHalvingPruner()
+    return optuna.create_study(
+        study_name=args.study,
+        storage=args.storage,
+        direction="maximize" if space.direction == "maximize" else "minimize",
+        sampler=optuna.samplers.TPESampler(seed=args.seed),
+        pruner=pruner,
+        load_if_exists=True,
+    )
+
+
+def short_names(names: list[str]) -> list[str]:
+    """Table headers: each parameter's last dotted part, the whole key where two would clash."""
+    last = [name.rsplit(".", 1)[-1] for name in names]
+    return [short if last.count(short) == 1 else name for short, name in zip(last, names, strict=True)]
+
+
+def short_value(value: Any) -> str:
+    """A table cell: 4 significant digits for floats, lists without spaces."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
+def summarise(study: optuna.Study, space: SearchSpace, out: Path, base: dict[str, Any]) -> Path | None:
+    """Print and write the trials table and importances; write the best config. Returns its path."""
+    table = Table(title=f"study {study.study_name}: {space.direction} {space.monitor}")
+    names = list(space.params)
+    for column in ("trial", "state", "value", *short_names(names)):
+        table.add_column(column, overflow="fold")
+    rows = []
+    for trial in study.trials:
+        value = "" if trial.value is None else f"{trial.value:.4f}"
+        params = [decode(trial.params.get(n, "")) for n in names]
+        table.add_row(str(trial.number), trial.state.name.lower(), value, *(short_value(v) for v in params))
+        rows.append([str(trial.number), trial.state.name.lower(), value, *(str(v) for v in params)])
+    console = Console()
+    console.print(table)
+    if any(short != name for short, name in zip(short_names(names), names, strict=True)):
+        console.print("columns: " + ", ".join(f"{s} = {n}" for s, n in zip(short_names(names), names, strict=True)))
+    with (out / "trials.csv").open("w", newline="") as handle:
+        csv.writer(handle).writerows([["trial", "state", "value", *names], *rows])
+    completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not completed:
+        log.warning("no trial completed: no best config")
+        return None
+    if len(completed) >= 2 and len(names) > 1:
+        try:
+            importances = optuna.importance.get_param_importances(study)
+            console.print("parameter importances: " + ", ".join(f"{k} {v:.2f}" for k, v in importances.items()))
+            (out / "importances.json").write_text(json.dumps(importances, indent=1))
+        except (RuntimeError, ValueError) as err:
+            log.info("parameter importances not available (%s)", err)
+    best = study.best_trial
+    config = with_params(base, best.params)  # the base config's own logger: runs log where it says
+    path = out / "best.yaml"
+    header = f"# best of study {study.study_name}: trial {best.number}, {space.monitor}={best.value:.4f}\n"
+    path.write_text(header + yaml.safe_dump(config, sort_keys=False))
+    log.info("best trial %d (%s=%.4f); its config: %s", best.number, space.monitor, best.value, path)
+    return path
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m detlit.tune", description="Search hyper-parameters with Optuna.")
+    parser.add_argument("--config", type=Path, required=True, help="the fit config the trials start from")
+    parser.add_argument("--search", type=Path, required=True, help="search-space YAML")
+    parser.add_argument("--trials", type=int, required=True, help="trials in the study in total (resumed ones count)")
+    parser.add_argument("--timeout", type=float, help="start no new trial after this many seconds")
+    parser.add_argument("--storage", default="sqlite:///runs/tune.db", help="Optuna storage URL (SQLite file)")
+    parser.add_argument("--study", default="detlit", help="study name in the storage")
+    parser.add_argument("--out", type=Path, help="folder for the trials' runs and results (default runs/tune/STUDY)")
+    parser.add_argument("--pruner", choices=("median", "halving"), default="median")
+    parser.add_argument("--seed", type=int, default=0, help="sampler seed")
+    parser.add_argument("fit_args", nargs="*", help="extra arguments for every trial's fit, after --")
+    return parser.parse_args(argv)
+
+
+def tune_main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    space = load_search(args.search)
+    if not args.config.is_file():
+        raise ConfigError(f"--config {args.config} does not exist; pass the fit YAML the trials start from")
+    base = yaml.safe_load(args.config.read_text()) or {}
+    out = args.out or Path("runs") / "tune" / args.study
+    out.mkdir(parents=True, exist_ok=True)
+    if args.storage.startswith("sqlite:///"):
+        Path(args.storage[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = make_study(args, space)
+    started = time.monotonic()
+    while len([t for t in study.trials if t.state.is_finished()]) < args.trials:
+        if args.timeout is not None and time.monotonic() - started > args.timeout:
+            log.info("timeout reached: no new trial started")
+            break
+        trial = study.ask(space.params)
+        state, value = run_trial(trial, base, space, args, out / f"trial_{trial.number:03d}")
+        study.tell(trial, value if state == optuna.trial.TrialState.COMPLETE else None, state=state)
+        shown = "" if value is None or math.isnan(value) else f" {space.monitor}={value:.4f}"
+        log.info("trial %d %s%s", trial.number, state.name.lower(), shown)
+    summarise(study, space, out, base)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    sys.exit(run_cli(tune_main, argv))
+
+
+if __name__ == "__main__":
+    main()
