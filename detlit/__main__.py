@@ -1,4 +1,5 @@
-"""The ``detlit`` command: ``detlit <command> [args]`` runs ``python -m detlit.<command> [args]``."""
+"""The ``detlit`` command: ``detlit <command> [args]`` runs ``python -m detlit.<command> [args]``
+(``detlit validate`` and ``detlit test`` run ``python -m detlit.fit validate`` / ``test``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from importlib import resources
 
 COMMANDS = {
     "fit": "train a detector from a YAML config",
+    "validate": "validate a checkpoint with a fit config (python -m detlit.fit validate)",
+    "test": "test a checkpoint on data.test_json with a fit config (python -m detlit.fit test)",
     "check": "validate (and repair) a COCO dataset",
     "split": "split a COCO dataset into train and val",
     "evaluate": "COCO metrics, precision / recall / F1 of a model or a results file",
@@ -49,6 +52,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     if command == "config":
         sys.exit(print_config(rest[0] if rest else ""))
+    if command in ("validate", "test"):  # stages of the fit command
+        command, rest = "fit", [command, *rest]
     module = importlib.import_module(f"detlit.{command}")
     sys.argv = [f"detlit {command}", *rest]
     module.main(rest)

@@ -1,6 +1,45 @@
-"""``python -m detlit.check``."""
+"""``python -m detlit.check``: validate a COCO dataset, report, and optionally write a repaired copy.
 
-from detlit.data.check import main
+Examples::
+
+    python -m detlit.check data/train.json --images data/images
+    python -m detlit.check data/train.json --images data/images --fix data/train.fixed.json
+    python -m detlit.check data/train.json --images data/images --report check.json --quiet
+
+Exit status: 0 when no error remains (in the repaired copy, with ``--fix``), 1 when errors
+remain, 2 when the input cannot be read at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from detlit.common import command
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = command.parser("check", "Validate a COCO detection dataset: structure, files, boxes, labels.")
+    parser.add_argument("json", type=Path, help="COCO annotation json")
+    command.add_images(parser)
+    parser.add_argument("--fix", type=Path, metavar="OUT.json", help="write a repaired copy here")
+    parser.add_argument("--report", type=Path, metavar="REPORT.json", help="write findings and statistics as JSON")
+    parser.add_argument("--no-decode", action="store_true", help="read image headers only (faster; no hashing)")
+    command.add_overwrite(parser)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from detlit.data.check import check
+
+    return check(
+        args.json, args.images, args.fix, args.report, args.overwrite, not args.no_decode, args.verbose, args.quiet
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    command.run(build_parser(), run, argv)
+
 
 if __name__ == "__main__":
     main()

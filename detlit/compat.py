@@ -82,15 +82,12 @@ with warnings.catch_warnings():
     import detectron2.layers.nms
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.config import CfgNode, get_cfg
-    from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
-    from detectron2.data.transforms import RandomFlip as D2RandomFlip
+    from detectron2.data import DatasetCatalog, MetadataCatalog
     from detectron2.data.transforms import ResizeShortestEdge as D2ResizeShortestEdge
-    from detectron2.engine import AMPTrainer, DefaultPredictor, HookBase, SimpleTrainer
-    from detectron2.engine.hooks import LRScheduler as D2LRScheduler
     from detectron2.modeling import GeneralizedRCNN, build_model
     from detectron2.modeling.proposal_generator import PROPOSAL_GENERATOR_REGISTRY, RPN
     from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
-    from detectron2.structures import Boxes, BoxMode, Instances, pairwise_ioa, pairwise_iou
+    from detectron2.structures import Boxes, BoxMode, Instances, pairwise_ioa
     from detectron2.utils.events import EventStorage
     from detectron2.utils.file_io import PathManager
 
@@ -123,29 +120,21 @@ __all__ = [
     "PROPOSAL_GENERATOR_REGISTRY",
     "ROI_HEADS_REGISTRY",
     "RPN",
-    "AMPTrainer",
     "BoxMode",
     "Boxes",
     "CfgNode",
     "CompiledOpMissingError",
-    "D2LRScheduler",
-    "D2RandomFlip",
     "D2ResizeShortestEdge",
     "DatasetCatalog",
-    "DatasetMapper",
-    "DefaultPredictor",
     "DetectionCheckpointer",
     "EventStorage",
     "GeneralizedRCNN",
-    "HookBase",
     "Instances",
     "MetadataCatalog",
     "PathManager",
-    "SimpleTrainer",
     "StandardROIHeads",
     "build_model",
     "get_cfg",
     "model_zoo_config_path",
     "pairwise_ioa",
-    "pairwise_iou",
 ]

@@ -1,6 +1,68 @@
-"""``python -m detlit.evaluate``."""
+"""``python -m detlit.evaluate``: every metric of a model (or of any detector's results) on a COCO set.
 
-from detlit.inference.evaluate import main
+Examples::
+
+    python -m detlit.evaluate --ckpt runs/sample/version_0/checkpoints/last.ckpt \\
+        --json data/sample/val.json --images data/sample/val --out eval/sample
+    python -m detlit.evaluate --results coco_results.json --json test.json --out eval/other
+
+Writes into ``--out`` (default ``eval/<json name>``): ``metrics.json``, ``per_class.csv``,
+``coco_results.json`` (with a model), ``confusion_matrix.png``, ``pr_curves.png`` and
+``f1_curves.png``, and prints the tables (see :mod:`detlit.inference.evaluate`). A file there is
+replaced only with ``--overwrite``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from detlit.common import command
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = command.parser("evaluate", "Evaluate a model, or a results file, on a COCO set.")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--ckpt", type=Path, metavar="CKPT", help="detlit checkpoint to run on the images")
+    source.add_argument("--results", type=Path, metavar="RESULTS", help="a COCO results json (any detector's)")
+    command.add_json(parser, help="COCO ground-truth json")
+    command.add_images(parser, required=False, help="folder of the json's images (needed with --ckpt)")
+    command.add_out(parser, None, "output folder (default: eval/<json name>)")
+    command.add_device(parser)
+    command.add_batch_size(parser)
+    parser.add_argument(
+        "--score-threshold", type=command.fraction, default=0.5, help="the fixed threshold of P/R/F1 (default 0.5)"
+    )
+    parser.add_argument(
+        "--iou-threshold",
+        type=command.fraction,
+        default=0.5,
+        help="IoU of P/R/F1 and the confusion matrix (default 0.5)",
+    )
+    command.add_overwrite(parser)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from detlit.inference.evaluate import evaluate
+
+    return evaluate(
+        args.json,
+        args.images,
+        args.out,
+        args.ckpt,
+        args.results,
+        args.device,
+        args.batch_size,
+        args.score_threshold,
+        args.iou_threshold,
+        args.overwrite,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    command.run(build_parser(), run, argv)
+
 
 if __name__ == "__main__":
     main()

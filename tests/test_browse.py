@@ -9,10 +9,11 @@ import pytest
 import yaml
 from PIL import Image
 
-from detlit.data.dataset import read_image
+from detlit.browse import main
+from detlit.data.images import read_image
 from detlit.data.transforms import eval_transform
 from detlit.evaluation.drawing import class_color, grid_shape, title_height
-from detlit.training.browse import browse_main, build_datamodule, main, take_images, to_rgb
+from detlit.training.browse import browse, build_datamodule, take_images, to_rgb
 
 from .conftest import TINY_SIZES
 
@@ -42,10 +43,9 @@ def config(sample_dir: Path, tmp_path: Path) -> Path:
 def test_grid_of_augmented_training_images(config: Path, tmp_path: Path) -> None:
     out = tmp_path / "browse"
     cell, n = 160, 5
-    path = browse_main(
-        ["--config", str(config), "--data.augment", "strong", "--n", str(n), "--out", str(out), "--cell", str(cell)]
-    )
-    assert path == out / "train-seed0.png" and path.is_file()
+    assert browse(["--config", str(config), "--data.augment", "strong"], n=n, out=out, cell=cell) == 0
+    path = out / "train-seed0.png"
+    assert path.is_file()
     rows, cols = grid_shape(n)
     with Image.open(path) as grid_file:
         grid = np.asarray(grid_file.convert("RGB"))
@@ -92,3 +92,22 @@ def test_missing_config_is_one_sentence(capsys: pytest.CaptureFixture[str]) -> N
         main(["--n", "3"])
     assert exit_info.value.code == 2
     assert "--config is missing" in capsys.readouterr().err
+
+
+def test_an_existing_grid_is_replaced_only_with_overwrite(
+    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "browse"
+    out.mkdir()
+    (out / "train-seed0.png").write_bytes(b"mine")
+    (out / "notes.txt").write_text("keep me")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--config", str(config), "--n", "2", "--out", str(out)])
+    assert exit_info.value.code == 2
+    assert "already exists" in capsys.readouterr().err
+    assert (out / "train-seed0.png").read_bytes() == b"mine"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--config", str(config), "--n", "2", "--out", str(out), "--overwrite"])
+    assert exit_info.value.code == 0
+    assert (out / "train-seed0.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "notes.txt").read_text() == "keep me"

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from detlit.data.check import main as check
+from detlit.check import main as check
 from detlit.data.checks import check_file
 
 W, H = 64, 48
@@ -326,7 +326,8 @@ def test_xyxy_repair_converts_the_box(tmp_path: Path) -> None:
 def test_fix_refuses_to_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path, _ = _materialise(Case("size", _set("images.2.width", 100), None, 0), tmp_path)
     assert _run([str(path), "--images", str(tmp_path / "images"), "--fix", str(path), "--quiet"]) == 2
-    assert "never modifies it" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "--fix would write" in error and "which is an input of this command" in error
     existing = tmp_path / "taken.json"
     existing.write_text("mine")
     assert _run([str(path), "--images", str(tmp_path / "images"), "--fix", str(existing), "--quiet"]) == 2

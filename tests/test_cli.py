@@ -25,6 +25,35 @@ def test_fit_fast_dev_run(sample_dir: Path, tmp_path: Path) -> None:
     assert "training finished" in result.stderr
 
 
+@pytest.mark.slow
+def test_fit_tests_the_best_checkpoint_and_the_test_stage_runs_alone(sample_dir: Path, tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = REPO / "configs" / "sample_cpu.yaml"
+    data = [f"--data.test_json={sample_dir / 'val.json'}", f"--data.test_images={sample_dir / 'val'}"]
+    short = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.enable_progress_bar=false"]
+    result = run(["detlit.fit", f"--config={config}", *tiny_cli_args(sample_dir), *data, *short], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    folder = tmp_path / "runs" / "sample" / "version_0"
+    log = (folder / "run.log").read_text()
+    assert "test stage" in log and "testing " in log and "best-epoch" in log and "test: test/" in log
+    events = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+    events.Reload()
+    after_fit = events.Scalars("test/map")[-1].value
+    assert {"test/map", "test/map50", "test/loss", "test/f1"} <= set(events.Tags()["scalars"])
+
+    # `detlit test` (python -m detlit.fit test) on the best checkpoint, with the run's own config
+    argv = [sys.executable, "-m", "detlit", "test", f"--config={folder / 'config.yaml'}", "--ckpt=best"]
+    again = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert list(folder.glob("config.test-*.yaml")), "the test's config is saved beside the run's own"
+    events.Reload()
+    assert events.Scalars("test/map")[-1].value == pytest.approx(after_fit, abs=1e-6)
+    # validate needs a checkpoint
+    stopped = run(["detlit.fit", "validate", f"--config={folder / 'config.yaml'}"], tmp_path)
+    assert _error_line(stopped) == "error: validate needs a checkpoint: pass --ckpt CKPT (a .ckpt file, last or best)"
+
+
 def test_print_config(tmp_path: Path) -> None:
     result = run(["detlit.fit", f"--config={REPO / 'configs' / 'sample_cpu.yaml'}", "--print_config"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -8,11 +8,12 @@ import io
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pycocotools.coco import COCO
 
-from detlit.inference.evaluate import main as evaluate
+from detlit.evaluate import main as evaluate
 from detlit.model.module import DetectionModule
 
 from .conftest import quiet_trainer, source_stats, tiny_datamodule, tiny_module
@@ -113,3 +114,83 @@ def test_thresholds_found_on_validation_are_in_the_checkpoint(checkpoint: Path) 
     module = DetectionModule.load_from_checkpoint(checkpoint, map_location="cpu")
     assert module.score_thresholds is not None and len(module.score_thresholds) == 3
     assert all(0.0 <= t <= 1.0 for t in module.score_thresholds)
+
+
+# --- one inference path, one results writer, one test stage ---------------------------------------
+
+
+def _predict(argv: list[str]) -> int:
+    from detlit.predict import main as predict
+
+    with pytest.raises(SystemExit) as info:
+        predict(argv)
+    return int(info.value.code or 0)
+
+
+def test_predict_and_evaluate_write_the_same_detections(sample_dir: Path, checkpoint: Path, tmp_path: Path) -> None:
+    """predictions.json (at the model's own threshold) holds the detections of coco_results.json,
+    and evaluating it gives the checkpoint's own numbers."""
+    val_json, val_images = sample_dir / "val.json", sample_dir / "val"
+    module = DetectionModule.load_from_checkpoint(checkpoint, map_location="cpu")
+    own_threshold = str(module.cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST)
+    model_eval = tmp_path / "model"
+    args = ["--json", str(val_json), "--images", str(val_images), "--device", "cpu"]
+    assert _run(["--ckpt", str(checkpoint), *args, "--out", str(model_eval)]) == 0
+    predicted = tmp_path / "predicted"
+    assert (
+        _predict(
+            [
+                "--ckpt",
+                str(checkpoint),
+                str(val_images),
+                "--out",
+                str(predicted),
+                "--device",
+                "cpu",
+                "--score-threshold",
+                own_threshold,
+            ]
+        )
+        == 0
+    )
+    document = json.loads((predicted / "predictions.json").read_text())
+    ids = {image["id"]: image["file_name"] for image in document["images"]}
+    truth = {image["file_name"]: image["id"] for image in json.loads(val_json.read_text())["images"]}
+
+    def key(result: dict[str, Any]) -> tuple[Any, ...]:
+        return result["image_id"], result["category_id"], tuple(result["bbox"]), result["score"]
+
+    from_predict = sorted(key({**a, "image_id": truth[ids[a["image_id"]]]}) for a in document["annotations"])
+    from_evaluate = sorted(key(r) for r in json.loads((model_eval / "coco_results.json").read_text()))
+    assert from_predict and from_predict == from_evaluate  # identical detections, to the last digit
+
+    # the predictions file evaluates to the checkpoint's numbers, without the images
+    results_eval = tmp_path / "results"
+    assert (
+        _run(["--results", str(predicted / "predictions.json"), "--json", str(val_json), "--out", str(results_eval)])
+        == 0
+    )
+    ours = json.loads((model_eval / "metrics.json").read_text())
+    theirs = json.loads((results_eval / "metrics.json").read_text())
+    assert theirs["coco"] == ours["coco"] and theirs["per_class"] == ours["per_class"]
+
+
+def test_the_test_stage_equals_evaluate(sample_dir: Path, checkpoint: Path, tmp_path: Path) -> None:
+    """DetectionModule.test_step, with its own metric and test/ keys, gives evaluate's numbers."""
+    out = tmp_path / "eval"
+    args = ["--ckpt", str(checkpoint), "--json", str(sample_dir / "val.json"), "--images", str(sample_dir / "val")]
+    assert _run([*args, "--out", str(out), "--device", "cpu"]) == 0
+    evaluated = json.loads((out / "metrics.json").read_text())
+    module = DetectionModule.load_from_checkpoint(checkpoint, map_location="cpu")
+    thresholds = list(module.score_thresholds or [])
+    data = tiny_datamodule(sample_dir, test_json=str(sample_dir / "val.json"), test_images=str(sample_dir / "val"))
+    tested = quiet_trainer().test(module, datamodule=data, verbose=False)[0]
+    for key in COCO_ORDER:
+        value = evaluated["coco"][key]
+        assert tested[f"test/{key}"] == pytest.approx(
+            value if value is not None else float("nan"), abs=1e-6, nan_ok=True
+        )
+    for row in evaluated["per_class"]:
+        assert tested[f"test/ap/{row['class']}"] == pytest.approx(row["ap"], abs=1e-6)
+    assert not any(key.startswith("val/") for key in tested)
+    assert module.score_thresholds == thresholds, "testing never changes the thresholds validation chose"

@@ -1,4 +1,4 @@
-"""Stage [9]: COCO results json out (original category ids, XYWH, one entry per image under DDP) and back in."""
+"""The one COCO results writer (original category ids, XYWH, 2-decimal boxes) and its reader."""
 
 from __future__ import annotations
 
@@ -12,21 +12,21 @@ import pytest
 import torch
 from pycocotools.coco import COCO
 
-from detlit.compat import Boxes, Instances
+from detlit.common.outputs import check_outputs
 from detlit.data.coco import LabelMap, load_coco
 from detlit.errors import ConfigError, DataError
 from detlit.evaluation.metric import DetectionMetrics
-from detlit.evaluation.results import coco_results, gather_results, merge_ranks, read_results, write_results
+from detlit.evaluation.results import coco_results, read_results, write_results
 
 LABEL_MAP = LabelMap((0, 5, 90), ("zero", "five", "ninety"))
 
 
-def _instances(boxes: list[list[float]], scores: list[float], classes: list[int]) -> Instances:
-    instances = Instances((480, 640))
-    instances.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
-    instances.scores = torch.tensor(scores, dtype=torch.float32)
-    instances.pred_classes = torch.tensor(classes, dtype=torch.int64)
-    return instances
+def _detections(boxes: list[list[float]], scores: list[float], classes: list[int]) -> dict[str, torch.Tensor]:
+    return {
+        "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+        "scores": torch.tensor(scores, dtype=torch.float32),
+        "labels": torch.tensor(classes, dtype=torch.int64),
+    }
 
 
 def _ground_truth(tmp_path: Path, image_ids: list[int]) -> Path:
@@ -46,9 +46,9 @@ def _ground_truth(tmp_path: Path, image_ids: list[int]) -> Path:
 
 def test_exported_category_ids_are_the_original_ones_and_load_in_pycocotools(tmp_path: Path) -> None:
     outputs = [
-        {"instances": _instances([[10, 20, 40, 60.123456], [1, 2, 3, 4]], [0.9, 0.25], [1, 2])},
-        _instances([[0, 0, 5, 5]], [0.5], [0]),
-        _instances([], [], []),
+        _detections([[10, 20, 40, 60.123456], [1, 2, 3, 4]], [0.9, 0.25], [1, 2]),
+        _detections([[0, 0, 5, 5]], [0.5], [0]),
+        _detections([], [], []),
     ]
     results = coco_results(outputs, [7, 8, 9], LABEL_MAP)
     assert [r["category_id"] for r in results] == [5, 90, 0]
@@ -75,30 +75,23 @@ def test_exported_category_ids_are_the_original_ones_and_load_in_pycocotools(tmp
 
 def test_labels_outside_the_label_map_are_refused() -> None:
     with pytest.raises(ValueError, match="label 3"):
-        coco_results([_instances([[0, 0, 1, 1]], [0.5], [3])], [1], LABEL_MAP)
+        coco_results([_detections([[0, 0, 1, 1]], [0.5], [3])], [1], LABEL_MAP)
 
 
 def _result(image_id: int, score: float, category_id: int = 5) -> dict[str, Any]:
     return {"image_id": image_id, "category_id": category_id, "bbox": [0.0, 0.0, 1.0, 1.0], "score": score}
 
 
-def test_results_of_several_processes_keep_each_image_once() -> None:
-    # a padding sampler gave images 3 and 4 to both processes
-    rank0 = [_result(4, 0.2), _result(1, 0.5), _result(3, 0.9), _result(1, 0.7)]
-    rank1 = [_result(3, 0.9), _result(2, 0.6), _result(4, 0.2), _result(5, 0.1, 90)]
-    merged = merge_ranks([rank0, rank1])
-    assert [(r["image_id"], r["score"]) for r in merged] == [(1, 0.7), (1, 0.5), (2, 0.6), (3, 0.9), (4, 0.2), (5, 0.1)]
-    assert merge_ranks([rank1, rank0]) == merged  # the order of the processes does not matter
-    # without a process group, the gather sorts this process's results alone
-    assert [(r["image_id"], r["score"]) for r in gather_results(rank0)] == [(1, 0.7), (1, 0.5), (3, 0.9), (4, 0.2)]
-
-
-def test_write_results_does_not_overwrite(tmp_path: Path) -> None:
+def test_results_are_written_whole_and_never_over_an_existing_file(tmp_path: Path) -> None:
     path = write_results([_result(1, 0.5)], tmp_path / "results.json")
-    with pytest.raises(ConfigError, match="already exists"):
-        write_results([], path)
-    write_results([], path, overwrite=True)
+    with pytest.raises(ConfigError, match="already exists; choose another --out, or pass --overwrite"):
+        check_outputs([path])
+    check_outputs([path], overwrite=True)
+    write_results([], path)
     assert json.loads(path.read_text()) == []
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"], "no temporary file is left"
+    with pytest.raises(ConfigError, match="which is an input of this command"):
+        check_outputs([path], inputs=[tmp_path / "." / "results.json"], overwrite=True)
 
 
 @pytest.mark.parametrize(
@@ -107,6 +100,10 @@ def test_write_results_does_not_overwrite(tmp_path: Path) -> None:
         ([_result(7, 0.5, category_id=6)], r"results\.json: result 0 has category_id 6, which is not a category"),
         ([_result(7, 0.5), _result(99, 0.5)], r"results\.json: result 1 is for image_id 99, which is not in the"),
         ({"annotations": []}, r"results\.json holds a JSON dict, not a list of results"),
+        (
+            {"images": [{"id": 1, "file_name": "other.jpg"}], "annotations": []},
+            r"image 'other\.jpg' is not in the ground",
+        ),
         ([{"image_id": 7, "category_id": 5, "bbox": [1, 2, 3], "score": 0.5}], r"result 0 is .* needs .* a bbox"),
     ],
 )

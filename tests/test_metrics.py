@@ -8,7 +8,6 @@ import json
 import math
 import socket
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +18,13 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from detlit.data.coco import LabelMap, load_coco
-from detlit.evaluation.metric import COCO_NAMES, DetectionMetrics, Evaluation, pycocotools_stats
-from detlit.evaluation.results import coco_ground_truth_and_results, read_results
+from detlit.evaluation.cocoeval import COCO_NAMES
+from detlit.evaluation.metric import STATES, DetectionMetrics
+from detlit.evaluation.result import Evaluation
+from detlit.evaluation.results import read_results
 
 from .conftest import source_stats
+from .reference import coco_ground_truth_and_results, pycocotools_stats
 
 GT_JSON = "instances_val2014_100.json"
 RESULTS_JSON = "instances_val2014_fakebbox100_results.json"
@@ -316,11 +318,20 @@ def test_arguments_are_checked() -> None:
 
 
 def _ranked_gather(others: list[DetectionMetrics]) -> Any:
-    """A stand-in for torchmetrics' all-gather: this process's tensor, then the other processes'."""
-    packed: Iterator[tuple[torch.Tensor, ...]] = zip(*(m.packed_states() for m in others), strict=True)
+    """A stand-in for the all-gather: this process's tensor, then the other processes' same state.
+
+    torchmetrics gathers the states in the order they were added, each pre-concatenated into one
+    tensor (an empty one for a process without images).
+    """
+    states = iter(STATES)
+
+    def own(metric: DetectionMetrics, name: str) -> torch.Tensor:
+        state = getattr(metric, name)
+        return torch.cat(state) if state else torch.zeros(0, dtype=torch.float64)
 
     def gather(tensor: torch.Tensor, group: Any = None) -> list[torch.Tensor]:
-        return [tensor, *next(packed)]
+        name = next(states)
+        return [tensor, *(own(m, name) for m in others)]
 
     return gather
 
@@ -342,24 +353,21 @@ def test_sync_gathers_uneven_processes(split: tuple[int, int]) -> None:
     expected = _tiny_evaluation()
     assert synced.scalars() == pytest.approx(expected.scalars(), nan_ok=True)
     np.testing.assert_array_equal(synced.confusion, expected.confusion)
-    assert len(first.detection_box) == len(first.image_ids) == cut  # compute restored this process's states
+    assert first.arrays().num_images == cut, "compute restored this process's own images"
 
 
 def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
     import torch.distributed as dist
 
-    from detlit.evaluation.results import gather_results
-
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     preds, targets = tiny_case()
     for i, t in enumerate(targets):
         t["image_id"] = torch.tensor(i)
-    mine = [0, 1] if rank == 0 else [2]  # uneven shards, as UnpaddedDistributedSampler deals them
+    mine = {0: [0, 1], 1: [2], 2: []}[rank]  # uneven shards, one process without images
     metric = DetectionMetrics(NAMES)
     metric.update([preds[i] for i in mine], [targets[i] for i in mine])
     scalars = metric.compute().scalars()
-    results = gather_results([{"image_id": i, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 0.5} for i in mine])
-    Path(out, f"rank{rank}.json").write_text(json.dumps({"scalars": scalars, "results": results}))
+    Path(out, f"rank{rank}.json").write_text(json.dumps({"scalars": scalars, "images": metric.arrays().num_images}))
     dist.destroy_process_group()
 
 
@@ -370,9 +378,9 @@ def test_ddp_two_processes_equal_one(tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.spawn(_ddp_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(3, port, str(tmp_path)), nprocs=3, join=True)
     expected = _tiny_evaluation().scalars()
-    for rank in (0, 1):
+    for rank, own in ((0, 2), (1, 1), (2, 0)):
         got = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert got["scalars"] == pytest.approx(expected, nan_ok=True)
-        assert [r["image_id"] for r in got["results"]] == [0, 1, 2]
+        assert got["images"] == own, "after compute each process holds its own images again"

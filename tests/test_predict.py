@@ -14,9 +14,10 @@ import torch
 from PIL import Image
 from pycocotools.coco import COCO
 
+from detlit.data.images import load_image
 from detlit.evaluation.drawing import class_color
-from detlit.inference.predict import main
-from detlit.inference.predictor import DEFAULT_SCORE_THRESHOLD, Predictor, load_image
+from detlit.inference.predictor import DEFAULT_SCORE_THRESHOLD, Predictor
+from detlit.predict import main
 
 from .conftest import REPO, quiet_trainer, tiny_datamodule, tiny_module
 
@@ -131,11 +132,16 @@ def test_predict_folder_in_process(
     assert rows[0].split(",")[:5] == ["image_id", "file_name", "category_id", "class_name", "score"]
     assert len(rows) - 1 == len(data["annotations"])
 
-    # The folder now holds files: a second run stops unless told to overwrite.
+    # The outputs exist now: a second run stops unless told to overwrite, and then replaces only them.
     with pytest.raises(SystemExit) as exit_info:
         main(args)
     assert exit_info.value.code == 2
-    assert "already holds files" in capsys.readouterr().err
+    assert "already exists; choose another --out, or pass --overwrite" in capsys.readouterr().err
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--overwrite"])
+    assert exit_info.value.code == 0
+    assert (out / "notes.txt").read_text() == "mine"
 
 
 @pytest.mark.cli
@@ -185,7 +191,7 @@ def test_outputs_never_replace_inputs(checkpoint: Path, image_folder: Path, caps
     with pytest.raises(SystemExit) as exit_info:
         main(["--ckpt", str(checkpoint), str(image_folder / "photo.jpg"), "--out", str(image_folder), "--overwrite"])
     assert exit_info.value.code == 2
-    assert "would replace an input image" in capsys.readouterr().err
+    assert "which is an input of this command" in capsys.readouterr().err
 
 
 # --- Python API ----------------------------------------------------------------------------
@@ -279,7 +285,9 @@ def test_mixed_precision_runs_on_cpu(checkpoint: Path, sample_dir: Path) -> None
 
 @pytest.fixture(scope="module")
 def default_predictor(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from detlit.compat import DefaultPredictor
+    from detectron2.engine import DefaultPredictor
+
+    import detlit.compat  # noqa: F401  (prepares detectron2 for today's Pillow)
     from detlit.model.module import DetectionModule
 
     module = DetectionModule.load_from_checkpoint(checkpoint, map_location="cpu")

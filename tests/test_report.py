@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 import yaml
 
-from detlit.errors import ConfigError
-from detlit.reporting import report
+from detlit import report
+from detlit.evaluation.matching import Match
 from detlit.reporting.advice import (
     CONFUSION_SHARE,
     DROPPED_BOXES_SHARE,
@@ -45,10 +45,19 @@ from detlit.reporting.advice import (
     rule_weak_rare_classes,
 )
 from detlit.reporting.document import Document, Figure, Table, Text, render_html, render_markdown
-from detlit.reporting.report import ImageOutcome, OutputPaths, pick_examples, report_main
+from detlit.reporting.examples import ImageOutcome, pick_examples
+from detlit.reporting.report import OutputPaths
 from detlit.reporting.run_reader import locate, parse_run_log
 
 from .conftest import REPO, tiny_cli_args
+
+
+def report_main(args: list[str]) -> int:
+    """``python -m detlit.report`` in this process; its exit status."""
+    with pytest.raises(SystemExit) as stopped:
+        report.main(args)
+    return int(stopped.value.code or 0)
+
 
 SECTIONS = (
     "Run summary",
@@ -97,9 +106,9 @@ def trained(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
 def written(trained: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> OutputPaths:
     """The report of the tiny run with its evaluation."""
     folder, eval_dir = trained
-    out = tmp_path_factory.mktemp("report") / "report.html"
+    out = tmp_path_factory.mktemp("report")
     assert report_main(["--run", str(folder), "--eval", str(eval_dir), "--out", str(out)]) == 0
-    return OutputPaths.for_html(out)
+    return OutputPaths.for_folder(out)
 
 
 def attributes(html_text: str) -> list[str]:
@@ -178,6 +187,7 @@ def test_without_eval_the_event_files_give_the_metrics(trained: tuple[Path, Path
     assert f"| AP @[.50:.95] | {last.value:.3f} |" in text
     # the model ran on 2 images: one best, one worst
     assert "ran on 2 of the 6 validation images" in text
+    assert re.search(r"\d+ objects found, \d+ false detections, \d+ objects missed", text)
     assert len(re.findall(r"!\[[^\]]*\]\(no-eval_files/(?:best|worst)_\d\.png\)", text)) == 2
 
 
@@ -293,9 +303,9 @@ def test_an_existing_report_is_kept_unless_overwrite(
         report.main(["--run", str(folder)])
     assert stopped.value.code == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
-    assert error == (
-        f"error: {folder / 'report.html'} already exists; pass --overwrite to replace the report, or choose another "
-        "--out"
+    assert (
+        error
+        == f"error: {folder / 'report.html'} already exists; choose another --out, or pass --overwrite to replace it"
     )
     assert (folder / "report.html").read_text() == first
     assert report_main(["--run", str(folder), "--overwrite"]) == 0
@@ -336,10 +346,15 @@ def test_eval_folder_without_metrics_is_one_sentence(tmp_path: Path, capsys: pyt
     assert "has no metrics.json; pass the --out folder of python -m detlit.evaluate" in capsys.readouterr().err
 
 
-def test_out_must_be_html(tmp_path: Path) -> None:
+def test_out_is_a_folder_and_an_html_name_still_works(tmp_path: Path) -> None:
     folder = write_run(tmp_path / "run", TRAIN_ONLY, log=False)
-    with pytest.raises(ConfigError, match="must end in .html"):
-        report_main(["--run", str(folder), "--out", str(tmp_path / "report.pdf")])
+    assert report_main(["--run", str(folder), "--out", str(tmp_path / "reports"), "--max-images", "0"]) == 0
+    assert {p.name for p in (tmp_path / "reports").iterdir()} == {"report.html", "report.md", "report_files"}
+    # detlit 0.1 named the HTML file itself
+    assert report_main(["--run", str(folder), "--out", str(tmp_path / "old" / "mine.html"), "--max-images", "0"]) == 0
+    assert {p.name for p in (tmp_path / "old").iterdir()} == {"mine.html", "mine.md", "mine_files"}
+    (tmp_path / "file").write_text("not a folder")
+    assert report_main(["--run", str(folder), "--out", str(tmp_path / "file"), "--max-images", "0"]) == 2
 
 
 def test_relative_data_paths_are_found_from_the_run_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -463,9 +478,16 @@ def outcome(image_id: int, tp: int, fp: int, fn: int) -> ImageOutcome:
 
     empty = np.zeros((0, 4))
     none = np.zeros(0)
-    return ImageOutcome(
-        ImageRecord(image_id, f"{image_id}.jpg", 10, 10), empty, none, none, empty, none, none, tp, fp, fn
+    found = np.r_[np.ones(tp, bool), np.zeros(fp, bool)]
+    match = Match(
+        kept=np.ones(tp + fp, bool),
+        tp=found,
+        ignored=np.zeros(tp + fp, bool),
+        gt_of=np.r_[np.arange(tp), -np.ones(fp, np.int64)],
+        gt_ignored=np.zeros(tp + fn, bool),
     )
+    assert (match.tp.sum(), match.fp.sum(), match.missed().sum()) == (tp, fp, fn)
+    return ImageOutcome(ImageRecord(image_id, f"{image_id}.jpg", 10, 10), empty, none, none, empty, none, none, match)
 
 
 def test_pick_examples_ranks_by_errors_then_f1() -> None:
@@ -630,3 +652,28 @@ def test_report_opens_offline_in_a_browser(
     shot = tmp_path / "report.png"
     browser.screenshot(shot)
     assert shot.read_bytes().startswith(PNG_MAGIC)
+
+
+@pytest.mark.cli
+def test_per_image_counts_add_up_to_the_metrics_counts(trained: tuple[Path, Path], sample_dir: Path) -> None:
+    """The report judges images with the metric's own matcher: summed over images, its true and false
+    positives and missed objects are the metric's counts at the same IoU and thresholds."""
+    from detlit.data.coco import load_coco
+    from detlit.reporting.examples import run_examples
+
+    folder, _ = trained
+    dataset = load_coco(sample_dir / "val.json", sample_dir / "val")
+    first = run_examples(folder / "checkpoints" / "last.ckpt", dataset, 100, "cpu", thresholds=[0.05, 0.1, 0.2])
+    evaluation = first.evaluation
+    assert evaluation is not None and len(first.outcomes) == len(dataset.images)
+    at_best = evaluation.best.thresholds.tolist()  # inf: a class that keeps no detection
+    best = run_examples(folder / "checkpoints" / "last.ckpt", dataset, 100, "cpu", at_best)
+    for examples, expected in ((first, evaluation.counts_at(first.thresholds)), (best, evaluation.best)):
+        classes = len(examples.class_names)
+        tp = sum(np.bincount(o.labels[o.match.tp], minlength=classes) for o in examples.outcomes)
+        fp = sum(np.bincount(o.labels[o.match.fp], minlength=classes) for o in examples.outcomes)
+        fn = sum(np.bincount(o.gt_labels[o.match.missed()], minlength=classes) for o in examples.outcomes)
+        np.testing.assert_array_equal(tp, expected.tp)
+        np.testing.assert_array_equal(fp, expected.fp)
+        np.testing.assert_array_equal(fn, expected.fn)
+        assert sum(o.tp + o.fp for o in examples.outcomes) > 0, "the check needs detections"

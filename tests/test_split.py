@@ -11,15 +11,17 @@ from typing import Any
 
 import pytest
 
-from detlit.data.check import main as check_cli
+from detlit.check import main as check_cli
 from detlit.data.sample import write_sample
-from detlit.data.split import main as split_cli
+from detlit.split import main as split_cli
 
 from .conftest import REPO, tiny_cli_args
 
 
 def _split(args: list[str]) -> None:
-    split_cli([*args, "--quiet"])
+    with pytest.raises(SystemExit) as info:
+        split_cli([*args, "--quiet"])
+    assert info.value.code == 0
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -144,7 +146,7 @@ def test_groups_stay_together(shapes: Path, tmp_path: Path) -> None:
 def test_existing_outputs_are_not_overwritten(shapes: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "train.json").write_text("mine")
     with pytest.raises(SystemExit) as info:
-        _split([str(shapes / "train.json"), "--images", str(shapes / "train"), "--out", str(tmp_path)])
+        split_cli([str(shapes / "train.json"), "--images", str(shapes / "train"), "--out", str(tmp_path)])
     assert info.value.code == 2 and "--overwrite" in capsys.readouterr().err
     assert (tmp_path / "train.json").read_text() == "mine"
 

@@ -1,4 +1,4 @@
-"""Stage [9], drawings: boxes land on their borders, outcomes and classes keep their colours."""
+"""Drawings: boxes land on their borders, outcomes and classes keep their colours."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from detlit.evaluation import drawing as vis
+from detlit.evaluation.matching import match_image
 
 GREY = 128
 
@@ -66,26 +67,28 @@ def test_false_positives_are_dashed() -> None:
     assert true_positive_edge.all()
 
 
-def test_matching_is_greedy_by_score_within_a_class() -> None:
+def test_outcomes_are_those_of_the_one_matcher() -> None:
+    # The 0.9 box takes the first object; the exact 0.6 box comes too late; the class-1 box does
+    # not match a class-0 object, which is therefore missed (COCOeval's rules: detlit.evaluation.matching).
     gt = [[0, 0, 10, 10], [20, 0, 30, 10]]
     predictions = [[0, 0, 10, 10], [0, 0, 10, 9], [20, 0, 30, 10], [50, 50, 60, 60]]
-    matching = vis.match_predictions(predictions, [0, 0, 1, 0], [0.6, 0.9, 0.8, 0.7], gt, [0, 0])
-    # The 0.9 box takes the first object; the exact 0.6 box comes too late; the class-1 box
-    # does not match a class-0 object, which is therefore missed.
-    assert matching.matched.tolist() == [-1, 0, -1, -1]
-    assert matching.true_positive.tolist() == [False, True, False, False]
-    assert matching.false_positive.tolist() == [True, False, True, True]
-    assert matching.missed.tolist() == [False, True]
+    match = match_image(predictions, [0.6, 0.9, 0.8, 0.7], [0, 0, 1, 0], gt, [0, 0])
+    assert match.gt_of.tolist() == [-1, 0, -1, -1]
+    assert match.tp.tolist() == [False, True, False, False]
+    assert match.fp.tolist() == [True, False, True, True]
+    assert match.missed().tolist() == [False, True]
+    image = _grey(80, 80)
+    drawn = vis.draw_comparison(image, predictions, [0, 0, 1, 0], [0.6, 0.9, 0.8, 0.7], gt, [0, 0], show_labels=False)
+    assert tuple(drawn[5, 0]) == vis.TP_COLOR  # the 0.9 box, drawn last of the boxes on the first object
+    assert tuple(drawn[5, 29]) == vis.MISSED_COLOR  # the missed object's right edge
 
 
 def test_predictions_inside_crowd_regions_are_ignored() -> None:
     gt = [[0, 0, 100, 100]]
-    matching = vis.match_predictions(
-        [[10, 10, 30, 30], [90, 90, 150, 150]], [0, 0], [0.9, 0.8], gt, [0], gt_crowd=[True]
-    )
-    assert matching.ignored.tolist() == [True, False]
-    assert matching.false_positive.tolist() == [False, True]
-    assert matching.missed.tolist() == [False], "a crowd region is never a missed object"
+    match = match_image([[10, 10, 30, 30], [90, 90, 150, 150]], [0.9, 0.8], [0, 0], gt, [0], gt_crowd=[True])
+    assert match.ignored.tolist() == [True, False]
+    assert match.fp.tolist() == [False, True]
+    assert match.missed().tolist() == [False], "a crowd region is never a missed object"
 
 
 def test_palette_is_stable_and_distinct() -> None:
@@ -148,12 +151,6 @@ def test_montage_scales_large_images_down_to_the_cell() -> None:
     assert (grid[25:75, :] == 200).all() and (grid[:20] == vis.BACKGROUND).all()
     fitted, scale = vis.resize_to_fit(np.zeros((10, 10, 3), np.uint8), 100, 100)
     assert fitted.shape == (10, 10, 3) and scale == 1.0, "small images are never scaled up"
-
-
-def test_side_by_side_puts_images_in_one_row() -> None:
-    a, b = _grey(30, 40), np.zeros((30, 40, 3), np.uint8)
-    row = vis.side_by_side([a, b], titles=["truth", "predictions"], gap=2)
-    assert row.shape == (30 + vis.title_height(40) + 2 * 2, 2 * 40 + 3 * 2, 3)
 
 
 def test_bad_images_are_refused() -> None:

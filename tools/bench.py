@@ -15,6 +15,8 @@
 * ``predict``: images/s of ``detlit.inference.predictor.Predictor`` at batch 1 and 8 against detectron2's
   ``DefaultPredictor`` on the same weights and images.
 * ``check``: seconds of the json-only ``check_dataset`` per 1,000 images as the dataset grows.
+* ``startup``: seconds until ``python -m detlit.<command> --help`` answers, for every command,
+  against ``python -c "import lightning, detectron2"``.
 
 ``make bench-gpu`` (``--gpu``) runs ``train_step`` (16-mixed against detectron2's ``AMPTrainer``)
 and ``predict`` on a CUDA GPU with the R50-FPN architecture at 800 pixels; ``--gpu --dry-run`` runs
@@ -70,30 +72,30 @@ from rich.table import Table
 from torch.utils.data import DataLoader, Dataset
 
 from detlit.common.env import collect_env
-from detlit.compat import (
-    AMPTrainer,
-    D2LRScheduler,
-    D2RandomFlip,
-    D2ResizeShortestEdge,
-    DatasetMapper,
-    DefaultPredictor,
-    HookBase,
-    SimpleTrainer,
-    build_model,
-)
+from detlit.compat import D2ResizeShortestEdge, build_model  # prepares detectron2 before the imports below
 from detlit.data.checks import check_dataset
 from detlit.data.coco import LabelMap, parse_coco
 from detlit.data.datamodule import CocoDataModule
 from detlit.data.dataset import collate
 from detlit.data.detectron2 import to_detectron2_dicts
+from detlit.data.images import load_image
 from detlit.data.sample import write_sample
-from detlit.evaluation.metric import COCO_NAMES, DetectionMetrics, pycocotools_stats, synthetic_data
-from detlit.evaluation.results import coco_ground_truth_and_results
-from detlit.inference.predictor import Predictor, load_image
+from detlit.evaluation.cocoeval import COCO_NAMES
+from detlit.evaluation.metric import DetectionMetrics
+from detlit.inference.predictor import Predictor
 from detlit.model.module import DetectionModule
 from detlit.model.schedule import build_scheduler
 
+# detectron2's own training loop and data path, the baselines: the benchmark imports them itself.
+from detectron2.data import DatasetMapper  # isort: skip
+from detectron2.data.transforms import RandomFlip as D2RandomFlip  # isort: skip
+from detectron2.engine import AMPTrainer, DefaultPredictor, HookBase, SimpleTrainer  # isort: skip
+from detectron2.engine.hooks import LRScheduler as D2LRScheduler  # isort: skip
+
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # the references the tests use too: tests/reference.py
+from tests.reference import coco_ground_truth_and_results, pycocotools_stats, synthetic_data  # noqa: E402
+
 CPU_CONFIG = REPO / "configs" / "sample_cpu.yaml"
 GPU_CONFIG = REPO / "configs" / "faster_rcnn_R50_FPN.yaml"
 DEFAULT_OUT = REPO / "BENCHMARKS.md"
@@ -140,6 +142,7 @@ class Scale:
     predict_turns: int
     check_sizes: tuple[int, ...]
     check_turns: int
+    startup_turns: int
     tiny_model: bool  # the toy model of the unit tests instead of configs/sample_cpu.yaml's
 
 
@@ -159,6 +162,7 @@ FULL = Scale(
     predict_turns=4,
     check_sizes=(2500, 5000, 10000, 20000),
     check_turns=3,
+    startup_turns=3,
     tiny_model=False,
 )
 QUICK = Scale(
@@ -177,6 +181,7 @@ QUICK = Scale(
     predict_turns=1,
     check_sizes=(100, 200, 400, 800),
     check_turns=1,
+    startup_turns=1,
     tiny_model=True,
 )
 # The GPU run: R50-FPN at 800 pixels, about two minutes on an H100.
@@ -1206,6 +1211,72 @@ def bench_check(ctx: Context) -> Result:
     return Result("check", [row], details)
 
 
+# --- start-up ---------------------------------------------------------------------------------
+
+LIGHTNING_COMMANDS = ("fit",)  # parse a LightningCLI config: they need the model and data classes
+ARGPARSE_COMMANDS = ("check", "split", "evaluate", "predict", "report", "browse", "tune", "sample", "env")
+STARTUP_BASELINE = "import lightning, detectron2"
+STARTUP_LIMIT = 1.5  # seconds: `--help` of a command that does not need the model classes
+
+
+def process_seconds(command: Sequence[str]) -> float:
+    """Wall time of a fresh process, from its start to its end."""
+    start = time.perf_counter()
+    subprocess.run(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+    return time.perf_counter() - start
+
+
+def bench_startup(ctx: Context) -> Result:
+    """Seconds from typing a command to its `--help`, against importing Lightning and detectron2."""
+    sides = {"baseline": [sys.executable, "-c", STARTUP_BASELINE]}
+    sides |= {
+        name: [sys.executable, "-m", f"detlit.{name}", "--help"] for name in (*LIGHTNING_COMMANDS, *ARGPARSE_COMMANDS)
+    }
+    times: dict[str, list[float]] = {name: [] for name in sides}
+    for command in sides.values():  # warm-up: files in the page cache for every side
+        process_seconds(command)
+    names = list(sides)
+    for turn in ctx.budget.rounds(ctx.scale.startup_turns):
+        for name in names if turn % 2 == 0 else reversed(names):
+            times[name].append(process_seconds(sides[name]))
+    baseline = median(times["baseline"])
+    rows = [
+        Row(
+            "startup",
+            f"`{name} --help`, s",
+            f"{median(times[name]):.2f} s",
+            f'{baseline:.2f} s (`python -c "{STARTUP_BASELINE}"`)',
+            median(times[name]) / baseline,
+            Target("<=", 1.2),
+        )
+        for name in LIGHTNING_COMMANDS
+    ]
+    slowest = max(ARGPARSE_COMMANDS, key=lambda name: median(times[name]))
+    rows.append(
+        Row(
+            "startup",
+            "slowest other `--help`, s",
+            f"{median(times[slowest]):.2f} s (`{slowest}`)",
+            f"at most {STARTUP_LIMIT} s",
+            median(times[slowest]),
+            Target("<=", STARTUP_LIMIT, "s"),
+        )
+    )
+    details = [
+        "- each side a fresh process (`python -m detlit.<command> --help`), timed from start to end; the baseline "
+        f'`python -c "{STARTUP_BASELINE}"`: what any LightningCLI over detectron2 imports before its first line',
+        "- commands that need no model parse their arguments before importing anything heavy; `fit` builds its "
+        "parser from the signatures of `DetectionModule` and `CocoDataModule`, so it imports them (and Lightning)",
+        f"- a warm-up run of every side, then {len(times['baseline'])} rounds in alternating order; median seconds "
+        "(and ratio to the baseline):",
+        *(
+            f"    - {name}: {median(values):.2f} s ({median(values) / baseline:.2f}x): {listed(values)}"
+            for name, values in times.items()
+        ),
+    ]
+    return Result("startup", rows, details)
+
+
 # --- GPU ----------------------------------------------------------------------------------------
 
 
@@ -1289,7 +1360,14 @@ class Context:
 
 
 # Shares of the time budget, about as each benchmark's planned turns take on 2 idle CPU cores.
-WEIGHTS = {"train_step": 0.40, "data_loading": 0.08, "metrics": 0.30, "predict": 0.12, "check": 0.10}
+WEIGHTS = {
+    "train_step": 0.36,
+    "data_loading": 0.08,
+    "metrics": 0.27,
+    "predict": 0.11,
+    "check": 0.09,
+    "startup": 0.09,
+}
 BUDGET = {"cpu": 840.0, "gpu": 270.0}  # seconds: 14 minutes for `make bench`, 4.5 for `make bench-gpu`
 
 CPU_RUNNERS: dict[str, Callable[[Context], Result]] = {
@@ -1298,6 +1376,7 @@ CPU_RUNNERS: dict[str, Callable[[Context], Result]] = {
     "metrics": bench_metrics,
     "predict": bench_predict,
     "check": bench_check,
+    "startup": bench_startup,
 }
 GPU_RUNNERS: dict[str, Callable[[Context], Result]] = {
     "train_step": bench_gpu_train_step,

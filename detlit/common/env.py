@@ -1,4 +1,4 @@
-"""``python -m detlit.env``: the versions detlit runs with, for bug reports and run logs."""
+"""The versions detlit runs with (``python -m detlit.env``), for bug reports, run logs and reports."""
 
 from __future__ import annotations
 
@@ -61,11 +61,3 @@ def collect_env() -> dict[str, str]:
 def format_env(info: dict[str, str]) -> str:
     width = max(len(key) for key in info)
     return "\n".join(f"{key:<{width}}  {value}" for key, value in info.items())
-
-
-def main(argv: list[str] | None = None) -> None:
-    print(format_env(collect_env()))
-
-
-if __name__ == "__main__":
-    main()

@@ -1,33 +1,21 @@
-"""``python -m detlit.check``: validate a COCO dataset, report, and optionally write a repaired copy.
-
-Examples::
-
-    python -m detlit.check data/train.json --images data/images
-    python -m detlit.check data/train.json --images data/images --fix data/train.fixed.json
-    python -m detlit.check data/train.json --images data/images --report check.json --quiet
-
-Exit status: 0 when no error remains (in the repaired copy, with ``--fix``), 1 when errors
-remain, 2 when the input cannot be read at all.
-"""
+"""Checking a dataset as ``python -m detlit.check`` does: findings printed and logged, a JSON report
+and a repaired copy written on request (the checks themselves: :mod:`detlit.data.checks`)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import sys
 from collections import Counter
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from detlit.common.command import run_cli
-from detlit.errors import DataError
+from detlit.common.outputs import check_outputs, write_text
 from detlit.data.findings import Severity, log_summary
 from detlit.data.checks import Report, apply_repairs, check_file
 
-log = logging.getLogger("detlit.data.check")
+log = logging.getLogger(__name__)
 
 STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
 
@@ -74,60 +62,53 @@ def print_report(report: Report, console: Console, examples: int = 3) -> None:
     console.print(table)
 
 
-def write_fixed(report: Report, raw: dict, out: Path, overwrite: bool) -> Report:
+def write_fixed(report: Report, raw: dict, out: Path) -> Report:
     """Write the repaired copy and its change log; return the check of the copy."""
-    if out.resolve() == report.json_path.resolve():
-        raise DataError(f"--fix {out} is the input file; detlit never modifies it: name a new file")
-    if out.exists() and not overwrite:
-        raise DataError(f"--fix {out} already exists; choose another name or pass --overwrite")
     fixed, changes = apply_repairs(raw, report.repairs())
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(fixed, indent=1))
-    changes_path = out.with_name(out.stem + ".repairs.txt")
-    changes_path.write_text("".join(f"{line}\n" for line in changes))
+    write_text(out, json.dumps(fixed, indent=1))
+    changes_path = repairs_path(out)
+    write_text(changes_path, "".join(f"{line}\n" for line in changes))
     log.info("wrote %s with %d repairs (listed in %s)", out, len(changes), changes_path)
     fixed_report, _ = check_file(out, report.image_root, decode=False, unlisted=False)
     return fixed_report
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m detlit.check", description="Validate a COCO detection dataset.")
-    parser.add_argument("json", type=Path, help="COCO annotation json")
-    parser.add_argument("--images", type=Path, required=True, help="folder the json's file names are relative to")
-    parser.add_argument("--fix", type=Path, metavar="OUT.json", help="write a repaired copy here")
-    parser.add_argument("--overwrite", action="store_true", help="let --fix / --report replace existing files")
-    parser.add_argument("--report", type=Path, metavar="REPORT.json", help="write findings and statistics as JSON")
-    parser.add_argument("--no-decode", action="store_true", help="read image headers only (faster; no hashing)")
-    verbosity = parser.add_mutually_exclusive_group()
-    verbosity.add_argument("--verbose", action="store_true", help="log every finding")
-    verbosity.add_argument("--quiet", action="store_true", help="print nothing but errors")
-    return parser.parse_args(argv)
+def repairs_path(fixed: Path) -> Path:
+    """The change log beside a repaired copy: ``NAME.repairs.txt``."""
+    return fixed.with_name(fixed.stem + ".repairs.txt")
 
 
-def check_main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.getLogger().setLevel(logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO)
-    if args.report and args.report.exists() and not args.overwrite:
-        raise DataError(f"--report {args.report} already exists; choose another name or pass --overwrite")
-    report, raw = check_file(args.json, args.images, decode=not args.no_decode)
-    log_summary(report.findings, log, str(args.json), examples=len(report.findings) if args.verbose else 0)
-    if not args.quiet:
+def check(
+    json_path: Path,
+    images: Path,
+    fix: Path | None = None,
+    report_path: Path | None = None,
+    overwrite: bool = False,
+    decode: bool = True,
+    verbose: bool = False,
+    quiet: bool = False,
+) -> int:
+    """``python -m detlit.check``: check a dataset, print and log the findings, write a report
+    and a repaired copy on request.
+
+    Returns:
+        1 while errors remain (in the repaired copy, with ``fix``), else 0.
+    """
+    if report_path is not None:
+        check_outputs([report_path], inputs=[json_path], overwrite=overwrite, option="--report")
+    if fix is not None:
+        check_outputs([fix, repairs_path(fix)], inputs=[json_path], overwrite=overwrite, option="--fix")
+    report, raw = check_file(json_path, images, decode=decode)
+    log_summary(report.findings, log, str(json_path), examples=len(report.findings) if verbose else 0)
+    if not quiet:
         print_report(report, Console(stderr=False))
-    if args.report:
-        args.report.write_text(json.dumps(report.as_dict(), indent=1))
-        log.info("wrote %s", args.report)
+    if report_path:
+        write_text(report_path, json.dumps(report.as_dict(), indent=1))
+        log.info("wrote %s", report_path)
     remaining = report.errors
-    if args.fix:
-        remaining = write_fixed(report, raw, args.fix, args.overwrite).errors
-        log.info("%s: %d error(s) remain after repair", args.fix, len(remaining))
+    if fix:
+        remaining = write_fixed(report, raw, fix).errors
+        log.info("%s: %d error(s) remain after repair", fix, len(remaining))
     elif report.errors:
         log.error("%d error(s); repair what can be repaired with --fix OUT.json", len(report.errors))
     return 1 if remaining else 0
-
-
-def main(argv: list[str] | None = None) -> None:
-    sys.exit(run_cli(check_main, argv))
-
-
-if __name__ == "__main__":
-    main()

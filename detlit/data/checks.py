@@ -23,11 +23,11 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from detlit.data.coco import Annotation, CocoDataset, ImageRecord, parse_coco, raise_on_errors, read_json, require_images
+from detlit.data.images import IMAGE_SUFFIXES
 from detlit.data.findings import Finding, Repair, Severity, errors, log_summary
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 TINY_BOX_SIDE = 2.0  # pixels: a box this thin carries almost no signal
 AREA_TOLERANCE = 1.01  # a segment area may be smaller than its box, never larger
 COCO_SMALL, COCO_LARGE = 32**2, 96**2  # COCO's object size ranges (area in pixels)

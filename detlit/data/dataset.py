@@ -32,46 +32,15 @@ from typing import Any, Literal
 import albumentations as A
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from detlit.data.coco import ImageRecord, LabelMap
+from detlit.data.images import CHANNEL_ORDERS, READ_ERRORS, read_image, to_model_image
+from detlit.data.targets import eval_target
 from detlit.compat import Boxes, Instances
 from detlit.errors import DataError
 
 log = logging.getLogger(__name__)
-
-
-def read_image(path: Path) -> np.ndarray:
-    """Decode an image as RGB uint8 (H, W, 3) with its EXIF orientation applied."""
-    with Image.open(path) as image:
-        image = ImageOps.exif_transpose(image)
-        return np.asarray(image.convert("RGB"))
-
-
-def eval_target(record: ImageRecord, label_map: LabelMap) -> dict[str, torch.Tensor]:
-    """Ground truth of one image in original pixels, as ``detlit.evaluation.metric.DetectionMetrics`` takes it.
-
-    Crowd regions are included and flagged; float64 keeps the json's precision, so metrics equal
-    pycocotools' on the json itself; ``image_id`` orders images as COCOeval does.
-
-    Raises:
-        DataError: an object's category is not in the label map.
-    """
-    annotations = record.annotations
-    unknown = [a.category_id for a in annotations if a.category_id not in label_map.category_ids]
-    if unknown:
-        raise DataError(
-            f"image {record.id} has an object of category {unknown[0]}, which the label map does not know; "
-            "use the categories the model was trained on"
-        )
-    return {
-        "boxes": torch.tensor([a.xyxy for a in annotations], dtype=torch.float64).reshape(-1, 4),
-        "labels": torch.tensor([label_map.label(a.category_id) for a in annotations], dtype=torch.int64),
-        "iscrowd": torch.tensor([int(a.iscrowd) for a in annotations], dtype=torch.int64),
-        "area": torch.tensor([a.effective_area for a in annotations], dtype=torch.float64),
-        "image_id": torch.tensor(record.id, dtype=torch.int64),
-    }
 
 
 def _training_boxes(
@@ -118,7 +87,7 @@ class DetectionDataset(Dataset[dict[str, Any]]):
         on_unreadable: Literal["replace", "mark", "raise"] = "raise",
         targets: bool = True,
     ):
-        if image_format not in ("BGR", "RGB"):
+        if image_format not in CHANNEL_ORDERS:
             raise ValueError(f"image_format must be 'BGR' or 'RGB', not '{image_format}'")
         self.on_unreadable = on_unreadable
         self.records = list(records)
@@ -140,7 +109,7 @@ class DetectionDataset(Dataset[dict[str, Any]]):
             path = self.image_root / record.file_name
             try:
                 image = read_image(path)
-            except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
+            except READ_ERRORS as err:
                 if self.on_unreadable == "raise":
                     raise DataError(
                         f"image {path} cannot be read ({type(err).__name__}: {err}); repair or remove it "
@@ -162,14 +131,12 @@ class DetectionDataset(Dataset[dict[str, Any]]):
         out = self.transform(image=image, bboxes=boxes, labels=labels, crowd=crowd)
         kept_crowd = np.asarray(out["crowd"], dtype=bool).reshape(-1)
         pixels = out["image"]
-        if self.image_format == "BGR":
-            pixels = pixels[:, :, ::-1]
         instances = Instances(pixels.shape[:2])
         instances.gt_boxes = Boxes(torch.as_tensor(np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)))
         instances.gt_classes = torch.as_tensor(np.asarray(out["labels"], dtype=np.int64).reshape(-1))
         instances.gt_crowd = torch.as_tensor(kept_crowd)
         item = {
-            "image": torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))),
+            "image": to_model_image(pixels, self.image_format),
             "instances": instances,
             "height": height,
             "width": width,

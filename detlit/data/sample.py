@@ -1,6 +1,6 @@
 """A deterministic synthetic COCO dataset to try detlit without bringing data.
 
-``python -m detlit.sample [OUT_DIR]`` writes ``OUT_DIR/train.json``, ``OUT_DIR/val.json`` and the
+``python -m detlit.sample --out OUT_DIR`` writes ``OUT_DIR/train.json``, ``OUT_DIR/val.json`` and the
 JPEG images under ``OUT_DIR/train/`` and ``OUT_DIR/val/`` (``file_name`` is relative to those
 folders). Objects are circles, squares and triangles of varied size, colour and overlap on
 textured backgrounds; category ids are deliberately not contiguous (1, 3, 7) and some images
@@ -9,7 +9,6 @@ hold no object at all. The same seed gives the same files.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -19,6 +18,8 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+
+from detlit.common.outputs import check_outputs, write_text
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +173,11 @@ def write_split(out_dir: Path, split: str, count: int, rng: np.random.Generator,
     }
 
 
+def sample_outputs(out_dir: Path) -> list[Path]:
+    """What :func:`write_sample` writes into ``out_dir``."""
+    return [out_dir / name for name in ("train.json", "val.json", "train", "val")]
+
+
 def write_sample(out_dir: Path, train: int = 200, val: int = 40, seed: int = 0) -> tuple[Path, Path]:
     """Write the synthetic dataset; return the paths of the train and val json files."""
     rng = np.random.default_rng(seed)
@@ -181,7 +187,7 @@ def write_sample(out_dir: Path, train: int = 200, val: int = 40, seed: int = 0) 
         coco = write_split(out_dir, split, count, rng, first_ann_id)
         first_ann_id += len(coco["annotations"])
         path = out_dir / f"{split}.json"
-        path.write_text(json.dumps(coco, indent=1))
+        write_text(path, json.dumps(coco, indent=1))
         log.info(
             "wrote %s: %d images (%d without objects), %d objects",
             path,
@@ -193,16 +199,8 @@ def write_sample(out_dir: Path, train: int = 200, val: int = 40, seed: int = 0) 
     return paths[0], paths[1]
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Write detlit's synthetic sample COCO dataset.")
-    parser.add_argument("out_dir", nargs="?", default="data/sample", type=Path)
-    parser.add_argument("--train", type=int, default=200, help="number of training images")
-    parser.add_argument("--val", type=int, default=40, help="number of validation images")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    write_sample(args.out_dir, args.train, args.val, args.seed)
-
-
-if __name__ == "__main__":
-    main()
+def sample(out_dir: Path, train: int = 200, val: int = 40, seed: int = 0, overwrite: bool = False) -> int:
+    """``python -m detlit.sample``: write the dataset unless that would replace files (``overwrite``)."""
+    check_outputs(sample_outputs(out_dir), overwrite=overwrite)
+    write_sample(out_dir, train, val, seed)
+    return 0

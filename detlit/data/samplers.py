@@ -179,13 +179,31 @@ class TrainingBatchSampler(DistributedSampler[list[int]]):
         return len(self._batches())
 
 
-class EvaluationBatchSampler(DistributedSampler[list[int]]):
-    """Evaluation batches of one process: its unpadded shard, batched by equal input shape.
+def shape_batches(shapes: Sequence[tuple[int, int]], batch_size: int, indices: Sequence[int] | None = None) -> list[list[int]]:
+    """Batches of at most ``batch_size`` indices whose images have the same (resized) shape.
 
     detectron2 pads a batch to its largest image, and GroupNorm statistics (and border features)
-    then depend on which images share a batch. Batching only images that the resize gives the
-    same shape makes every image's prediction independent of its neighbours: the numbers equal
-    those of ``python -m detlit.evaluate`` and of the Predictor, whatever the batch size.
+    then depend on which images share a batch. Batching only images of one shape makes every
+    image's prediction independent of its neighbours, whatever the batch size: validation, test,
+    ``python -m detlit.evaluate`` and the predictor all batch this way, so their numbers agree.
+
+    Args:
+        shapes: (height, width) of each image, by index.
+        batch_size: images per batch at most.
+        indices: the indices to batch (default: all), in the order batches are filled.
+    """
+    groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for index in range(len(shapes)) if indices is None else indices:
+        groups[(int(shapes[index][0]), int(shapes[index][1]))].append(index)
+    return [
+        members[start : start + batch_size] for members in groups.values() for start in range(0, len(members), batch_size)
+    ]
+
+
+class EvaluationBatchSampler(DistributedSampler[list[int]]):
+    """Evaluation batches of one process: its unpadded shard, batched by equal input shape
+    (:func:`shape_batches`), so the numbers equal those of ``python -m detlit.evaluate`` and of the
+    predictor, whatever the batch size.
 
     Args:
         shapes: the resized (height, width) of each image.
@@ -196,14 +214,7 @@ class EvaluationBatchSampler(DistributedSampler[list[int]]):
 
     def __init__(self, shapes: Sequence[tuple[int, int]], batch_size: int, num_replicas: int = 1, rank: int = 0):
         super().__init__(shapes, num_replicas=num_replicas, rank=rank, shuffle=False)  # type: ignore[arg-type]
-        groups: dict[tuple[int, int], list[int]] = defaultdict(list)
-        for index in range(rank, len(shapes), num_replicas):
-            groups[tuple(shapes[index])].append(index)  # type: ignore[index]
-        self.batches = [
-            indices[start : start + batch_size]
-            for indices in groups.values()
-            for start in range(0, len(indices), batch_size)
-        ]
+        self.batches = shape_batches(shapes, batch_size, range(rank, len(shapes), num_replicas))
 
     def __iter__(self) -> Iterator[list[int]]:
         return iter(self.batches)

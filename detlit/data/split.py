@@ -1,6 +1,6 @@
 """Stage [2]: a seeded, stratified train/val split of a COCO dataset.
 
-``python -m detlit.split DATA.json --images DIR --out OUT_DIR`` writes ``OUT_DIR/train.json`` and
+:func:`split` (``python -m detlit.split DATA.json --images DIR --out OUT_DIR``) writes ``OUT_DIR/train.json`` and
 ``OUT_DIR/val.json``. Images are assigned by iterative stratification (Sechidis et al., 2011) on
 the number of objects per category, with "no objects" as one more label so that empty images
 are split in proportion too; a balancing pass then makes the validation set hold
@@ -16,7 +16,6 @@ parent, and ids of a later file are shifted when they collide with an earlier on
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -32,11 +31,11 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from detlit.common.command import run_cli
+from detlit.common.outputs import check_outputs, write_text
 from detlit.data.coco import CocoDataset, parse_coco, raise_on_errors, read_json
 from detlit.errors import DataError
 
-log = logging.getLogger("detlit.data.split")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -324,71 +323,41 @@ def print_split(split: Split, console: Console) -> None:
     console.print(table)
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m detlit.split", description="Split a COCO dataset into train and val."
-    )
-    parser.add_argument("json", type=Path, nargs="+", help="COCO json file(s); several are merged first")
-    parser.add_argument("--images", type=Path, nargs="+", required=True, help="image folder of each json")
-    parser.add_argument("--out", type=Path, required=True, help="folder for train.json and val.json")
-    parser.add_argument("--val-fraction", type=float, default=0.1)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--group-by", metavar="FIELD", help="image field whose equal values stay together")
-    parser.add_argument(
-        "--group-pattern",
-        metavar="REGEX",
-        help="images whose file_name gives the same match (first group) stay together, e.g. '(.+)\\.rf\\.'",
-    )
-    parser.add_argument("--overwrite", action="store_true", help="replace existing train.json / val.json")
-    verbosity = parser.add_mutually_exclusive_group()
-    verbosity.add_argument("--verbose", action="store_true")
-    verbosity.add_argument("--quiet", action="store_true")
-    return parser.parse_args(argv)
-
-
-def split_main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.getLogger().setLevel(logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO)
-    if len(args.images) != len(args.json):
-        raise DataError(
-            f"{len(args.json)} json file(s) but {len(args.images)} --images folder(s); give one folder per json"
-        )
-    outputs = [args.out / "train.json", args.out / "val.json"]
-    existing = [str(p) for p in outputs if p.exists()]
-    if existing and not args.overwrite:
-        raise DataError(f"{', '.join(existing)} already exist(s); choose another --out or pass --overwrite")
-    raw, root = merge_inputs(list(zip(args.json, args.images, strict=True)))
-    source = args.json[0] if len(args.json) == 1 else Path(" + ".join(str(p) for p in args.json))
+def split(
+    jsons: list[Path],
+    images: list[Path],
+    out: Path,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    group_by: str | None = None,
+    group_pattern: str | None = None,
+    overwrite: bool = False,
+    quiet: bool = False,
+) -> int:
+    """``python -m detlit.split``: merge the inputs, split them, write ``train.json`` and ``val.json``."""
+    if len(images) != len(jsons):
+        raise DataError(f"{len(jsons)} json file(s) but {len(images)} --images folder(s); give one folder per json")
+    outputs = [out / "train.json", out / "val.json"]
+    check_outputs(outputs, inputs=jsons, overwrite=overwrite)
+    raw, root = merge_inputs(list(zip(jsons, images, strict=True)))
+    source = jsons[0] if len(jsons) == 1 else Path(" + ".join(str(p) for p in jsons))
     dataset, findings = parse_coco(raw, source, root)
     raise_on_errors(findings, source, root)
     log.info("read %d images, %d annotations from %s", len(dataset.images), dataset.num_annotations, source)
-    split = split_dataset(
-        dataset,
-        {image["id"]: image for image in raw["images"]},
-        args.val_fraction,
-        args.seed,
-        args.group_by,
-        args.group_pattern,
+    result = split_dataset(
+        dataset, {image["id"]: image for image in raw["images"]}, val_fraction, seed, group_by, group_pattern
     )
-    args.out.mkdir(parents=True, exist_ok=True)
-    for path, ids in zip(outputs, (split.train_ids, split.val_ids), strict=True):
-        part = subset(raw, ids)
-        path.write_text(json.dumps(part, indent=1))
+    parts = [subset(raw, ids) for ids in (result.train_ids, result.val_ids)]
+    for path, part in zip(outputs, parts, strict=True):
         unresolved = [i["file_name"] for i in part["images"] if not (root / i["file_name"]).is_file()]
         if unresolved:
             raise DataError(
                 f"{path}: {len(unresolved)} image path(s) do not resolve under {root} (first: {unresolved[0]})"
             )
+    for path, part in zip(outputs, parts, strict=True):
+        write_text(path, json.dumps(part, indent=1))
         log.info("wrote %s: %d images, %d annotations", path, len(part["images"]), len(part["annotations"]))
-    if not args.quiet:
-        print_split(split, Console())
+    if not quiet:
+        print_split(result, Console())
     log.info("file names in both files are relative to %s: train with --data.train_images=%s", root, root)
     return 0
-
-
-def main(argv: list[str] | None = None) -> None:
-    run_cli(split_main, argv)
-
-
-if __name__ == "__main__":
-    main()

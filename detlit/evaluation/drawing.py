@@ -1,4 +1,4 @@
-"""Stage [9], drawings: boxes, labels and scores on images, and images arranged in a grid.
+"""Drawings: boxes, labels and scores on images, and images arranged in a grid.
 
 Every function takes and returns numpy RGB ``uint8`` arrays of shape (H, W, 3) and never
 modifies its input. Boxes are XYXY in pixels of the image they are drawn on; boxes, labels and
@@ -29,6 +29,8 @@ from typing import Any, TypeAlias
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from detlit.evaluation.matching import Match, match_image
 
 Color: TypeAlias = tuple[int, int, int]
 Font: TypeAlias = ImageFont.FreeTypeFont | ImageFont.ImageFont
@@ -271,92 +273,6 @@ def draw_ground_truth(
     return draw_boxes(image, xyxy, styles)
 
 
-def box_iou(a: Any, b: Any) -> np.ndarray:
-    """Pairwise IoU (N, M) of XYXY boxes."""
-    a, b = _boxes(a), _boxes(b)
-    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
-    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
-    inter = _intersection(a, b)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
-
-
-def _intersection(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    width = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
-    height = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
-    return width * height
-
-
-@dataclass(frozen=True)
-class Matching:
-    """Outcome of matching predictions to ground truth.
-
-    Attributes:
-        matched: for each prediction, the index of the ground-truth object it matched, or -1.
-        ignored: for each prediction, whether it lies in a crowd region instead (not counted).
-        missed: for each ground-truth box, whether it is an object no prediction matched
-            (crowd regions are never missed).
-    """
-
-    matched: np.ndarray
-    ignored: np.ndarray
-    missed: np.ndarray
-
-    @property
-    def true_positive(self) -> np.ndarray:
-        return self.matched >= 0
-
-    @property
-    def false_positive(self) -> np.ndarray:
-        return (self.matched < 0) & ~self.ignored
-
-
-def match_predictions(
-    pred_boxes: Any,
-    pred_labels: Any,
-    pred_scores: Any,
-    gt_boxes: Any,
-    gt_labels: Any,
-    gt_crowd: Any = None,
-    iou_threshold: float = MATCH_IOU,
-) -> Matching:
-    """Greedy matching by score, as COCO's evaluation does it at one IoU threshold.
-
-    Predictions are taken from the highest score down; each one matches the unmatched
-    ground-truth object of its class with which it has the highest IoU, if that IoU is at least
-    ``iou_threshold``. An unmatched prediction whose area lies at least ``iou_threshold`` inside a
-    crowd region of its class is ignored rather than a false positive.
-
-    Args:
-        pred_boxes: (N, 4) XYXY.
-        pred_labels: (N,) contiguous labels.
-        pred_scores: (N,) scores.
-        gt_boxes: (M, 4) XYXY.
-        gt_labels: (M,) contiguous labels.
-        gt_crowd: (M,) crowd flags (none by default).
-        iou_threshold: least IoU of a match.
-    """
-    pred, gt = _boxes(pred_boxes), _boxes(gt_boxes)
-    p_labels = np.asarray(pred_labels, dtype=np.int64).reshape(-1)
-    g_labels = np.asarray(gt_labels, dtype=np.int64).reshape(-1)
-    scores = np.asarray(pred_scores, dtype=np.float64).reshape(-1)
-    crowd = np.zeros(len(gt), bool) if gt_crowd is None else np.asarray(gt_crowd, dtype=bool).reshape(-1)
-    same_class = p_labels[:, None] == g_labels[None, :]
-    iou = np.where(same_class & ~crowd[None, :], box_iou(pred, gt), -1.0)
-    matched = np.full(len(pred), -1, dtype=np.int64)
-    taken = np.zeros(len(gt), dtype=bool)
-    for i in np.argsort(-scores, kind="stable"):
-        candidates = np.where(taken, -1.0, iou[i])
-        if len(candidates) and candidates.max() >= iou_threshold:
-            j = int(candidates.argmax())
-            matched[i], taken[j] = j, True
-    # COCO's overlap with a crowd region is the fraction of the detection inside it.
-    area = np.clip(pred[:, 2] - pred[:, 0], 0, None) * np.clip(pred[:, 3] - pred[:, 1], 0, None)
-    inside = _intersection(pred, gt) / np.where(area > 0, area, 1.0)[:, None]
-    in_crowd = (np.where(same_class & crowd[None, :], inside, 0.0) >= iou_threshold).any(axis=1)
-    return Matching(matched, (matched < 0) & in_crowd, ~taken & ~crowd)
-
-
 def draw_comparison(
     image: np.ndarray,
     pred_boxes: Any,
@@ -368,21 +284,37 @@ def draw_comparison(
     gt_crowd: Any = None,
     iou_threshold: float = MATCH_IOU,
     show_labels: bool = True,
+    match: Match | None = None,
 ) -> np.ndarray:
     """Draw predictions and ground truth together, coloured by outcome (legend: module docstring).
 
+    The outcome of each box is that of :func:`detlit.evaluation.matching.match_image` (COCOeval's
+    rules, as in the metrics) at ``iou_threshold``, or the given ``match`` of these very boxes.
     Matched ground truth is not drawn (its true positive covers it); missed objects are.
-    Arguments as in :func:`match_predictions`; ``class_names`` names the labels.
+
+    Args:
+        image: RGB uint8 (H, W, 3).
+        pred_boxes: (N, 4) XYXY pixels.
+        pred_labels: (N,) contiguous labels.
+        pred_scores: (N,) scores.
+        gt_boxes: (M, 4) XYXY pixels.
+        gt_labels: (M,) contiguous labels.
+        class_names: name of each contiguous label.
+        gt_crowd: (M,) crowd flags (none by default).
+        iou_threshold: least IoU of a match.
+        show_labels: write class names and scores next to the boxes.
+        match: the outcome of these boxes, when the caller matched them already.
     """
     pred, gt = _boxes(pred_boxes), _boxes(gt_boxes)
     p_labels = np.asarray(pred_labels, dtype=np.int64).reshape(-1)
     g_labels = np.asarray(gt_labels, dtype=np.int64).reshape(-1)
     scores = np.asarray(pred_scores, dtype=np.float64).reshape(-1)
     crowd = np.zeros(len(gt), bool) if gt_crowd is None else np.asarray(gt_crowd, dtype=bool).reshape(-1)
-    matching = match_predictions(pred, p_labels, scores, gt, g_labels, crowd, iou_threshold)
+    if match is None:
+        match = match_image(pred, scores, p_labels, gt, g_labels, crowd, iou_threshold)
     boxes: list[np.ndarray] = []
     styles: list[BoxStyle] = []
-    for j in np.flatnonzero(crowd | matching.missed):
+    for j in np.flatnonzero(crowd | match.missed()):
         name = _name(int(g_labels[j]), class_names)
         if crowd[j]:
             styles.append(BoxStyle(IGNORED_COLOR, dashed=True, label=f"{name} (crowd)" if show_labels else None))
@@ -391,12 +323,12 @@ def draw_comparison(
         boxes.append(gt[j])
     for i in np.argsort(scores, kind="stable"):
         text = f"{_name(int(p_labels[i]), class_names)} {scores[i]:.2f}" if show_labels else None
-        if matching.ignored[i]:
-            styles.append(BoxStyle(IGNORED_COLOR, dashed=True, label=text))
-        elif matching.matched[i] >= 0:
+        if match.tp[i]:
             styles.append(BoxStyle(TP_COLOR, label=text))
-        else:
+        elif match.fp[i]:
             styles.append(BoxStyle(FP_COLOR, dashed=True, label=text))
+        else:  # on a crowd region, or beyond the detections COCOeval counts
+            styles.append(BoxStyle(IGNORED_COLOR, dashed=True, label=text))
         boxes.append(pred[i])
     return draw_boxes(image, np.asarray(boxes).reshape(-1, 4), styles)
 
@@ -478,10 +410,3 @@ def montage(
             text = _fit_text(draw, titles[index], font, cell_w)
             draw.text((x, y + band // 2), text, fill=(235, 235, 235), font=font, anchor="lm")
     return np.array(out)
-
-
-def side_by_side(
-    images: Sequence[np.ndarray], titles: Sequence[str] | None = None, gap: int = 4, background: Color = BACKGROUND
-) -> np.ndarray:
-    """Images in one row (for instance ground truth next to predictions), each with an optional title."""
-    return montage(images, titles, columns=len(images), gap=gap, background=background)

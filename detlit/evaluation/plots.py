@@ -1,9 +1,9 @@
-"""Stage [9]: metric pictures (matplotlib, no display): confusion matrix, PR and F1 curves."""
+"""Metric pictures as PNG bytes (matplotlib, no display): confusion matrix, PR and F1 curves."""
 
 from __future__ import annotations
 
+import io
 import warnings
-from pathlib import Path
 
 import matplotlib
 
@@ -12,10 +12,10 @@ matplotlib.use("Agg")  # files only: no display is needed or wanted
 import matplotlib.pyplot as plt
 import numpy as np
 
-from detlit.evaluation.metric import Evaluation
+from detlit.evaluation.result import Evaluation
 
 
-def confusion_matrix(evaluation: Evaluation, path: Path) -> Path:
+def confusion_matrix(evaluation: Evaluation) -> bytes:
     """Counts at IoU and score threshold; rows true class (+ background), columns predicted (+ missed)."""
     names = list(evaluation.class_names)
     counts = evaluation.confusion.astype(int)
@@ -33,10 +33,10 @@ def confusion_matrix(evaluation: Evaluation, path: Path) -> Path:
         color = "white" if value > limit / 2 and limit else "black"
         axes.text(column, row, str(value), ha="center", va="center", color=color, fontsize=8)
     figure.colorbar(image, ax=axes, label="log(1 + count)")
-    return _save(figure, path)
+    return _png(figure)
 
 
-def pr_curves(evaluation: Evaluation, path: Path) -> Path:
+def pr_curves(evaluation: Evaluation) -> bytes:
     """Precision against recall per class (raw counts at every score threshold)."""
     figure, axes = plt.subplots(figsize=(6, 5))
     for label, (name, curve) in enumerate(zip(evaluation.class_names, evaluation.curves, strict=True)):
@@ -51,10 +51,10 @@ def pr_curves(evaluation: Evaluation, path: Path) -> Path:
     axes.set_title(f"precision-recall at IoU {evaluation.iou_threshold:g}")
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8, loc="lower left")
-    return _save(figure, path)
+    return _png(figure)
 
 
-def f1_curves(evaluation: Evaluation, path: Path) -> Path:
+def f1_curves(evaluation: Evaluation) -> bytes:
     """F1 against the score threshold per class, the F1-optimal threshold marked."""
     figure, axes = plt.subplots(figsize=(6, 5))
     for label, (name, curve) in enumerate(zip(evaluation.class_names, evaluation.curves, strict=True)):
@@ -71,14 +71,14 @@ def f1_curves(evaluation: Evaluation, path: Path) -> Path:
     axes.set_title("F1 vs score threshold (dotted: each class's best)")
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8, loc="lower left")
-    return _save(figure, path)
+    return _png(figure)
 
 
-def _save(figure: plt.Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _png(figure: plt.Figure) -> bytes:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # many classes: a crowded but complete figure
         figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
     plt.close(figure)
-    return path
+    return buffer.getvalue()

@@ -1,8 +1,8 @@
-"""Inference on images from Python: a trained checkpoint in, boxes in original pixels out.
+"""The one inference path: a trained model over images, in shape-grouped batches, boxes in original pixels.
 
 Example::
 
-    from detlit.inference.predictor import Predictor
+    from detlit import Predictor
 
     predictor = Predictor.from_checkpoint("runs/sample/version_0/checkpoints/last.ckpt")
     prediction = predictor("photo.jpg")  # one image in, one Prediction out
@@ -10,19 +10,23 @@ Example::
         print(name, score, box)
     predictions = predictor(["a.jpg", "b.png", pil_image, rgb_array])  # a list in, a list out
 
-Images are read and resized exactly as validation reads and resizes them (EXIF orientation
-applied, converted to RGB, detlit's :func:`~detlit.data.transforms.eval_transform`), so the scores
-mean what the validation metrics and the checkpoint's score thresholds measured. With
-``resize="detectron2"`` the resize is detectron2's own (PIL bilinear, as in its
-``DefaultPredictor``) instead. The two agree exactly on images already at the test size; where
-an image is scaled down they differ (on the sample images, halved: by 1.4 grey levels on
-average and up to 34 at sharp edges), because OpenCV's bilinear resize samples the two nearest
-pixels per axis while PIL's widens its filter to every pixel under the output pixel. With the
-same resize, predictions equal those of ``DefaultPredictor`` on the same weights.
+``python -m detlit.predict``, ``python -m detlit.evaluate`` and the report's example images all run
+models through :class:`Predictor`; so a number, a drawing and a results file of one model agree.
 
-Images are batched only with others of the same resized shape: detectron2 pads a batch to its
-largest image, and the padding would change the features, so a prediction never depends on
-which other images share its batch.
+Images are read and resized exactly as validation reads and resizes them (EXIF orientation
+applied, converted to RGB, :func:`~detlit.data.transforms.eval_transform`, then
+:func:`~detlit.data.images.to_model_image`), so the scores mean what the validation metrics and
+the checkpoint's score thresholds measured. With ``resize="detectron2"`` the resize is
+detectron2's own (PIL bilinear, as in its ``DefaultPredictor``) instead. The two agree exactly on
+images already at the test size; where an image is scaled down they differ (on the sample images,
+halved: by 1.4 grey levels on average and up to 34 at sharp edges), because OpenCV's bilinear
+resize samples the two nearest pixels per axis while PIL's widens its filter to every pixel under
+the output pixel. With the same resize, predictions equal those of ``DefaultPredictor`` on the same
+weights.
+
+Images are batched only with others of the same resized shape
+(:func:`~detlit.data.samplers.shape_batches`), so a prediction never depends on which other images
+share its batch.
 """
 
 from __future__ import annotations
@@ -30,64 +34,34 @@ from __future__ import annotations
 import logging
 import math
 import pickle
-from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeAlias, get_args, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, get_args, overload
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
-from detlit.compat import D2ResizeShortestEdge
-from detlit.data.dataset import read_image
+from detlit.common.devices import resolve_device
+from detlit.data.images import ImageInput, load_image, to_model_image
+from detlit.data.samplers import shape_batches
 from detlit.data.transforms import eval_transform
 from detlit.errors import ConfigError, DataError, WeightsError
 from detlit.evaluation.drawing import draw_predictions
-from detlit.model.module import DetectionModule
+
+if TYPE_CHECKING:
+    from detlit.data.coco import LabelMap
+    from detlit.model.module import DetectionModule
 
 log = logging.getLogger(__name__)
 
-ImageInput: TypeAlias = str | Path | Image.Image | np.ndarray
 Precision: TypeAlias = Literal["32", "bf16", "16"]
 Resize: TypeAlias = Literal["detlit", "detectron2"]
 DEFAULT_SCORE_THRESHOLD = 0.5
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "16": torch.float16}
-
-
-def load_image(source: ImageInput) -> np.ndarray:
-    """An image as RGB uint8 (H, W, 3), read the way training reads it.
-
-    Files and PIL images get their EXIF orientation applied and are converted to RGB (grayscale
-    and palette images expanded, an alpha channel dropped, as :func:`detlit.data.dataset.read_image`
-    does). Arrays are taken as RGB: (H, W) and (H, W, 1) are expanded, a fourth channel dropped.
-
-    Raises:
-        DataError: a file is missing or cannot be decoded (one sentence naming it).
-        ValueError: an array is not uint8 or not shaped like an image.
-    """
-    if isinstance(source, (str, Path)):
-        path = Path(source)
-        if not path.is_file():
-            raise DataError(f"image {path} does not exist")
-        try:
-            return read_image(path)
-        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as err:
-            raise DataError(f"cannot read image {path}: {err}") from err
-    if isinstance(source, Image.Image):
-        return np.asarray(ImageOps.exif_transpose(source).convert("RGB"))
-    array = np.asarray(source)
-    if array.dtype != np.uint8:
-        raise ValueError(f"image arrays must be uint8 RGB, not {array.dtype}")
-    if array.ndim == 2:
-        array = array[:, :, None]
-    if array.ndim != 3 or array.shape[2] not in (1, 3, 4) or 0 in array.shape:
-        raise ValueError(f"image arrays must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), not {array.shape}")
-    if array.shape[2] == 1:
-        return np.repeat(array, 3, axis=2)
-    return array[:, :, :3]
+CHUNK_BATCHES = 4  # batches of files read ahead, so images of one size can share a batch
 
 
 @dataclass
@@ -115,11 +89,29 @@ class Prediction:
     def __len__(self) -> int:
         return len(self.scores)
 
+    def metric_input(self) -> dict[str, torch.Tensor]:
+        """The detections as :class:`~detlit.evaluation.metric.DetectionMetrics` takes them."""
+        return {
+            "boxes": torch.as_tensor(self.boxes, dtype=torch.float64),
+            "scores": torch.as_tensor(self.scores, dtype=torch.float64),
+            "labels": torch.as_tensor(self.labels, dtype=torch.int64),
+        }
+
     def draw(self, image: np.ndarray) -> np.ndarray:
         """The image (RGB uint8, original size) with these detections drawn on it."""
         known = dict(zip(self.labels.tolist(), self.class_names, strict=True))
         names = [known.get(label, str(label)) for label in range(max(known, default=-1) + 1)]
         return draw_predictions(image, self.boxes, self.labels, self.scores, names)
+
+
+@dataclass
+class FilePrediction:
+    """One image file's outcome: its pixels and prediction, or why it could not be read."""
+
+    index: int
+    pixels: np.ndarray | None = None
+    prediction: Prediction | None = None
+    error: DataError | None = None
 
 
 @contextmanager
@@ -140,25 +132,29 @@ class Predictor:
 
     Args:
         module: the trained model; put in eval mode on ``device``.
-        device: ``cpu``, ``cuda`` or ``cuda:N``.
+        device: ``auto`` (a CUDA GPU when there is one), ``cpu``, ``cuda`` or ``cuda:N``.
         score_threshold: keep detections scoring at least this, in every class. By default the
             per-class thresholds that validation found best (saved in the checkpoint), else
             :data:`DEFAULT_SCORE_THRESHOLD`.
+        all_detections: keep every detection the model outputs (down to its own test threshold,
+            ``MODEL.ROI_HEADS.SCORE_THRESH_TEST``), as evaluation needs; ``score_threshold`` must
+            then be left out.
         precision: ``32``, or ``bf16`` / ``16`` for mixed precision (torch.autocast).
         batch_size: images per forward pass.
         resize: ``detlit`` (OpenCV, as in training and validation) or ``detectron2`` (PIL, as
             detectron2's DefaultPredictor); see the module docstring.
 
     Raises:
-        ConfigError: an unknown precision or resize, an unavailable device, or precision the
-            device cannot run.
+        ConfigError: an unknown precision or resize, an unavailable device, precision the device
+            cannot run, or a threshold outside 0..1.
     """
 
     def __init__(
         self,
         module: DetectionModule,
-        device: str = "cpu",
+        device: str = "auto",
         score_threshold: float | None = None,
+        all_detections: bool = False,
         precision: Precision = "32",
         batch_size: int = 4,
         resize: Resize = "detlit",
@@ -168,35 +164,37 @@ class Predictor:
         if resize not in get_args(Resize):
             raise ConfigError(f"resize '{resize}' is unknown; use one of {', '.join(get_args(Resize))}")
         if batch_size < 1:
-            raise ConfigError(f"batch_size is {batch_size}; use 1 or more")
-        self.device = _device(device)
+            raise ConfigError(f"batch size is {batch_size}; use 1 or more")
+        if all_detections and score_threshold is not None:
+            raise ConfigError("a score threshold and all detections exclude each other; give one of them")
+        self.device = resolve_device(device)
         self.precision = precision
         _check_precision(self.device, precision)
         self.module = module.to(self.device).eval()
-        self.label_map = module.label_map
+        self.label_map: LabelMap = module.label_map
         self.batch_size = batch_size
         self.resize = resize
         self.image_format: str = module.cfg.INPUT.FORMAT
         hp = module.hparams
         self.min_size, self.max_size = int(hp["min_size_test"]), int(hp["max_size_test"])
+        self.model_threshold = float(module.cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST)
+        saved = getattr(module, "score_thresholds", None)
+        self.saved_thresholds: list[float] | None = None if saved is None else [float(t) for t in saved]
         self._transform = eval_transform(self.min_size, self.max_size)
-        self.score_thresholds = self._thresholds(score_threshold, getattr(module, "score_thresholds", None))
+        if all_detections:
+            self._thresholds = np.full(self.label_map.num_classes, self.model_threshold, dtype=np.float64)
+        else:
+            self._thresholds = self._choose_thresholds(score_threshold)
 
     @classmethod
-    def from_checkpoint(
-        cls,
-        path: str | Path,
-        device: str = "cpu",
-        score_threshold: float | None = None,
-        precision: Precision = "32",
-        batch_size: int = 4,
-        resize: Resize = "detlit",
-    ) -> Predictor:
-        """A predictor for a detlit checkpoint (``.ckpt``); the other arguments as for the class.
+    def from_checkpoint(cls, path: str | Path, **kwargs: Any) -> Predictor:
+        """A predictor for a detlit checkpoint (``.ckpt``); keyword arguments as for the class.
 
         Raises:
             WeightsError: the file is missing or is not a detlit checkpoint.
         """
+        from detlit.model.module import DetectionModule
+
         path = Path(path)
         if not path.is_file():
             raise WeightsError(f"checkpoint {path} does not exist; pass a .ckpt file of a training run")
@@ -207,18 +205,24 @@ class Predictor:
                 f"{path} is not a detlit checkpoint ({type(err).__name__}: {err}); pass a .ckpt file written by "
                 "python -m detlit.fit"
             ) from err
-        return cls(module, device, score_threshold, precision, batch_size, resize)
+        return cls(module, **kwargs)
 
     @property
     def class_names(self) -> list[str]:
         return list(self.label_map.names)
 
-    def _thresholds(self, given: float | None, saved: Sequence[float] | None) -> np.ndarray:
+    @property
+    def score_thresholds(self) -> np.ndarray:
+        """The score threshold of each class (a copy: thresholds are set when the predictor is made)."""
+        return self._thresholds.copy()
+
+    def _choose_thresholds(self, given: float | None) -> np.ndarray:
         classes = self.label_map.num_classes
         if given is not None:
             if not math.isfinite(given) or not 0.0 <= given <= 1.0:
                 raise ConfigError(f"score threshold {given} is not between 0 and 1")
             return np.full(classes, given, dtype=np.float64)
+        saved = self.saved_thresholds
         if saved is not None:
             if len(saved) != classes:
                 raise WeightsError(f"the checkpoint holds {len(saved)} score thresholds for {classes} classes")
@@ -233,12 +237,11 @@ class Predictor:
             no_boxes = np.zeros((0, 4), dtype=np.float32)
             resized = self._transform(image=image, bboxes=no_boxes, labels=[], crowd=[])["image"]
         else:
+            from detlit.compat import D2ResizeShortestEdge
+
             resize = D2ResizeShortestEdge([self.min_size, self.min_size], self.max_size)
             resized = resize.get_transform(image).apply_image(image)
-        if self.image_format == "BGR":
-            resized = resized[:, :, ::-1]
-        tensor = torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1)))
-        return {"image": tensor, "height": height, "width": width}
+        return {"image": to_model_image(resized, self.image_format), "height": height, "width": width}
 
     @overload
     def __call__(self, images: ImageInput) -> Prediction: ...
@@ -257,18 +260,32 @@ class Predictor:
         return self.predict([load_image(image) for image in images])
 
     def predict(self, images: Sequence[np.ndarray]) -> list[Prediction]:
-        """Predictions for RGB uint8 arrays (as :func:`load_image` returns them), in their order."""
+        """Predictions for RGB uint8 arrays (as :func:`~detlit.data.images.load_image` returns them), in order."""
         inputs = [self.preprocess(image) for image in images]
-        groups: dict[tuple[int, int], list[int]] = defaultdict(list)
-        for index, item in enumerate(inputs):
-            groups[tuple(item["image"].shape[1:])].append(index)
+        shapes = [(int(item["image"].shape[1]), int(item["image"].shape[2])) for item in inputs]
         results: list[Prediction | None] = [None] * len(inputs)
-        for indices in groups.values():
-            for start in range(0, len(indices), self.batch_size):
-                chunk = indices[start : start + self.batch_size]
-                for index, output in zip(chunk, self._forward([inputs[i] for i in chunk]), strict=True):
-                    results[index] = output
+        for batch in shape_batches(shapes, self.batch_size):
+            for index, output in zip(batch, self._forward([inputs[i] for i in batch]), strict=True):
+                results[index] = output
         return [r for r in results if r is not None]
+
+    def predict_files(self, paths: Sequence[Path]) -> Iterator[FilePrediction]:
+        """Predict image files a few batches at a time (so images of one size share batches);
+        yield one :class:`FilePrediction` per file, in order. A file that cannot be read comes with
+        its error, and the others go on."""
+        chunk = self.batch_size * CHUNK_BATCHES
+        for start in range(0, len(paths), chunk):
+            outcomes = []
+            for index in range(start, min(start + chunk, len(paths))):
+                try:
+                    outcomes.append(FilePrediction(index, pixels=load_image(paths[index])))
+                except DataError as err:
+                    outcomes.append(FilePrediction(index, error=err))
+            readable = [o for o in outcomes if o.pixels is not None]
+            predictions = self.predict([o.pixels for o in readable if o.pixels is not None])
+            for outcome, prediction in zip(readable, predictions, strict=True):
+                outcome.prediction = prediction
+            yield from outcomes
 
     def _autocast(self) -> Any:
         if self.precision == "32":
@@ -277,7 +294,7 @@ class Predictor:
 
     @torch.no_grad()
     def _forward(self, batch: list[dict[str, Any]]) -> list[Prediction]:
-        floor = float(self.score_thresholds.min())
+        floor = float(self._thresholds.min())
         with _score_floor(self.module.model, floor), self._autocast():
             outputs = self.module(batch)
         return [self._prediction(output["instances"].to("cpu")) for output in outputs]
@@ -285,7 +302,7 @@ class Predictor:
     def _prediction(self, instances: Any) -> Prediction:
         labels = instances.pred_classes.numpy().astype(np.int64)
         scores = instances.scores.float().numpy()
-        keep = scores >= self.score_thresholds[labels]
+        keep = scores >= self._thresholds[labels]
         labels, scores = labels[keep], scores[keep]
         height, width = instances.image_size
         return Prediction(
@@ -301,18 +318,6 @@ class Predictor:
 
 def _describe(names: Sequence[str], thresholds: Sequence[float]) -> str:
     return ", ".join(f"{name} {value:.3g}" for name, value in zip(names, thresholds, strict=True))
-
-
-def _device(name: str) -> torch.device:
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise ConfigError(f"device '{name}' is not a torch device; use cpu or cuda") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device '{name}' asked for, but torch sees no CUDA GPU here; use --device cpu")
-    if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"device '{name}' is not supported; use cpu or cuda")
-    return device
 
 
 def _check_precision(device: torch.device, precision: str) -> None:

@@ -1,4 +1,4 @@
-"""Stage [7]: DetectionModule, detectron2's GeneralizedRCNN as a LightningModule."""
+"""Stage [7]: DetectionModule, detectron2's GeneralizedRCNN as a LightningModule (training, validation, test)."""
 
 from __future__ import annotations
 
@@ -17,12 +17,13 @@ from lightning.pytorch.cli import OptimizerCallable
 from rich.console import Console
 from torch import nn
 
-from detlit.compat import EventStorage, GeneralizedRCNN, build_model
+from detlit.compat import EventStorage, GeneralizedRCNN, Instances, build_model
 from detlit.data.coco import LabelMap
-from detlit.data.dataset import read_image
+from detlit.data.images import read_image
 from detlit.errors import DetlitError
 from detlit.evaluation.drawing import draw_comparison, montage
-from detlit.evaluation.metric import DetectionMetrics, Evaluation, as_prediction
+from detlit.evaluation.metric import DetectionMetrics
+from detlit.evaluation.result import Evaluation
 from detlit.model.config import DEFAULT_CONFIG, build_d2_config, ignores_crowd
 from detlit.model.heads import split_crowd
 from detlit.model.schedule import Schedule, build_scheduler
@@ -70,6 +71,15 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
+def as_prediction(instances: Instances) -> dict[str, torch.Tensor]:
+    """detectron2 ``Instances`` (original pixels) -> the metric's prediction dict."""
+    return {
+        "boxes": instances.pred_boxes.tensor.detach().float(),
+        "scores": instances.scores.detach().float(),
+        "labels": instances.pred_classes.detach(),
+    }
+
+
 def render_table(table: Any, width: int = 120) -> str:
     """A rich table as plain text, for the log."""
     console = Console(width=width, record=True, file=io.StringIO(), color_system=None)
@@ -81,10 +91,12 @@ class DetectionModule(LightningModule):
     """A detectron2 Faster R-CNN trained by Lightning.
 
     Batches are lists of detectron2 input dicts (see ``detlit.data.dataset``). Training returns the
-    sum of detectron2's losses and logs each of them; validation computes the same losses on the
-    validation batch (one backbone pass serves both) and COCO metrics of the predictions. Every
-    argument but the optimizer is saved as a hyper-parameter, so ``load_from_checkpoint(path)``
-    rebuilds the model without further arguments.
+    sum of detectron2's losses and logs each of them (``train/...``). Validation and test compute
+    the same losses on their batches (one backbone pass serves losses and predictions) and every
+    metric of :class:`~detlit.evaluation.metric.DetectionMetrics`, each stage with its own metric
+    object, logged as ``val/...`` and ``test/...``; the per-class score thresholds that maximise F1
+    come from validation only. Every argument but the optimizer is saved as a hyper-parameter, so
+    ``load_from_checkpoint(path)`` rebuilds the model without further arguments.
 
     Args:
         num_classes: number of object classes (linked from the data by the CLI).
@@ -159,7 +171,10 @@ class DetectionModule(LightningModule):
         )
         self.model: GeneralizedRCNN = build_model(self.cfg)
         self.ignores_crowd = ignores_crowd(self.cfg)
+        # One metric object per stage, as Lightning recommends: validation and test never share state.
         self.val_metrics = DetectionMetrics(self.label_map.names)
+        self.test_metrics = DetectionMetrics(self.label_map.names)
+        self.test_evaluation: Evaluation | None = None
         # Per-class score thresholds that maximise F1 on the last validation; inference defaults to them.
         self.score_thresholds: list[float] | None = None
         self.last_evaluation: Evaluation | None = None
@@ -245,18 +260,27 @@ class DetectionModule(LightningModule):
         predictions = GeneralizedRCNN._postprocess(results, batch, images.image_sizes)
         return {**rpn_losses, **roi_losses}, predictions
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+    def _evaluation_step(
+        self, batch: Batch, stage: str, metric: DetectionMetrics
+    ) -> tuple[Batch, list[dict[str, Any]]]:
+        """Losses and metric inputs of one validation or test batch; the readable items and their predictions."""
         readable = [x for x in batch if "skipped" not in x]
-        self.log("val/skipped_images", float(len(batch) - len(readable)), on_step=False, on_epoch=True, reduce_fx="sum")
+        skipped = float(len(batch) - len(readable))
+        self.log(f"{stage}/skipped_images", skipped, on_step=False, on_epoch=True, reduce_fx="sum")
         if not readable:
-            return
-        batch = readable
-        losses, predictions = self.losses_and_predictions(batch)
-        size = len(batch)
-        self.log_dict({f"val/{name}": value for name, value in losses.items()}, batch_size=size, sync_dist=True)
-        self.log("val/loss", torch.stack(list(losses.values())).sum(), batch_size=size, sync_dist=True)
-        self.val_metrics.update([as_prediction(p["instances"]) for p in predictions], [x["target"] for x in batch])
-        self._draw_some(batch, predictions)
+            return [], []
+        losses, predictions = self.losses_and_predictions(readable)
+        size = len(readable)
+        self.log_dict({f"{stage}/{name}": value for name, value in losses.items()}, batch_size=size, sync_dist=True)
+        self.log(f"{stage}/loss", torch.stack(list(losses.values())).sum(), batch_size=size, sync_dist=True)
+        metric.update([as_prediction(p["instances"]) for p in predictions], [x["target"] for x in readable])
+        return readable, predictions
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._draw_some(*self._evaluation_step(batch, "val", self.val_metrics))
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._evaluation_step(batch, "test", self.test_metrics)
 
     def _draw_some(self, batch: Batch, predictions: list[dict[str, Any]]) -> None:
         """Keep drawings of the first ``log_images`` validation images (by id) of this process."""
@@ -281,22 +305,32 @@ class DetectionModule(LightningModule):
             )
             self._drawn = sorted([*self._drawn, (int(item["image_id"]), drawing)], key=lambda d: d[0])[:wanted]
 
-    def on_validation_epoch_end(self) -> None:
-        # compute() gathers every process's images first: the numbers are the whole set's.
-        evaluation: Evaluation = self.val_metrics.compute()
-        self.val_metrics.reset()
+    def _log_evaluation(self, stage: str, metric: DetectionMetrics) -> Evaluation:
+        """Compute a stage's metric (every process's images) and log its numbers under ``stage/``."""
+        evaluation: Evaluation = metric.compute()
+        metric.reset()
         scalars = evaluation.scalars()
         overall = {k: v for k, v in scalars.items() if "/" not in k}
         per_class = {k: v for k, v in scalars.items() if k.split("/")[0] in ("ap", "ap50", "f1", "threshold")}
         shown = {"map", "map50"}
-        self.log_dict({f"val/{k}": v for k, v in overall.items() if k not in shown})
-        self.log_dict({f"val/{k}": v for k, v in overall.items() if k in shown}, prog_bar=True)
-        self.log_dict({f"val/{k}": v for k, v in per_class.items()})
+        self.log_dict({f"{stage}/{k}": v for k, v in overall.items() if k not in shown})
+        self.log_dict({f"{stage}/{k}": v for k, v in overall.items() if k in shown}, prog_bar=True)
+        self.log_dict({f"{stage}/{k}": v for k, v in per_class.items()})
+        return evaluation
+
+    def on_validation_epoch_end(self) -> None:
+        evaluation = self._log_evaluation("val", self.val_metrics)
+        # Thresholds come from validation only: the test set must not tune what it measures.
         self.score_thresholds = evaluation.score_thresholds()
         self.last_evaluation = evaluation
         if not self.trainer.sanity_checking:
-            self._log_curves(evaluation)
+            self._log_curves("val", evaluation)
             self._log_drawings()
+
+    def on_test_epoch_end(self) -> None:
+        evaluation = self._log_evaluation("test", self.test_metrics)
+        self.test_evaluation = evaluation
+        self._log_curves("test", evaluation)
 
     def _log_drawings(self) -> None:
         """The kept validation drawings as one TensorBoard image (true positives green, false
@@ -308,15 +342,16 @@ class DetectionModule(LightningModule):
         grid = montage([image for _, image in drawn], titles=[f"image {i}" for i, _ in drawn], cell_size=(384, 384))
         experiment.add_image("val/predictions", grid, global_step=self.global_step, dataformats="HWC")
 
-    def _log_curves(self, evaluation: Evaluation) -> None:
+    def _log_curves(self, stage: str, evaluation: Evaluation) -> None:
         """Per-class precision-recall curves to TensorBoard and the per-class table to the log."""
         if not self.trainer.is_global_zero:
             return
         experiment = getattr(self.logger, "experiment", None)
         if experiment is not None and hasattr(experiment, "add_pr_curve_raw"):
             for name, curve in zip(evaluation.class_names, evaluation.curves, strict=True):
-                experiment.add_pr_curve_raw(f"val_pr/{name}", global_step=self.global_step, **curve.tensorboard())
-        log.info("validation after epoch %d:\n%s", self.current_epoch, render_table(evaluation.table()))
+                experiment.add_pr_curve_raw(f"{stage}_pr/{name}", global_step=self.global_step, **curve.tensorboard())
+        what = f"validation after epoch {self.current_epoch}" if stage == "val" else "test"
+        log.info("%s:\n%s", what, render_table(evaluation.table()))
 
     # --- checkpoints -----------------------------------------------------------------------
 

@@ -26,7 +26,8 @@ import yaml
 from detlit.data.checks import Report, check_file
 from detlit.data.coco import CocoDataset, parse_coco
 from detlit.errors import ConfigError, DataError
-from detlit.evaluation.metric import COCO_NAMES, Evaluation, unique_names
+from detlit.evaluation.cocoeval import COCO_NAMES
+from detlit.evaluation.result import Evaluation, unique_names
 
 log = logging.getLogger(__name__)
 

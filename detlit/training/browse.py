@@ -1,20 +1,14 @@
-"""``python -m detlit.browse``: look at images as the model will see them, before training.
-
-Examples::
-
-    python -m detlit.browse --config configs/sample_cpu.yaml
-    python -m detlit.browse --config configs/sample_cpu.yaml --data.augment strong --n 25 --seed 3
-    python -m detlit.browse --config configs/sample_cpu.yaml --split val --out browse-val
+"""Looking at images as the model will see them, before training (``python -m detlit.browse``).
 
 The config is the one ``python -m detlit.fit --config`` reads, parsed by the same parser, so
-every ``--data.*`` override of ``detlit.training.cli`` works here too (the model and trainer sections are
+every ``--data.*`` override of ``detlit.fit`` works here too (the model and trainer sections are
 read but not built). The first ``--n`` images that the training loader deals out (``--split
 train``: shuffled, grouped and augmented exactly as training will get them) or that the
 validation loader serves (``--split val``: resized only) are drawn with their boxes and class
 names, crowd regions dashed grey, and written as one grid to ``--out/{split}-seed{seed}.png``
-(default folder ``browse/``; a grid of the same name is replaced, nothing else is touched).
-Each title names the image and its box count; the log says how many boxes augmentation
-dropped (cropped out or shrunk below the pipeline's minimum).
+(default folder ``browse/``; an existing grid is replaced only with ``--overwrite``). Each title
+names the image and its box count; the log says how many boxes augmentation dropped (cropped out
+or shrunk below the pipeline's minimum).
 
 ``--seed`` seeds the augmentations, so the same command draws the same grid; the order of the
 images is the data's own (``data.seed``).
@@ -22,9 +16,7 @@ images is the data's own (``data.seed``).
 
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -34,14 +26,14 @@ from lightning.pytorch.cli import LightningArgumentParser
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from detlit.common.command import run_cli
+from detlit.common.outputs import atomic_write, check_folder, check_outputs
 from detlit.data.datamodule import CocoDataModule
 from detlit.errors import ConfigError
 from detlit.evaluation.drawing import draw_ground_truth, montage, resize_to_fit
 from detlit.model.module import DetectionModule
 from detlit.training.cli import DetlitCLI
 
-log = logging.getLogger("detlit.training.browse")
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val")
 CELL = 384  # pixels: larger images are scaled down to fit their grid cell before drawing
@@ -136,46 +128,36 @@ def render(
     return montage(drawings, titles, cell_size=(cell, cell))
 
 
-def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
-    """browse's own options, and the rest (``--config``, ``--data.*``) for the fit parser."""
-    parser = argparse.ArgumentParser(
-        prog="python -m detlit.browse",
-        allow_abbrev=False,
-        description="Draw training or validation images with their boxes, as the data pipeline delivers them.",
-        epilog="--config CONFIG.yaml and --data.* overrides are read as python -m detlit.fit reads them.",
-    )
-    parser.add_argument("--split", choices=SPLITS, default="train", help="which loader to draw from (default: train)")
-    parser.add_argument("--n", type=int, default=16, help="number of images (default: 16)")
-    parser.add_argument("--out", type=Path, default=Path("browse"), help="output folder (default: browse)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the augmentations (default: 0)")
-    parser.add_argument("--cell", type=int, default=CELL, help=f"grid cell size in pixels (default: {CELL})")
-    return parser.parse_known_args(argv)
+def browse(
+    cli_args: list[str],
+    split: str = "train",
+    n: int = 16,
+    out: Path = Path("browse"),
+    seed: int = 0,
+    cell: int = CELL,
+    overwrite: bool = False,
+) -> int:
+    """``python -m detlit.browse``: draw the first ``n`` images of a loader into ``out/{split}-seed{seed}.png``.
 
-
-def browse_main(argv: list[str] | None = None) -> Path:
-    args, cli_args = parse_args(sys.argv[1:] if argv is None else argv)
-    if args.cell < MIN_CELL:
-        raise ConfigError(f"--cell {args.cell} is too small to show anything; use {MIN_CELL} pixels or more")
+    Args:
+        cli_args: ``--config FILE`` and ``--data.*`` overrides, read as ``python -m detlit.fit`` reads them.
+    """
+    if cell < MIN_CELL:
+        raise ConfigError(f"--cell {cell} is too small to show anything; use {MIN_CELL} pixels or more")
     if not any(a == "--config" or a.startswith("--config=") for a in cli_args):
         raise ConfigError("--config is missing; pass the fit config, e.g. --config configs/sample_cpu.yaml")
+    path = out / f"{split}-seed{seed}.png"
+    check_folder(out)
+    check_outputs([path], overwrite=overwrite)
     datamodule = build_datamodule(cli_args)
-    items = take_images(datamodule, args.split, args.n, args.seed)
-    if len(items) < args.n:
-        log.warning("the %s split has only %d images", args.split, len(items))
+    items = take_images(datamodule, split, n, seed)
+    if len(items) < n:
+        log.warning("the %s split has only %d images", split, len(items))
     boxes = sum(len(item["instances"]) for item in items)
     dropped = sum(int(item.get("boxes_dropped", 0)) for item in items)
     log.info("%d images, %d boxes; augmentation dropped %d boxes", len(items), boxes, dropped)
-    grid = render(items, datamodule.hparams["image_format"], datamodule.class_names, args.cell)
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"{args.split}-seed{args.seed}.png"
-    Image.fromarray(grid).save(path)
-    print(f"{len(items)} {args.split} images ({boxes} boxes, {dropped} dropped by augmentation) drawn in {path}")
-    return path
-
-
-def main(argv: list[str] | None = None) -> None:
-    run_cli(browse_main, argv)
-
-
-if __name__ == "__main__":
-    main()
+    grid = render(items, datamodule.hparams["image_format"], datamodule.class_names, cell)
+    with atomic_write(path) as handle:
+        Image.fromarray(grid).save(handle, format="PNG")
+    print(f"{len(items)} {split} images ({boxes} boxes, {dropped} dropped by augmentation) drawn in {path}")
+    return 0

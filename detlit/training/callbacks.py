@@ -66,6 +66,7 @@ class RunLog(RunFolderCallback):
     def __init__(self, file_name: str = "run.log"):
         self.file_name = file_name
         self.handler: logging.Handler | None = None
+        self.described = False  # the command and environment are logged once per process
 
     @property
     def path(self) -> Path | None:
@@ -74,9 +75,9 @@ class RunLog(RunFolderCallback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
         if trainer.is_global_zero:
-            self._open(trainer, pl_module)
+            self._open(trainer, pl_module, stage)
 
-    def _open(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def _open(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         folder = self.folder
         if self.handler is not None or folder is None:
             return
@@ -87,6 +88,10 @@ class RunLog(RunFolderCallback):
         for name in CAPTURED_LOGGERS:
             logging.getLogger(name).addHandler(self.handler)
         logging.captureWarnings(True)
+        if self.described:  # a later stage of the same command (the test after training)
+            log.info("%s stage", getattr(stage, "value", stage))
+            return
+        self.described = True
         log.info("command: %s", shlex.join(sys.orig_argv))
         log.info("environment:\n%s", format_env(collect_env()))
         log.info("model hyper-parameters: %s", dict(pl_module.hparams))
@@ -113,6 +118,15 @@ class RunLog(RunFolderCallback):
                 trainer.global_step,
                 _fmt(trainer.callback_metrics, "val/"),
             )
+
+    @rank_zero_only
+    def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        tested = trainer.ckpt_path or "the model as training left it"
+        log.info("testing %s", tested)
+
+    @rank_zero_only
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        log.info("test: %s", _fmt(trainer.callback_metrics, "test/"))
 
     @rank_zero_only
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

@@ -8,13 +8,12 @@
 * :class:`SaveOnSigterm` saves ``last.ckpt`` when the process receives SIGTERM (what SLURM,
   Kubernetes and cloud preemption send). Lightning stops after the current batch and calls
   ``on_exception``; the checkpoint then holds a consistent state to resume from with
-  ``--ckpt_path last``.
+  ``--ckpt last``.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from detlit.common.outputs import atomic_write
 from detlit.errors import DetlitError
 
 log = logging.getLogger(__name__)
@@ -33,35 +33,16 @@ class CheckpointWriteError(DetlitError):
     """A checkpoint could not be written (the previous one is intact)."""
 
 
-def _fsync_folder(folder: Path) -> None:
-    # The rename itself must reach the disk too; not every platform can open a folder.
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to ``path`` through a temporary file, fsync and rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """``torch.save`` to ``path`` through a temporary file, fsync and rename (``atomic_write``)."""
     try:
-        with temporary.open("wb") as handle:
+        with atomic_write(path) as handle:
             torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-        _fsync_folder(path.parent)
     except OSError as err:
-        temporary.unlink(missing_ok=True)
         reason = err.strerror or str(err)
         raise CheckpointWriteError(
             f"could not write checkpoint {path} ({reason}); earlier checkpoints are intact: free disk space "
-            "(or point the logger's save_dir at a disk with room) and resume with --ckpt_path last"
+            "(or point the logger's save_dir at a disk with room) and resume with --ckpt last"
         ) from err
 
 
@@ -90,4 +71,4 @@ class SaveOnSigterm(Callback):
             return
         path = Path(folders[0]) / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
         trainer.save_checkpoint(path)
-        log.warning("SIGTERM received at step %d: saved %s; resume with --ckpt_path last", trainer.global_step, path)
+        log.warning("SIGTERM received at step %d: saved %s; resume with --ckpt last", trainer.global_step, path)

@@ -1,12 +1,15 @@
-"""``python -m detlit.fit``: train a detector from a YAML config (a LightningCLI).
+"""The training command's library: :class:`DetlitCLI`, a LightningCLI, and :func:`cli_main`.
 
-Examples::
+``python -m detlit.fit`` trains; ``python -m detlit.fit validate`` and ``python -m detlit.fit test``
+(also ``detlit validate`` / ``detlit test``) run Lightning's ``Trainer.validate`` / ``Trainer.test``
+on a checkpoint (``--ckpt``), with the same config. After training, the best checkpoint is tested
+on ``data.test_json`` when one is given (``--test_after_fit false`` switches that off).
 
-    python -m detlit.fit --config configs/sample_cpu.yaml
-    python -m detlit.fit --config configs/sample_cpu.yaml --trainer.max_epochs=2
-    python -m detlit.fit --config configs/sample_cpu.yaml --ckpt_path last
-    python -m detlit.fit --config configs/sample_cpu.yaml --print_config
-    python -m detlit.fit --config configs/sample_cpu.yaml --tune_lr true
+``--ckpt`` names a checkpoint file, or ``last`` / ``best`` of the newest run under the logger's
+folder: to resume training (fit) or to evaluate (validate, test). A checkpoint of a run folder
+continues in that folder: TensorBoard shows the resumed or tested numbers beside the training
+curves, and the config of that command is saved beside the original one. detlit 0.1's
+``--ckpt_path`` still works (in configs too).
 """
 
 from __future__ import annotations
@@ -28,14 +31,15 @@ from lightning.pytorch.tuner import Tuner
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from matplotlib.figure import Figure
 
-from detlit.common.command import run_cli
 from detlit.data.datamodule import CocoDataModule
 from detlit.errors import ConfigError, DetlitError
 from detlit.model.module import DetectionModule
 from detlit.training.callbacks import Detectron2Export, RunLog
 from detlit.training.checkpointing import AtomicCheckpointIO, SaveOnSigterm
 
-log = logging.getLogger("detlit.training.cli")
+log = logging.getLogger(__name__)
+
+STAGES = ("fit", "validate", "test")
 
 # The data decides these; the model receives them, so they are never typed twice.
 LINKED_FROM_DATA_AT_PARSE = ("min_size_train", "max_size_train", "min_size_test", "max_size_test")
@@ -44,7 +48,20 @@ LINKED_FROM_DATA_AT_INSTANTIATION = ("num_classes", "class_names", "category_ids
 
 class DetlitCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_argument("--ckpt_path", type=str | None, default=None, help="checkpoint to resume training from")
+        parser.add_argument(
+            "--ckpt",
+            "--ckpt_path",
+            type=str | None,
+            default=None,
+            help="checkpoint to resume training from (fit) or to evaluate (validate, test): a .ckpt file, or "
+            "last / best of the newest run",
+        )
+        parser.add_argument(
+            "--test_after_fit",
+            type=bool,
+            default=True,
+            help="after training, test the best checkpoint on data.test_json when one is given",
+        )
         parser.add_argument(
             "--tune_lr",
             type=bool,
@@ -79,23 +96,31 @@ class DetlitCLI(LightningCLI):
             }
         )
 
+    def __init__(self, *args: Any, stage: str = "fit", **kwargs: Any):
+        self.stage = stage
+        super().__init__(*args, **kwargs)
+
     def before_instantiate_classes(self) -> None:
-        # A resumed run continues in the run folder its checkpoint came from; `--ckpt_path last`
-        # finds the newest one. The original config.yaml stays; the resumed config is saved beside it.
-        if self.config.ckpt_path is None:
+        # A resumed (or evaluated) run continues in the run folder its checkpoint came from; `--ckpt
+        # last` finds the newest one. The original config.yaml stays; this command's config is saved
+        # beside it.
+        if self.config.ckpt is None:
+            if self.stage != "fit":
+                raise ConfigError(f"{self.stage} needs a checkpoint: pass --ckpt CKPT (a .ckpt file, last or best)")
             return
         logger = self.config.trainer.logger
         init = getattr(logger, "init_args", None)
         if init is None or "TensorBoardLogger" not in str(getattr(logger, "class_path", "")):
             return
         runs = Path(init.save_dir) / (init.name or "")
-        checkpoint, version = resolve_checkpoint(self.config.ckpt_path, runs)
-        self.config.ckpt_path = str(checkpoint)
+        checkpoint, version = resolve_checkpoint(self.config.ckpt, runs)
+        self.config.ckpt = str(checkpoint)
         if version is not None:
             init.version = version
             stamp = time.strftime("%Y%m%d-%H%M%S")
-            self.save_config_kwargs = {**self.save_config_kwargs, "config_filename": f"config.resumed-{stamp}.yaml"}
-        log.info("resuming from %s", checkpoint)
+            what = "resumed" if self.stage == "fit" else self.stage
+            self.save_config_kwargs = {**self.save_config_kwargs, "config_filename": f"config.{what}-{stamp}.yaml"}
+        log.info("%s from %s", "resuming" if self.stage == "fit" else f"{self.stage} of", checkpoint)
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
         # Callbacks every run gets, minus those a switched-off trainer feature would reject:
@@ -114,22 +139,25 @@ class DetlitCLI(LightningCLI):
         return super()._instantiate_trainer(config, callbacks)
 
 
-def resolve_checkpoint(ckpt_path: str, runs: Path) -> tuple[Path, int | None]:
-    """The checkpoint to resume from and the run version it belongs to (None: not a run folder).
+def resolve_checkpoint(ckpt: str, runs: Path) -> tuple[Path, int | None]:
+    """The checkpoint ``--ckpt`` names and the run version it belongs to (None: not a run folder).
 
-    ``last`` means the ``last.ckpt`` of the newest ``version_N`` under ``runs``.
+    ``last`` means the ``last.ckpt`` of the newest ``version_N`` under ``runs`` that has one;
+    ``best`` the newest ``best*.ckpt`` of the newest run that has one.
     """
-    if ckpt_path == "last":
+    if ckpt in ("last", "best"):
+        pattern = "last.ckpt" if ckpt == "last" else "best*.ckpt"
         candidates = sorted(
-            runs.glob("version_*/checkpoints/last.ckpt"), key=lambda p: _version_number(p.parent.parent) or -1
+            runs.glob(f"version_*/checkpoints/{pattern}"),
+            key=lambda p: (_version_number(p.parent.parent) or -1, p.stat().st_mtime),
         )
         if not candidates:
-            raise ConfigError(f"--ckpt_path last: no {runs}/version_*/checkpoints/last.ckpt; start without --ckpt_path")
+            raise ConfigError(f"--ckpt {ckpt}: no {runs}/version_*/checkpoints/{pattern}; pass a .ckpt file instead")
         checkpoint = candidates[-1]
     else:
-        checkpoint = Path(ckpt_path)
+        checkpoint = Path(ckpt)
         if not checkpoint.is_file():
-            raise ConfigError(f"--ckpt_path {ckpt_path} does not exist; pass a .ckpt file or 'last'")
+            raise ConfigError(f"--ckpt {ckpt} does not exist; pass a .ckpt file, last or best")
     run = checkpoint.parent.parent
     same_runs = run.parent.resolve() == runs.resolve() and checkpoint.parent.name == "checkpoints"
     return checkpoint, _version_number(run) if same_runs else None
@@ -141,7 +169,10 @@ def _version_number(folder: Path) -> int | None:
     return int(tail) if folder.name.startswith(prefix) and tail.isdigit() else None
 
 
-def cli_main(args: list[str] | None = None) -> None:
+def cli_main(args: list[str] | None = None, stage: str = "fit") -> None:
+    """Parse a fit config and run ``stage`` (fit, validate or test) with Lightning's Trainer."""
+    if stage not in STAGES:
+        raise ConfigError(f"unknown stage '{stage}'; use one of {', '.join(STAGES)}")
     cli = DetlitCLI(
         DetectionModule,
         CocoDataModule,
@@ -149,12 +180,44 @@ def cli_main(args: list[str] | None = None) -> None:
         auto_configure_optimizers=False,
         args=args,
         save_config_kwargs={"overwrite": True},
+        stage=stage,
     )
-    if cli.config.tune_lr:
-        suggest_lr(cli.trainer, cli.model, cli.datamodule, cli.config.tune_lr_steps)
+    trainer, model, data, ckpt = cli.trainer, cli.model, cli.datamodule, cli.config.ckpt
+    if stage == "fit" and cli.config.tune_lr:
+        suggest_lr(trainer, model, data, cli.config.tune_lr_steps)
         return
     with plain_failures():
-        cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path, weights_only=True)
+        if stage == "validate":
+            trainer.validate(model, datamodule=data, ckpt_path=ckpt, weights_only=True)
+        elif stage == "test":
+            require_test_data(data)
+            trainer.test(model, datamodule=data, ckpt_path=ckpt, weights_only=True)
+        else:
+            trainer.fit(model, datamodule=data, ckpt_path=ckpt, weights_only=True)
+            if cli.config.test_after_fit and data.test_data is not None and not trainer.interrupted:
+                trainer.test(model, datamodule=data, ckpt_path=checkpoint_to_test(trainer), weights_only=True)
+
+
+def require_test_data(data: CocoDataModule) -> None:
+    if data.test_data is None:
+        raise ConfigError(
+            "test needs a test set: set data.test_json (and data.test_images) in the config or with --data.*"
+        )
+
+
+def checkpoint_to_test(trainer: Trainer) -> str | None:
+    """The best checkpoint of the run; the last one without a best; None (the model in memory) without either."""
+    checkpoints = [c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)]
+    for callback in checkpoints:
+        if callback.monitor and callback.best_model_path and Path(callback.best_model_path).is_file():
+            log.info("testing the best checkpoint %s", callback.best_model_path)
+            return callback.best_model_path
+    for callback in checkpoints:
+        if callback.last_model_path and Path(callback.last_model_path).is_file():
+            log.info("no best checkpoint: testing the last one, %s", callback.last_model_path)
+            return callback.last_model_path
+    log.info("no checkpoint was written: testing the model as training left it")
+    return None
 
 
 @contextmanager
@@ -163,13 +226,13 @@ def plain_failures() -> Iterator[None]:
     try:
         yield
     except SIGTERMException:
-        log.warning("stopped by SIGTERM; resume with --ckpt_path last")
+        log.warning("stopped by SIGTERM; resume with --ckpt last")
         sys.exit(128 + signal.SIGTERM)
     except RuntimeError as err:
         if "DataLoader worker" in str(err):
             raise DetlitError(
                 f"a data-loading worker process died ({err}); usually the system ran out of memory: lower "
-                "data.num_workers or data.batch_size, then resume with --ckpt_path last"
+                "data.num_workers or data.batch_size, then resume with --ckpt last"
             ) from err
         raise
 
@@ -192,11 +255,3 @@ def suggest_lr(trainer: Trainer, model: DetectionModule, datamodule: CocoDataMod
         log.info("loss vs. learning rate: %s", plot)
     print(f"suggested learning rate: {suggestion:.3g} (set model.optimizer.init_args.lr)")
     return suggestion
-
-
-def main(args: list[str] | None = None) -> None:
-    run_cli(cli_main, args)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,9 +1,4 @@
-"""``python -m detlit.tune``: hyper-parameter search with Optuna over ``python -m detlit.fit`` runs.
-
-Example::
-
-    python -m detlit.tune --config configs/sample_cpu.yaml --search configs/search_sample.yaml \\
-        --trials 20 --storage sqlite:///runs/tune.db
+"""Hyper-parameter search with Optuna over ``python -m detlit.fit`` runs (``python -m detlit.tune``).
 
 Every trial is a normal detlit run (its own folder with TensorBoard logs, run.log, checkpoints)
 started as a subprocess with the trial's config, so a trial may use several devices (DDP) and a
@@ -29,7 +24,6 @@ The search space is a YAML file::
 
 from __future__ import annotations
 
-import argparse
 import copy
 import csv
 import json
@@ -49,10 +43,9 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from rich.console import Console
 from rich.table import Table
 
-from detlit.common.command import run_cli
 from detlit.errors import ConfigError
 
-log = logging.getLogger("detlit.training.tune")
+log = logging.getLogger(__name__)
 
 RESULT_FILE = "tune_result.json"
 OVERRIDES_PREFIX = "model.overrides."
@@ -204,7 +197,7 @@ def objective_value(values: list[float], direction: str) -> float:
 
 
 def run_trial(
-    trial: optuna.trial.Trial, base: dict[str, Any], space: SearchSpace, args: argparse.Namespace, folder: Path
+    trial: optuna.trial.Trial, base: dict[str, Any], space: SearchSpace, options: StudyOptions, folder: Path
 ) -> tuple[optuna.trial.TrialState, float | None]:
     """One detlit run in a subprocess; its outcome as a trial state and value."""
     config = with_params(base, trial.params)
@@ -218,15 +211,15 @@ def run_trial(
     callback = {
         "class_path": "detlit.training.tune.ReportToStudy",
         "init_args": {
-            "storage": args.storage,
-            "study_name": args.study,
+            "storage": options.storage,
+            "study_name": options.study,
             "trial_id": trial._trial_id,
             "monitor": space.monitor,
             "result_dir": str(folder),
         },
     }
     command = [sys.executable, "-m", "detlit.fit", "--config", str(folder / "trial.yaml")]
-    command += ["--trainer.callbacks+=" + json.dumps(callback), *args.fit_args]
+    command += ["--trainer.callbacks+=" + json.dumps(callback), *options.fit_args]
     log.info("trial %d: %s", trial.number, ", ".join(f"{k}={decode(v)}" for k, v in trial.params.items()))
     with (folder / "trial.log").open("w") as output:
         code = subprocess.run(command, stdout=output, stderr=subprocess.STDOUT, env=os.environ.copy()).returncode
@@ -243,17 +236,17 @@ def run_trial(
     return optuna.trial.TrialState.COMPLETE, objective_value(outcome["values"], space.direction)
 
 
-def make_study(args: argparse.Namespace, space: SearchSpace) -> optuna.Study:
+def make_study(options: StudyOptions, space: SearchSpace) -> optuna.Study:
     pruner: optuna.pruners.BasePruner
-    if args.pruner == "median":
+    if options.pruner == "median":
         pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
     else:
         pruner = optuna.pruners.SuccessiveHalvingPruner()
     return optuna.create_study(
-        study_name=args.study,
-        storage=args.storage,
+        study_name=options.study,
+        storage=options.storage,
         direction="maximize" if space.direction == "maximize" else "minimize",
-        sampler=optuna.samplers.TPESampler(seed=args.seed),
+        sampler=optuna.samplers.TPESampler(seed=options.seed),
         pruner=pruner,
         load_if_exists=True,
     )
@@ -312,50 +305,58 @@ def summarise(study: optuna.Study, space: SearchSpace, out: Path, base: dict[str
     return path
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m detlit.tune", description="Search hyper-parameters with Optuna.")
-    parser.add_argument("--config", type=Path, required=True, help="the fit config the trials start from")
-    parser.add_argument("--search", type=Path, required=True, help="search-space YAML")
-    parser.add_argument("--trials", type=int, required=True, help="trials in the study in total (resumed ones count)")
-    parser.add_argument("--timeout", type=float, help="start no new trial after this many seconds")
-    parser.add_argument("--storage", default="sqlite:///runs/tune.db", help="Optuna storage URL (SQLite file)")
-    parser.add_argument("--study", default="detlit", help="study name in the storage")
-    parser.add_argument("--out", type=Path, help="folder for the trials' runs and results (default runs/tune/STUDY)")
-    parser.add_argument("--pruner", choices=("median", "halving"), default="median")
-    parser.add_argument("--seed", type=int, default=0, help="sampler seed")
-    parser.add_argument("fit_args", nargs="*", help="extra arguments for every trial's fit, after --")
-    return parser.parse_args(argv)
+@dataclass(frozen=True)
+class StudyOptions:
+    """Where the study lives and how it searches.
+
+    Attributes:
+        storage: Optuna storage URL (an SQLite file: ``sqlite:///PATH``).
+        study: study name in the storage.
+        pruner: ``median`` or ``halving`` (successive halving).
+        seed: sampler seed.
+        fit_args: extra arguments for every trial's ``python -m detlit.fit``.
+    """
+
+    storage: str
+    study: str = "detlit"
+    pruner: str = "median"
+    seed: int = 0
+    fit_args: tuple[str, ...] = ()
 
 
-def tune_main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    space = load_search(args.search)
-    if not args.config.is_file():
-        raise ConfigError(f"--config {args.config} does not exist; pass the fit YAML the trials start from")
-    base = yaml.safe_load(args.config.read_text()) or {}
-    out = args.out or Path("runs") / "tune" / args.study
+def tune(
+    config: Path,
+    search: Path,
+    trials: int,
+    options: StudyOptions,
+    out: Path | None = None,
+    timeout: float | None = None,
+) -> int:
+    """``python -m detlit.tune``: run trials until the study holds ``trials`` finished ones (or
+    ``timeout`` seconds passed), then summarise it into ``out`` (default ``runs/tune/STUDY``).
+
+    Returns:
+        0 when a trial completed (the best config is written), 1 when none did.
+    """
+    space = load_search(search)
+    if not config.is_file():
+        raise ConfigError(f"--config {config} does not exist; pass the fit YAML the trials start from")
+    base = yaml.safe_load(config.read_text()) or {}
+    out = out or Path("runs") / "tune" / options.study
     out.mkdir(parents=True, exist_ok=True)
-    if args.storage.startswith("sqlite:///"):
-        Path(args.storage[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+    if options.storage.startswith("sqlite:///"):
+        Path(options.storage[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = make_study(args, space)
+    study = make_study(options, space)
     started = time.monotonic()
-    while len([t for t in study.trials if t.state.is_finished()]) < args.trials:
-        if args.timeout is not None and time.monotonic() - started > args.timeout:
+    while len([t for t in study.trials if t.state.is_finished()]) < trials:
+        if timeout is not None and time.monotonic() - started > timeout:
             log.info("timeout reached: no new trial started")
             break
         trial = study.ask(space.params)
-        state, value = run_trial(trial, base, space, args, out / f"trial_{trial.number:03d}")
+        state, value = run_trial(trial, base, space, options, out / f"trial_{trial.number:03d}")
         study.tell(trial, value if state == optuna.trial.TrialState.COMPLETE else None, state=state)
         shown = "" if value is None or math.isnan(value) else f" {space.monitor}={value:.4f}"
         log.info("trial %d %s%s", trial.number, state.name.lower(), shown)
-    summarise(study, space, out, base)
-    return 0
-
-
-def main(argv: list[str] | None = None) -> None:
-    sys.exit(run_cli(tune_main, argv))
-
-
-if __name__ == "__main__":
-    main()
+    best = summarise(study, space, out, base)
+    return 0 if best is not None else 1

@@ -1,0 +1,494 @@
+"""The report's sections: each a function of the :class:`Context` that returns document blocks.
+
+Run summary, findings and recommendations (:mod:`detlit.reporting.advice`), final metrics,
+training curves (:mod:`detlit.reporting.figures`), precision-recall / F1 / confusion pictures, the
+best and worst validation images (:mod:`detlit.reporting.examples`), and the dataset statistics.
+Whatever a run folder lacks is named in its section.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from detlit.common.env import collect_env
+from detlit.evaluation import plots
+from detlit.evaluation.cocoeval import COCO_NAMES, COCO_TITLES
+from detlit.evaluation.result import Evaluation
+from detlit.reporting.advice import (
+    NOTHING_ALARMING,
+    Recommendation,
+    rule_boxes_dropped,
+    rule_confusion,
+    rule_dataset_errors,
+    rule_nonfinite_batches,
+    rule_overfitting,
+    rule_skipped_images,
+    rule_small_objects,
+    rule_still_improving,
+    rule_weak_rare_classes,
+)
+from detlit.reporting.document import NO_VALUE, Block, Callout, Code, Figure, Gallery, Heading, Note, Table, Text
+from detlit.reporting.examples import EXAMPLES, Examples, draw_outcome, pick_examples
+from detlit.reporting.figures import curve_figures
+from detlit.reporting.run_reader import (
+    OVERALL_EXTRA,
+    PER_CLASS_KEYS,
+    DataSplit,
+    FinalMetrics,
+    Run,
+    float_or_nan,
+    metrics_from_evaluation,
+)
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return NO_VALUE
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return str(int(value))
+    number = float_or_nan(value)
+    return f"{number:.{digits}f}" if math.isfinite(number) else NO_VALUE
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours} h {minutes:02d} min {secs:02d} s" if hours else f"{minutes} min {secs:02d} s"
+
+
+@dataclass
+class Context:
+    """Everything the sections are built from."""
+
+    run: Run
+    train: DataSplit
+    val: DataSplit
+    metrics: FinalMetrics | None
+    eval_dir: Path | None
+    examples: Examples | None
+    examples_note: str | None
+    class_names: list[str]
+    category_ids: list[int] | None
+
+    def objects_by_class(self, split: DataSplit) -> dict[str, int]:
+        """Objects of a split per class name (matched by category id when the ids are known)."""
+        per_id = split.objects_per_category
+        if not per_id:
+            return {}
+        if self.category_ids is not None and len(self.category_ids) == len(self.class_names):
+            return {name: per_id.get(cid, 0) for name, cid in zip(self.class_names, self.category_ids, strict=True)}
+        names = {}
+        if split.dataset is not None:
+            names = {c.name: per_id.get(c.id, 0) for c in split.dataset.categories}
+        return {name: names[name] for name in self.class_names if name in names}
+
+    def per_class_metrics(self) -> FinalMetrics | None:
+        """The metrics whose per-class rows the report shows: the final metrics, unless they have no
+        per-class number at all (event files of older runs) and the report ran the model itself."""
+        metrics = self.metrics
+        has_numbers = metrics is not None and any(
+            math.isfinite(float_or_nan(row.get(key))) for row in metrics.per_class for key in PER_CLASS_KEYS
+        )
+        if has_numbers or self.examples is None or self.examples.evaluation is None:
+            return metrics
+        return metrics_from_evaluation(
+            self.examples.evaluation,
+            f"the model run by this report on {len(self.examples.outcomes)} validation images (the event files "
+            "hold no per-class numbers)",
+        )
+
+
+HARDWARE_KEYS = ("platform", "cpu cores", "torch threads", "cuda available", "gpus")
+
+
+def _setting_text(value: Any) -> str:
+    return "null" if value is None else str(value)
+
+
+def summary_section(context: Context) -> list[Block]:
+    run = context.run
+    blocks: list[Block] = [Heading("Run summary")]
+    started, ended = run.log.started, run.log.ended
+    rows = [["run folder", str(run.folder)]]
+    if started and ended:
+        rows += [
+            ["started", started.isoformat(sep=" ")],
+            ["duration (first to last line of run.log)", _duration((ended - started).total_seconds())],
+        ]
+    elif run.wall_times:
+        first, last = run.wall_times
+        rows.append(["duration (TensorBoard wall times)", _duration(last - first)])
+    steps = max(
+        (series[-1][0] for tag, series in run.scalars.items() if tag.startswith("train/") and series), default=None
+    )
+    epochs = run.scalars.get("epoch")
+    if steps is not None:
+        rows.append(["optimizer steps", str(steps + 1)])
+    if epochs:
+        rows.append(["epochs", f"{int(max(v for _, v in epochs)) + 1}"])
+    environment = run.log.environment or collect_env()
+    rows += [[key, value] for key, value in environment.items() if key in HARDWARE_KEYS]
+    trainer = run.config.get("trainer")
+    trainer = trainer if isinstance(trainer, dict) else {}
+    for key in ("accelerator", "devices", "strategy", "precision", "max_epochs"):
+        if key in trainer:
+            rows.append([f"trainer.{key}", _setting_text(trainer[key])])
+    rows.append(["checkpoints", ", ".join(p.name for p in run.checkpoints) or "none"])
+    if run.log.command:
+        rows.append(["command", f"`{run.log.command}`"])
+    blocks.append(Table(["what", "value"], rows))
+
+    width = max((len(key) for key in environment), default=0)
+    versions = "\n".join(f"{key:<{width}}  {value}" for key, value in environment.items() if key not in HARDWARE_KEYS)
+    if run.log.environment:
+        blocks.append(Code(versions, summary="versions (recorded in run.log)"))
+    else:
+        blocks.append(Code(versions, summary="versions (of this machine: run.log records none)"))
+    if run.config_text is not None:
+        blocks.append(Code(run.config_text, summary="config.yaml", language="yaml"))
+    if run.config_note:
+        blocks.append(Note(run.config_note + "; data paths come from hparams.yaml where it has them."))
+
+    blocks.append(Heading("Dataset fingerprint", 3))
+    blocks.append(
+        Text(
+            "sha256 of each json file, and of its image file names sorted (one per line): equal fingerprints, "
+            "same data."
+        )
+    )
+    rows = []
+    for split in (context.train, context.val):
+        if split.configured_json is None:
+            continue
+        images = str(len(split.dataset.images)) if split.dataset is not None else NO_VALUE
+        rows.append(
+            [
+                split.name,
+                str(split.configured_json),
+                images,
+                f"`{split.json_sha256}`" if split.json_sha256 else NO_VALUE,
+                f"`{split.names_sha256}`" if split.names_sha256 else NO_VALUE,
+            ]
+        )
+    if rows:
+        blocks.append(Table(["split", "json", "images", "sha256 of the json", "sha256 of the file names"], rows, {2}))
+    for split in (context.train, context.val):
+        if split.note and split.json_sha256 is None:
+            blocks.append(Note(split.note))
+    return blocks
+
+
+def recommendations(context: Context) -> list[Recommendation]:
+    """Every rule on the run's numbers; the ones that fired."""
+    run, metrics = context.run, context.metrics
+    found: list[Recommendation | None] = []
+    instances = context.objects_by_class(context.train)
+    per_class = context.per_class_metrics()
+    if per_class is not None and instances:
+        found.append(
+            rule_weak_rare_classes({r["class"]: float_or_nan(r["ap"]) for r in per_class.per_class}, instances)
+        )
+    if metrics is not None and context.train.report is not None:
+        sizes = context.train.report.stats.get("box_sizes", {})
+        overall = metrics.overall
+        found.append(
+            rule_small_objects(
+                sizes,
+                overall.get("map", math.nan),
+                overall.get("map_small", math.nan),
+                run.data_setting("min_size_test"),
+            )
+        )
+    found.append(rule_overfitting(run.series("train/loss"), run.series("val/loss")))
+    found.append(rule_still_improving(run.series("val/map")))
+    train_objects = None
+    if context.train.report is not None:
+        train_objects = int(sum(context.train.report.stats.get("per_category", {}).values())) or None
+    found.append(rule_boxes_dropped(run.series("train/boxes_dropped_by_aug"), train_objects))
+    if metrics is not None and metrics.confusion is not None:
+        found.append(rule_confusion(metrics.class_names, metrics.confusion))
+    elif context.examples is not None and context.examples.evaluation is not None:
+        found.append(rule_confusion(context.examples.class_names, context.examples.evaluation.confusion))
+    found.append(rule_skipped_images(run.series("train/skipped_images"), run.series("val/skipped_images")))
+    found.append(rule_nonfinite_batches(run.series("train/skipped_nonfinite")))
+    errors: Counter[str] = Counter()
+    for split in (context.train, context.val):
+        if split.report is not None:
+            errors.update(f"{split.name} {f.kind}" for f in split.report.errors)
+    found.append(rule_dataset_errors(errors))
+    return [r for r in found if r is not None]
+
+
+def findings_section(context: Context) -> list[Block]:
+    blocks: list[Block] = [Heading("Findings and recommendations")]
+    found = recommendations(context)
+    if not found:
+        blocks.append(Callout("Nothing alarming", NOTHING_ALARMING, "ok"))
+    for item in found:
+        blocks.append(Callout(item.title, f"{item.evidence} {item.advice}"))
+    missing = []
+    if context.metrics is None:
+        missing.append("final metrics")
+    if context.train.report is None:
+        missing.append("training-set statistics")
+    if missing:
+        blocks.append(Note(f"Rules that need the {' and '.join(missing)} could not run: see those sections."))
+    return blocks
+
+
+def metrics_section(context: Context) -> list[Block]:
+    blocks: list[Block] = [Heading("Final metrics")]
+    metrics = context.metrics
+    if metrics is None:
+        blocks.append(
+            Note(
+                "No validation metrics: the event files hold no `val/map` (validation was off or never ran), no "
+                "--eval folder was given, and the model could not be run on validation images. "
+                "`python -m detlit.evaluate --ckpt CHECKPOINT --json VAL.json --images VAL/ --out EVAL` and "
+                "`--eval EVAL` fill this section."
+            )
+        )
+        return blocks
+    blocks.append(Text(f"Source: {metrics.source}."))
+    rows = [[COCO_TITLES.get(k, k), _num(metrics.overall.get(k))] for k in COCO_NAMES]
+    titles = {"precision": "precision", "recall": "recall", "f1": "F1"}
+    threshold = metrics.score_threshold if metrics.score_threshold is not None else 0.5
+    # Runs logged before these numbers existed have none of them: their rows are left out.
+    if any(math.isfinite(float_or_nan(metrics.overall.get(name))) for name in OVERALL_EXTRA):
+        for name in ("precision", "recall", "f1"):
+            rows.append([f"{titles[name]} (each class at its F1-optimal threshold)", _num(metrics.overall.get(name))])
+        for name in ("precision", "recall", "f1"):
+            rows.append([f"{titles[name]} at score {threshold:g}", _num(metrics.overall.get(f"{name}@thr"))])
+    blocks.append(Table(["metric", "value"], rows, {1}))
+
+    blocks.append(Heading("Per class", 3))
+    per_class = context.per_class_metrics() or metrics
+    if per_class is not metrics:
+        blocks.append(Text(f"Source: {per_class.source}."))
+    instances = context.objects_by_class(context.train)
+    val_objects = context.objects_by_class(context.val)
+    rows = []
+    for row in per_class.per_class:
+        name = str(row["class"])
+        objects = row.get("objects")
+        rows.append(
+            [
+                name,
+                _num(instances.get(name)),
+                _num(objects if objects is not None else val_objects.get(name)),
+                *(_num(row.get(k)) for k in ("ap", "ap50", "precision", "recall", "f1", "threshold")),
+            ]
+        )
+    columns = ["class", "training objects", "validation objects", "AP", "AP50", "precision", "recall", "F1"]
+    blocks.append(Table([*columns, "F1-optimal threshold"], rows, set(range(1, 9))))
+    blocks.append(
+        Text(
+            "AP is COCO's AP at IoU .50:.95; precision, recall and F1 are at IoU 0.5 with each class at the score "
+            "threshold that maximises its F1 (`-`: not logged, or no detection ever matched)."
+        )
+    )
+    return blocks
+
+
+def curves_section(context: Context) -> list[Block]:
+    blocks: list[Block] = [Heading("Training curves")]
+    if not context.run.scalars:
+        blocks.append(Note("The run folder has no readable TensorBoard event file: no curves."))
+        return blocks
+    for name, caption, png in curve_figures(context.run.scalars):
+        blocks.append(Figure(f"curves_{name}", png, caption))
+    if not context.run.series("val/map"):
+        blocks.append(Note("No validation scalars in the event files: validation was off or never finished."))
+    return blocks
+
+
+EVAL_PICTURES = (
+    ("pr_curves", "Precision against recall per class (IoU 0.5)."),
+    ("f1_curves", "F1 against the score threshold per class; dotted: each class's F1-optimal threshold."),
+    (
+        "confusion_matrix",
+        "Confusion matrix: rows true class (last: false detections), columns predicted (last: missed).",
+    ),
+)
+
+
+def evaluation_pictures_section(context: Context) -> list[Block]:
+    blocks: list[Block] = [Heading("Precision-recall, F1 and confusion")]
+    if context.eval_dir is not None:
+        blocks.append(Text(f"From {context.eval_dir}."))
+        gallery = Gallery([], columns=3)
+        blocks.append(gallery)
+        for name, caption in EVAL_PICTURES:
+            path = context.eval_dir / f"{name}.png"
+            if path.is_file():
+                gallery.figures.append(Figure(f"eval_{name}", path.read_bytes(), caption))
+            elif name == "confusion_matrix" and context.metrics is not None and context.metrics.confusion is not None:
+                blocks.append(Note(f"{path.name} is missing; the counts from metrics.json:"))
+                blocks.append(_confusion_table(context.metrics.class_names, context.metrics.confusion))
+            else:
+                blocks.append(Note(f"{path} is missing."))
+        return blocks
+    examples = context.examples
+    if examples is None or examples.evaluation is None:
+        blocks.append(
+            Note(
+                "Not available: no --eval folder, and the model was not run on validation images "
+                f"({context.examples_note or 'see the example images section'})."
+            )
+        )
+        return blocks
+    blocks.append(
+        Text(
+            f"On the {len(examples.outcomes)} validation images the report ran the model on (of "
+            f"{examples.total_images}); `python -m detlit.evaluate` and `--eval` give them for the whole set."
+        )
+    )
+    gallery = Gallery([], columns=3)
+    for name, caption in EVAL_PICTURES:
+        draw: Callable[[Evaluation], bytes] = getattr(plots, name)
+        gallery.figures.append(Figure(f"eval_{name}", draw(examples.evaluation), caption))
+    blocks.append(gallery)
+    return blocks
+
+
+def _confusion_table(names: Sequence[str], counts: np.ndarray) -> Table:
+    labels = [*names, "background"]
+    rows = [[labels[i], *(str(int(v)) for v in counts[i])] for i in range(min(len(labels), len(counts)))]
+    return Table(["true \\ predicted", *labels], rows, set(range(1, len(labels) + 1)))
+
+
+LEGEND = (
+    "Green: detection that found an object; red dashed: false detection; orange: missed object; grey dashed: crowd "
+    "region (or a detection inside one)."
+)
+
+
+def examples_section(context: Context) -> list[Block]:
+    blocks: list[Block] = [Heading("Best and worst validation images")]
+    examples = context.examples
+    if examples is None:
+        blocks.append(Note(f"No example images: {context.examples_note}."))
+        return blocks
+    dataset = context.val.dataset
+    assert dataset is not None
+    blocks.append(
+        Text(
+            f"The model ({examples.checkpoint.name}) ran on {len(examples.outcomes)} of the {examples.total_images} "
+            f"validation images (evenly spaced); detections kept at {examples.threshold_source}. Images are ranked "
+            "by their errors (false detections + missed objects), then by F1. " + LEGEND
+        )
+    )
+    if examples.evaluation is not None:
+        # The metric's own counts at these thresholds: the sum of the images' counts below.
+        counts = examples.evaluation.counts_at(examples.thresholds)
+        blocks.append(
+            Text(
+                f"On these images, at these thresholds (IoU {examples.evaluation.iou_threshold:g}): "
+                f"{int(counts.tp.sum())} objects found, {int(counts.fp.sum())} false detections, "
+                f"{int(counts.fn.sum())} objects missed."
+            )
+        )
+    if examples.unreadable:
+        blocks.append(Note(f"{examples.unreadable} images could not be read and were left out."))
+    best, worst = pick_examples(examples.outcomes, EXAMPLES)
+    for title, chosen, prefix in (("Worst", worst, "worst"), ("Best", best, "best")):
+        if not chosen:
+            continue
+        figures = []
+        for rank, outcome in enumerate(chosen, 1):
+            objects = outcome.tp + outcome.fn
+            caption = (
+                f"{outcome.record.file_name} (id {outcome.record.id}): {objects} objects, {outcome.tp} found, "
+                f"{outcome.fp} false, {outcome.fn} missed, F1 {outcome.f1:.2f}"
+            )
+            png = draw_outcome(outcome, dataset.image_root, examples.class_names)
+            figures.append(Figure(f"{prefix}_{rank}", png, caption))
+        blocks += [Heading(title, 3), Gallery(figures)]
+    return blocks
+
+
+def dataset_section(context: Context) -> list[Block]:
+    blocks: list[Block] = [Heading("Dataset statistics")]
+    splits = [s for s in (context.train, context.val) if s.report is not None]
+    for split in (context.train, context.val):
+        if split.report is None and split.note:
+            blocks.append(Note(f"{split.name}: {split.note}."))
+    if not splits:
+        return blocks
+    blocks.append(
+        Text(
+            "From `python -m detlit.check` on each json (image headers read, images not decoded). Objects exclude "
+            "crowd regions."
+        )
+    )
+    columns = ["", *(s.name for s in splits)]
+    keys = (
+        ("images", lambda st: st["images"]),
+        ("annotations", lambda st: st["annotations"]),
+        ("categories", lambda st: st["categories"]),
+        ("images without objects", lambda st: st["empty_images"]),
+        ("objects per image (min / mean / max)", lambda st: "{min} / {mean} / {max}".format(**st["boxes_per_image"])),
+        ("small / medium / large objects", lambda st: "{small} / {medium} / {large}".format(**st["box_sizes"])),
+        ("crowd regions", lambda st: st["crowd"]),
+    )
+    rows = []
+    for label, get in keys:
+        row = [label]
+        for split in splits:
+            assert split.report is not None
+            try:
+                row.append(str(get(split.report.stats)))
+            except (KeyError, TypeError):
+                row.append(NO_VALUE)
+        rows.append(row)
+    blocks.append(Table(columns, rows, set(range(1, len(columns)))))
+
+    categories: dict[str, list[str]] = {}
+    for position, split in enumerate(splits):
+        assert split.report is not None
+        for key, count in split.report.stats.get("per_category", {}).items():
+            categories.setdefault(str(key), [NO_VALUE] * len(splits))[position] = str(count)
+    blocks.append(Heading("Objects per category", 3))
+    blocks.append(
+        Table(
+            ["category (id name)", *(s.name for s in splits)],
+            [[k, *v] for k, v in categories.items()],
+            set(range(1, len(splits) + 1)),
+        )
+    )
+
+    blocks.append(Heading("Findings of the check", 3))
+    rows = []
+    for split in splits:
+        assert split.report is not None
+        counted = Counter((f.severity.value, f.kind) for f in split.report.findings)
+        first: dict[tuple[str, str], str] = {}
+        for finding in split.report.findings:
+            first.setdefault((finding.severity.value, finding.kind), finding.message)
+        order = {"error": 0, "warning": 1, "info": 2}
+        for (severity, kind), count in sorted(counted.items(), key=lambda item: (order.get(item[0][0], 3), item[0][1])):
+            rows.append([split.name, severity, kind, str(count), first[(severity, kind)]])
+    if rows:
+        blocks.append(Table(["split", "severity", "kind", "count", "first example"], rows, {3}))
+    else:
+        blocks.append(Text("The check found nothing to report."))
+    return blocks
+
+
+SECTIONS = (
+    summary_section,
+    findings_section,
+    metrics_section,
+    curves_section,
+    evaluation_pictures_section,
+    examples_section,
+    dataset_section,
+)
