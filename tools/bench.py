@@ -27,6 +27,8 @@ two sides take turns (ABBA order) several times on the same number of torch thre
 median of the turns is reported. The run plans for ``--budget`` seconds (14 minutes; 4.5 with
 ``--gpu``): where other jobs slow the machine down, benchmarks run fewer rounds and say so.
 
+Sizes, rows, targets, the time budget and the machine description are in ``tools/benchkit.py``.
+
 A full run rewrites the part of BENCHMARKS.md between ``<!-- bench:start -->`` and
 ``<!-- bench:end -->`` (``<!-- bench-gpu:... -->`` with ``--gpu``); text outside the markers is
 left as it is. ``--quick`` (toy sizes, a smoke test), ``--only`` and
@@ -40,28 +42,22 @@ import contextlib
 import cProfile
 import datetime
 import functools
-import gc
 import importlib
 import io
 import itertools
 import json
-import logging
-import os
-import platform
 import pstats
 import resource
 import shlex
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -79,7 +75,6 @@ from detlit.data.datamodule import CocoDataModule
 from detlit.data.dataset import collate
 from detlit.data.detectron2 import to_detectron2_dicts
 from detlit.data.images import load_image
-from detlit.data.sample import write_sample
 from detlit.evaluation.cocoeval import COCO_NAMES
 from detlit.evaluation.metric import DetectionMetrics
 from detlit.inference.predictor import Predictor
@@ -92,103 +87,48 @@ from detectron2.data.transforms import RandomFlip as D2RandomFlip  # isort: skip
 from detectron2.engine import AMPTrainer, DefaultPredictor, HookBase, SimpleTrainer  # isort: skip
 from detectron2.engine.hooks import LRScheduler as D2LRScheduler  # isort: skip
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # the references the tests use too: tests/reference.py
-from tests.reference import coco_ground_truth_and_results, pycocotools_stats, synthetic_data  # noqa: E402
-
-CPU_CONFIG = REPO / "configs" / "sample_cpu.yaml"
-GPU_CONFIG = REPO / "configs" / "faster_rcnn_R50_FPN.yaml"
-DEFAULT_OUT = REPO / "BENCHMARKS.md"
-RBC_DIR = Path(os.environ.get("DETLIT_RBC_DIR", REPO.parent / "shared" / "data" / "rbc"))
-MARKERS = {
-    "cpu": ("<!-- bench:start -->", "<!-- bench:end -->"),
-    "gpu": ("<!-- bench-gpu:start -->", "<!-- bench-gpu:end -->"),
-}
-RESULT_PREFIX = "BENCH-RESULT "
-NO_CUDA = (
-    "torch sees no CUDA GPU on this machine, so the GPU benchmarks cannot run; run `make bench-gpu` on a "
-    "machine with one, or `python tools/bench.py --gpu --dry-run` to try their code on the CPU"
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
+from benchkit import (  # noqa: E402
+    COLUMNS,
+    CPU_CONFIG,
+    DEFAULT_OUT,
+    FULL,
+    GPU_CONFIG,
+    GPU_DRY,
+    GPU_FULL,
+    INTRO,
+    MARKERS,
+    NO_CUDA,
+    QUICK,
+    RBC_DIR,
+    REPO,
+    RESULT_PREFIX,
+    Budget,
+    Context,
+    Result,
+    Row,
+    Scale,
+    Target,
+    abba,
+    collected,
+    cpu_seconds,
+    listed,
+    load_text,
+    machine,
+    median,
+    others_share,
+    quiet,
+    set_threads,
+    usable_cores,
 )
-INTRO = """# Benchmarks
 
-detlit measured against the detectron2 and pycocotools code it stands beside. The section between
-the `bench` markers is rewritten by `make bench` (and the `bench-gpu` one by `make bench-gpu`):
-`tools/bench.py` says what each benchmark measures and how. Other sections hold hand-run results.
-
-"""
+from tests.reference import coco_ground_truth_and_results, pycocotools_stats, synthetic_data  # noqa: E402
 
 Batch = list[dict[str, Any]]
 
 
-# --- sizes -------------------------------------------------------------------------------------
+# --- models and data -----------------------------------------------------------------------------
 
-
-@dataclass(frozen=True)
-class Scale:
-    """How much each benchmark measures; ``FULL`` fits 15 minutes on 2 CPU cores, ``QUICK`` is a smoke test."""
-
-    train_warmup: int  # steps per turn left out of the timing
-    train_steps: int  # timed steps per turn
-    train_turns: int  # turns per side
-    sample_train: int  # synthetic sample images (train_step, and data_loading without the rbc data)
-    sample_val: int  # synthetic sample images for predict
-    loader_batch: int
-    loader_workers: int
-    loader_turns: int  # epochs per side
-    loader_profile_images: int
-    metric_images: int
-    metric_turns: int
-    predict_images: int
-    predict_turns: int
-    check_sizes: tuple[int, ...]
-    check_turns: int
-    startup_turns: int
-    tiny_model: bool  # the toy model of the unit tests instead of configs/sample_cpu.yaml's
-
-
-FULL = Scale(
-    train_warmup=2,
-    train_steps=8,
-    train_turns=4,
-    sample_train=48,
-    sample_val=24,
-    loader_batch=4,
-    loader_workers=2,
-    loader_turns=4,
-    loader_profile_images=40,
-    metric_images=5000,
-    metric_turns=3,
-    predict_images=16,
-    predict_turns=4,
-    check_sizes=(2500, 5000, 10000, 20000),
-    check_turns=3,
-    startup_turns=3,
-    tiny_model=False,
-)
-QUICK = Scale(
-    train_warmup=1,
-    train_steps=2,
-    train_turns=1,
-    sample_train=12,
-    sample_val=4,
-    loader_batch=2,
-    loader_workers=2,
-    loader_turns=1,
-    loader_profile_images=4,
-    metric_images=60,
-    metric_turns=1,
-    predict_images=4,
-    predict_turns=1,
-    check_sizes=(100, 200, 400, 800),
-    check_turns=1,
-    startup_turns=1,
-    tiny_model=True,
-)
-# The GPU run: R50-FPN at 800 pixels, about two minutes on an H100.
-GPU_FULL = replace(
-    FULL, train_warmup=5, train_steps=20, train_turns=3, sample_train=240, sample_val=32, predict_images=32
-)
-GPU_DRY = replace(QUICK, train_steps=1, sample_val=2, predict_images=2)
 
 # Smaller than configs/sample_cpu.yaml's model, for --quick (the unit tests' toy model).
 TINY_OVERRIDES: dict[str, Any] = {
@@ -200,201 +140,6 @@ TINY_OVERRIDES: dict[str, Any] = {
     "MODEL.RPN.PRE_NMS_TOPK_TEST": 200,
     "MODEL.RPN.POST_NMS_TOPK_TEST": 50,
 }
-
-
-# --- results -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Target:
-    """A bound on a ratio: ``<= 1.03`` or ``>= 1.5``."""
-
-    op: Literal["<=", ">="]
-    value: float
-    unit: str = "x"
-
-    def met(self, ratio: float) -> bool:
-        if not np.isfinite(ratio):
-            return False
-        return ratio <= self.value if self.op == "<=" else ratio >= self.value
-
-    def format(self, value: float) -> str:
-        if self.unit == "x":
-            return f"{value:.3f}x"
-        return f"{value:.2g}{self.unit}"
-
-    def __str__(self) -> str:
-        return f"{self.op} {self.format(self.value)}"
-
-
-@dataclass
-class Row:
-    """One line of the table: detlit's number, the baseline's, their ratio and its target."""
-
-    benchmark: str
-    measure: str
-    detlit: str
-    baseline: str
-    ratio: float
-    target: Target
-
-    @property
-    def passed(self) -> bool:
-        return self.target.met(self.ratio)
-
-    @property
-    def result(self) -> str:
-        return "PASS" if self.passed else "MISS"
-
-    def cells(self) -> list[str]:
-        return [
-            self.benchmark,
-            self.measure,
-            self.detlit,
-            self.baseline,
-            self.target.format(self.ratio),
-            str(self.target),
-            self.result,
-        ]
-
-
-@dataclass
-class Result:
-    """A benchmark's rows and the markdown lines that say how they were measured."""
-
-    name: str
-    rows: list[Row]
-    details: list[str] = field(default_factory=list)
-
-
-COLUMNS = ["benchmark", "measure", "detlit", "baseline", "ratio", "target", "result"]
-
-
-def median(values: Sequence[float]) -> float:
-    return float(statistics.median(values))
-
-
-def listed(values: Sequence[float], digits: int = 3) -> str:
-    return ", ".join(f"{v:.{digits}g}" for v in values)
-
-
-def abba(rounds: Iterable[int], sides: Sequence[str]) -> Iterator[str]:
-    """The sides in turn, one turn each per round, the order reversed every other round (A B, B A, ...)."""
-    for turn in rounds:
-        yield from (sides if turn % 2 == 0 else list(reversed(sides)))
-
-
-class Budget:
-    """The wall time of one invocation, shared out among its benchmarks by weight.
-
-    A benchmark's share is its weight's part of what is left when it starts, so time one leaves
-    unused goes to the next. Within its share a benchmark starts another round of turns only while
-    that round (as long as the last one) is expected to end in time; the first round always runs.
-    On a machine that other jobs slow down, benchmarks run fewer rounds and say so.
-    """
-
-    def __init__(self, seconds: float, weights: dict[str, float]):
-        self.end = time.perf_counter() + seconds
-        self.weights = dict(weights)
-        self.deadline = self.end
-        self.cuts: dict[str, tuple[int, int]] = {}
-        self.current = ""
-
-    def start(self, name: str) -> None:
-        now = time.perf_counter()
-        weight = self.weights.pop(name, 0.0)
-        total = weight + sum(self.weights.values())
-        self.deadline = now + max(0.0, self.end - now) * (weight / total if total > 0 else 1.0)
-        self.current = name
-
-    def left(self) -> float:
-        return self.deadline - time.perf_counter()
-
-    def rounds(self, planned: int, part: float = 1.0) -> Iterator[int]:
-        """Round numbers ``0..planned-1``, stopping early when ``part`` of the share would run out."""
-        deadline = self.deadline - (1.0 - part) * max(0.0, self.left())
-        last = 0.0
-        for turn in range(planned):
-            begun = time.perf_counter()
-            if turn > 0 and begun + last > deadline:
-                self.cuts[self.current] = (turn, planned)
-                return
-            yield turn
-            last = time.perf_counter() - begun
-
-
-def collected() -> None:
-    """Start each timed turn from the same state: no garbage left to collect from the last one."""
-    gc.collect()
-
-
-# --- environment -------------------------------------------------------------------------------
-
-
-def quiet() -> None:
-    """Keep the output to the benchmark's own lines."""
-    for name in ("lightning.pytorch", "lightning.fabric", "detlit", "detectron2", "fvcore"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", category=UserWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-
-
-def set_threads(threads: int) -> None:
-    """The same number of torch threads for every side (workers and subprocesses are told too)."""
-    torch.set_num_threads(threads)
-    os.environ["OMP_NUM_THREADS"] = str(threads)
-
-
-def machine() -> dict[str, str]:
-    """CPU model, cores, memory and GPU of this machine."""
-    info: dict[str, str] = {}
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-    info.setdefault("cpu", platform.processor() or platform.machine())
-    info["cores"] = f"{usable_cores()} usable ({os.cpu_count()} in the machine)"
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                info["memory"] = f"{int(line.split()[1]) / 1024**2:.1f} GiB"
-                break
-    if torch.cuda.is_available():
-        info["gpu"] = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
-    else:
-        info["gpu"] = "none"
-    return info
-
-
-def cpu_seconds() -> tuple[float, float] | None:
-    """CPU seconds the whole machine has been busy, and those this process and its reaped children used."""
-    try:
-        fields = [float(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0.0] * 8)[:8]
-    busy = (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-    own = os.times()
-    return busy, own.user + own.system + own.children_user + own.children_system
-
-
-def others_share(before: tuple[float, float] | None, wall: float) -> float | None:
-    """The part of the machine's CPU time that other jobs used since ``before`` (0 to 1)."""
-    after = cpu_seconds()
-    if before is None or after is None or wall <= 0:
-        return None
-    others = (after[0] - before[0]) - (after[1] - before[1])
-    return min(1.0, max(0.0, others / (wall * usable_cores())))
-
-
-def load_text() -> str:
-    one, five, fifteen = os.getloadavg()
-    return f"{one:.2f} {five:.2f} {fifteen:.2f}"
-
-
-# --- models and data -----------------------------------------------------------------------------
 
 
 @dataclass
@@ -468,13 +213,6 @@ def gpu_spec(dry_run: bool) -> Spec:
     # Random initialisation: no download of pretrained weights, and the speed does not depend on them.
     spec = replace(spec, min_size_train=[800], max_size_train=1333, min_size_test=800, max_size_test=1333)
     return replace(spec.tiny(), overrides=spec.overrides) if dry_run else spec
-
-
-def write_sample_data(folder: Path, scale: Scale) -> Path:
-    """The synthetic sample dataset (``detlit.data.sample``) in ``folder``, written once."""
-    if not (folder / "train.json").is_file():
-        write_sample(folder, train=scale.sample_train, val=scale.sample_val, seed=0)
-    return folder
 
 
 def datamodule(spec: Spec, folder: Path, cls: type[CocoDataModule] = CocoDataModule, **kwargs: Any) -> Any:
@@ -1343,22 +1081,6 @@ def bench_gpu_predict(ctx: Context) -> Result:
 # --- running and writing --------------------------------------------------------------------------
 
 
-@dataclass
-class Context:
-    """What the benchmarks of one invocation share: options, sizes, a temporary folder, the sample data."""
-
-    args: argparse.Namespace
-    scale: Scale
-    tmp: Path
-    budget: Budget
-
-    def sample_folder(self) -> Path:
-        return write_sample_data(self.tmp / "sample", self.scale)
-
-    def sample_note(self) -> str:
-        return f"the synthetic sample (`detlit.data.sample`, {self.scale.sample_train} train images, seed 0)"
-
-
 # Shares of the time budget, about as each benchmark's planned turns take on 2 idle CPU cores.
 WEIGHTS = {
     "train_step": 0.36,
@@ -1545,10 +1267,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.threads < 1:
         parser.error("--threads must be 1 or more")
     return args
-
-
-def usable_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
