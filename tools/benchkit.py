@@ -92,9 +92,9 @@ class Scale:
 
 FULL = Scale(
     train_warmup=2,
-    train_steps=8,
-    train_turns=4,
-    sample_train=48,
+    train_steps=12,
+    train_turns=6,
+    sample_train=64,
     sample_val=24,
     loader_batch=4,
     loader_workers=2,
@@ -103,7 +103,7 @@ FULL = Scale(
     metric_images=5000,
     metric_turns=3,
     predict_images=16,
-    predict_turns=4,
+    predict_turns=6,
     check_sizes=(2500, 5000, 10000, 20000),
     check_turns=3,
     startup_turns=3,
