@@ -52,6 +52,7 @@ from detlit.inference.predictor import Prediction, Predictor
 log = logging.getLogger(__name__)
 
 API_PATH = "/predict"
+HOSTS = ("127.0.0.1", "0.0.0.0", "::")  # the addresses LitServe listens on
 DEFAULT_MAX_BYTES = 20 * 2**20
 DEFAULT_MAX_PIXELS = 40_000_000
 HOW_TO_POST = 'POST an image as the request body, as a multipart file, or as JSON {"image": base64}'
@@ -318,6 +319,10 @@ def serve(
         raise ConfigError(
             f"{model} does not exist; pass a .ckpt of a training run or a model of python -m detlit.export"
         )
+    if host not in HOSTS:
+        raise ConfigError(f"--host {host} cannot be served by LitServe; use one of {', '.join(HOSTS)}")
+    if not 1024 <= port <= 65535:
+        raise ConfigError(f"--port {port} is outside 1024..65535; choose a port in that range")
     if batch_timeout < 0:
         raise ConfigError(f"--batch-timeout {batch_timeout} is negative; give 0 or more seconds")
     settings = ServeSettings(model, device, score_threshold, batch_size, max_pixels)
