@@ -17,6 +17,9 @@
 * ``check``: seconds of the json-only ``check_dataset`` per 1,000 images as the dataset grows.
 * ``startup``: seconds until ``python -m detlit.<command> --help`` answers, for every command,
   against ``python -c "import lightning, detectron2"``.
+* ``deploy`` (``tools/bench_deploy.py``): images/s of exported TorchScript and ONNX models against
+  the checkpoint's eager ``Predictor``, export wall time, and ``python -m detlit.serve``'s
+  throughput and latency at 1 and 8 concurrent clients.
 
 ``make bench-gpu`` (``--gpu``) runs ``train_step`` (16-mixed against detectron2's ``AMPTrainer``)
 and ``predict`` on a CUDA GPU with the R50-FPN architecture at 800 pixels; ``--gpu --dry-run`` runs
@@ -67,6 +70,7 @@ from rich.console import Console
 from rich.table import Table
 from torch.utils.data import DataLoader, Dataset
 
+from detlit.__main__ import COMMANDS
 from detlit.common.env import collect_env
 from detlit.compat import D2ResizeShortestEdge, build_model  # prepares detectron2 before the imports below
 from detlit.data.checks import check_dataset
@@ -88,6 +92,7 @@ from detectron2.engine import AMPTrainer, DefaultPredictor, HookBase, SimpleTrai
 from detectron2.engine.hooks import LRScheduler as D2LRScheduler  # isort: skip
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
+from bench_deploy import bench_deploy  # noqa: E402
 from benchkit import (  # noqa: E402
     COLUMNS,
     CPU_CONFIG,
@@ -972,7 +977,7 @@ def bench_check(ctx: Context) -> Result:
 # --- start-up ---------------------------------------------------------------------------------
 
 LIGHTNING_COMMANDS = ("fit",)  # parse a LightningCLI config: they need the model and data classes
-ARGPARSE_COMMANDS = ("check", "split", "evaluate", "predict", "report", "browse", "tune", "sample", "env")
+ARGPARSE_COMMANDS = tuple(name for name in COMMANDS if name not in ("fit", "validate", "test", "config"))
 STARTUP_BASELINE = "import lightning, detectron2"
 STARTUP_LIMIT = 1.5  # seconds: `--help` of a command that does not need the model classes
 
@@ -1109,6 +1114,7 @@ WEIGHTS = {
     "predict": 0.11,
     "check": 0.09,
     "startup": 0.09,
+    "deploy": 0.12,
 }
 BUDGET = {"cpu": 840.0, "gpu": 270.0}  # seconds: 14 minutes for `make bench`, 4.5 for `make bench-gpu`
 
@@ -1119,6 +1125,7 @@ CPU_RUNNERS: dict[str, Callable[[Context], Result]] = {
     "predict": bench_predict,
     "check": bench_check,
     "startup": bench_startup,
+    "deploy": bench_deploy,
 }
 GPU_RUNNERS: dict[str, Callable[[Context], Result]] = {
     "train_step": bench_gpu_train_step,
