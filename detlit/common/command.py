@@ -27,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn, TypeVar
 
+from detlit.common.outputs import write_failure
 from detlit.errors import DetlitError
 
 EXIT_OK = 0
@@ -49,6 +50,12 @@ def run_cli(main: Callable[[list[str] | None], T], args: list[str] | None = None
         return main(args)
     except DetlitError as err:
         print(f"error: {err}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+    except (OSError, RuntimeError) as err:
+        failed = write_failure(err)
+        if failed is None:
+            raise
+        print(f"error: {write_message(failed)}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
 
 
@@ -75,7 +82,19 @@ def run(
     except DetlitError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
+    except (OSError, RuntimeError) as err:
+        failed = write_failure(err)
+        if failed is None:
+            raise
+        print(f"error: {write_message(failed)}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
     sys.exit(EXIT_OK if status is None else status)
+
+
+def write_message(err: OSError) -> str:
+    """One sentence for a write the user can make succeed (a full disk, a read-only folder)."""
+    where = err.filename or "an output file"
+    return f"could not write {where} ({err.strerror}); free disk space or choose a writable folder (--out)"
 
 
 # --- the vocabulary ----------------------------------------------------------------------------
