@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 from typing import Any, Literal
 
+import numpy as np
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
+from detlit.data.checks import load_checked
 from detlit.data.coco import CocoDataset, LabelMap
 from detlit.data.dataset import DetectionDataset, collate
-from detlit.errors import ConfigError, DataError
 from detlit.data.samplers import (
     BatchDataset,
     EvaluationBatchSampler,
@@ -19,7 +20,7 @@ from detlit.data.samplers import (
     repeat_factors,
 )
 from detlit.data.transforms import Step, describe_augment, eval_transform, resized_shape, train_transform
-from detlit.data.checks import load_checked
+from detlit.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -125,15 +126,15 @@ class CocoDataModule(LightningDataModule):
         if json_path is None:
             return None
         dataset = load_checked(json_path, image_root, option, self.hparams["check_files"])
-        known = set(self.label_map.category_ids)
-        for image in dataset.images:
-            for annotation in image.annotations:
-                if annotation.category_id not in known:
-                    raise DataError(
-                        f"{json_path}: annotation {annotation.id} has category_id "
-                        f"{annotation.category_id}, which the training json "
-                        f"{self.train_data.json_path} does not define; use the same categories"
-                    )
+        images = dataset.images
+        unknown = np.flatnonzero(~np.isin(images.category_ids, self.label_map.category_ids))
+        if len(unknown):
+            row = int(unknown[0])
+            raise DataError(
+                f"{json_path}: annotation {int(images.annotation_ids[row])} has category_id "
+                f"{int(images.category_ids[row])}, which the training json "
+                f"{self.train_data.json_path} does not define; use the same categories"
+            )
         return dataset
 
     def _dataset(self, data: CocoDataset, train: bool) -> DetectionDataset:
@@ -232,7 +233,11 @@ class CocoDataModule(LightningDataModule):
         num_replicas, rank = self._processes()
         dataset = self.datasets[split]
         hp = self.hparams
-        shapes = [resized_shape(r.height, r.width, hp["min_size_test"], hp["max_size_test"]) for r in dataset.records]
+        records = dataset.records
+        shapes = [
+            resized_shape(height, width, hp["min_size_test"], hp["max_size_test"])
+            for height, width in zip(records.heights.tolist(), records.widths.tolist(), strict=True)
+        ]
         # Each image on exactly one process (Lightning's DistributedSampler would repeat some, and
         # repeats would count twice in the metrics), batched with images of its own shape only.
         sampler = EvaluationBatchSampler(shapes, hp["batch_size"], num_replicas, rank)
