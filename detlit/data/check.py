@@ -12,8 +12,8 @@ from rich.console import Console
 from rich.table import Table
 
 from detlit.common.outputs import check_outputs, write_text
-from detlit.data.checks import Report, apply_repairs, check_file
-from detlit.data.coco import read_json
+from detlit.data.checks import compare_splits, Report, apply_repairs, check_file
+from detlit.data.coco import read_coco, read_json
 from detlit.data.findings import Severity, log_summary
 
 log = logging.getLogger(__name__)
@@ -92,9 +92,12 @@ def check(
     decode: bool = True,
     verbose: bool = False,
     quiet: bool = False,
+    val: Path | None = None,
+    val_images: Path | None = None,
 ) -> int:
     """``python -m detlit.check``: check a dataset, print and log the findings, write a report
-    and a repaired copy on request.
+    and a repaired copy on request. With ``val`` (the validation json of this training json), also
+    the classes that one of the two has no object of.
 
     Returns:
         1 while errors remain (in the repaired copy, with ``fix``), else 0.
@@ -103,7 +106,10 @@ def check(
         check_outputs([report_path], inputs=[json_path], overwrite=overwrite, option="--report")
     if fix is not None:
         check_outputs([fix, repairs_path(fix)], inputs=[json_path], overwrite=overwrite, option="--fix")
-    report, _ = check_file(json_path, images, decode=decode)
+    report, dataset = check_file(json_path, images, decode=decode)
+    if val is not None:
+        other, _ = read_coco(val, val_images or images)
+        report.findings += compare_splits(dataset, other)
     log_summary(report.findings, log, str(json_path), examples=len(report.findings) if verbose else 0)
     if not quiet:
         print_report(report, Console(stderr=False))

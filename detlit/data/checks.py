@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 TINY_BOX_SIDE = 2.0  # pixels: a box this thin carries almost no signal
 AREA_TOLERANCE = 1.01  # a segment area may be smaller than its box, never larger
+FEW_OBJECTS = 10  # objects of a class below which a detector can hardly learn it ...
+FEW_OBJECTS_SHARE = 0.5  # ... when the class also has less than half the objects of the median class
 COCO_SMALL, COCO_LARGE = 32**2, 96**2  # COCO's object size ranges (area in pixels)
 
 
@@ -397,6 +399,8 @@ def check_labels(dataset: CocoDataset) -> list[Finding]:
                 )
             )
     counts = dataset.annotation_counts()
+    classes = [counts[c.id] for c in dataset.categories if c.id not in placeholders and counts[c.id]]
+    median = float(np.median(classes)) if classes else 0.0
     for category in dataset.categories:
         if category.id not in placeholders and counts[category.id] == 0:
             findings.append(
@@ -405,6 +409,15 @@ def check_labels(dataset: CocoDataset) -> list[Finding]:
                     "unused_category",
                     f"category {category.id} '{category.name}' has no annotations; the model keeps a class "
                     "for it that it cannot learn",
+                )
+            )
+        elif 0 < counts[category.id] < min(FEW_OBJECTS, FEW_OBJECTS_SHARE * median):
+            findings.append(
+                _finding(
+                    Severity.WARNING,
+                    "few_objects",
+                    f"category {category.id} '{category.name}' has {counts[category.id]} object(s) (the median class "
+                    f"{median:g}); a detector needs tens to learn a class: label more, or merge it into another class",
                 )
             )
     names = Counter(c.name for c in dataset.categories)
@@ -431,6 +444,36 @@ def check_labels(dataset: CocoDataset) -> list[Finding]:
                 f"({described}) and writes the original ids back in results",
             )
         )
+    return findings
+
+
+def compare_splits(train: CocoDataset, other: CocoDataset, name: str = "val") -> list[Finding]:
+    """Classes that one split has objects of and the other has none (by category id).
+
+    A class absent from validation is never measured; one absent from training cannot be learned.
+    """
+    findings = []
+    ours, theirs = train.annotation_counts(), other.annotation_counts()
+    names = {c.id: c.name for c in (*other.categories, *train.categories)}
+    for cid in sorted(set(ours) | set(theirs)):
+        if ours[cid] and not theirs[cid]:
+            findings.append(
+                _finding(
+                    Severity.WARNING,
+                    "class_missing_from_split",
+                    f"category {cid} '{names.get(cid, cid)}' has {ours[cid]} training object(s) but none in {name} "
+                    f"({other.json_path}): its AP cannot be measured; move some of its images to {name}",
+                )
+            )
+        elif theirs[cid] and not ours[cid]:
+            findings.append(
+                _finding(
+                    Severity.WARNING,
+                    "class_missing_from_split",
+                    f"category {cid} '{names.get(cid, cid)}' has {theirs[cid]} object(s) in {name} ({other.json_path}) "
+                    "but none in training: the model cannot learn it; move some of its images to training",
+                )
+            )
     return findings
 
 

@@ -14,6 +14,7 @@ problem as a finding.
 
 from __future__ import annotations
 
+import codecs
 import gc
 import json
 import logging
@@ -158,19 +159,27 @@ def read_json(path: Path) -> dict[str, Any]:
     Only what makes the file unusable as a whole raises; problems of single records are
     findings of :func:`parse_coco`.
     """
-    if not path.is_file():
-        raise DataError(f"{path} does not exist; pass the path of your COCO annotation json")
+    require_file(path)
     try:
-        data = msgspec.json.decode(path.read_bytes())
+        # Windows tools often start a json with a UTF-8 byte-order mark: it is not part of the data.
+        data = msgspec.json.decode(path.read_bytes().removeprefix(codecs.BOM_UTF8))
     except msgspec.DecodeError:
         data = _read_json_text(path)  # not strict JSON (NaN, a BOM, ...), or not JSON: say where
     return _require_coco(data, path)
 
 
+def require_file(path: Path) -> None:
+    """Raise one sentence unless ``path`` is an existing file (not a folder)."""
+    if path.is_dir():
+        raise DataError(f"{path} is a folder, not a file; pass the path of your COCO annotation json")
+    if not path.is_file():
+        raise DataError(f"{path} does not exist; pass the path of your COCO annotation json")
+
+
 def _read_json_text(path: Path) -> Any:
     """Python's own json reader: it takes NaN and Infinity, and says where a file stops being JSON."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as err:
         raise DataError(f"{path} is not a text file ({err.reason}); pass a COCO json") from err
     _require(bool(text.strip()), path, "the file is empty; pass a COCO annotation json")
@@ -200,6 +209,13 @@ def _require_coco(data: Any, path: Path) -> dict[str, Any]:
     for key in ("images", "annotations", "categories"):
         _require(isinstance(data[key], list), path, f"'{key}' must be a list, not a {type(data[key]).__name__}")
     return data
+
+
+INT64 = (-(2**63), 2**63 - 1)  # numpy's int64, what detlit (and pycocotools' arrays) hold ids in
+
+
+def _fits_int64(value: int) -> bool:
+    return INT64[0] <= value <= INT64[1]
 
 
 def _as_int(value: Any) -> int | None:
@@ -236,6 +252,8 @@ class _Parser:
             cid = _as_int(item.get("id")) if isinstance(item, dict) else None
             if cid is None or not isinstance(item.get("name"), str):
                 self.error("bad_category", f"categories[{index}] needs an integer 'id' and a 'name': {item!r}")
+            elif not _fits_int64(cid):
+                self.error("id_out_of_range", f"category {item['name']!r} has id {cid}, beyond 64 bits; renumber it")
             elif cid in seen:
                 self.error("duplicate_category_id", f"category id {cid} is used twice; give each category its own id")
             else:
@@ -265,6 +283,14 @@ class _Parser:
                     Repair("images", index, "drop"),
                 )
                 continue
+            if not _fits_int64(iid):
+                self.error(
+                    "id_out_of_range",
+                    f"image {name} has id {iid}, beyond the 64-bit integers ids are kept in; renumber the images "
+                    "(and their annotations' image_id) below 2**63",
+                    image_id=iid,
+                )
+                continue
             if iid in seen:
                 self.error(
                     "duplicate_image_id",
@@ -273,6 +299,20 @@ class _Parser:
                 )
                 continue
             seen.add(iid)
+            if "\\" in name:
+                # A Windows separator: the file is there under the same name with "/".
+                posix = name.replace("\\", "/")
+                self.findings.append(
+                    Finding(
+                        Severity.WARNING,
+                        "windows_path",
+                        f"image {iid} has file_name {name!r} with Windows separators; detlit reads {posix!r}",
+                        fix=f"write it as {posix!r}",
+                        repairs=(Repair("images", index, "set", {"file_name": posix}),),
+                        image_id=iid,
+                    )
+                )
+                name = posix
             width, height = _as_int(item.get("width")), _as_int(item.get("height"))
             if not isinstance(item["id"], int):
                 self.error(
@@ -313,6 +353,15 @@ class _Parser:
                 self.error(
                     "bad_annotation",
                     f"annotations[{index}] needs integer 'id', 'image_id' and 'category_id': {item!r}",
+                    "drop it",
+                    drop,
+                )
+                continue
+            if not all(_fits_int64(v) for v in (aid, iid, cid)):
+                self.error(
+                    "id_out_of_range",
+                    f"annotations[{index}] has an id beyond the 64-bit integers ids are kept in "
+                    f"(id {aid}, image_id {iid}, category_id {cid}); renumber them below 2**63",
                     "drop it",
                     drop,
                 )
@@ -511,6 +560,7 @@ def _read_typed(json_path: Path, image_root: Path) -> CocoDataset | None:
         and _unique(object_ids)
         and bool((widths > 0).all() and (heights > 0).all() and (widths < 2**31).all() and (heights < 2**31).all())
         and all(names)
+        and not any("\\" in name for name in names)  # Windows separators: the parse reports them
         and (len(owner_ids) == 0 or bool((sorted_images[owners] == owner_ids).all()))
         and bool(np.isin(category_ids, known).all())
     )
@@ -549,8 +599,7 @@ def read_coco(json_path: str | Path, image_root: str | Path) -> tuple[CocoDatase
         DataError: the file is not usable as a whole (missing, not JSON, not COCO).
     """
     json_path, image_root = Path(json_path), Path(image_root)
-    if not json_path.is_file():
-        raise DataError(f"{json_path} does not exist; pass the path of your COCO annotation json")
+    require_file(json_path)
     dataset = _read_typed(json_path, image_root)
     if dataset is not None:
         return dataset, []

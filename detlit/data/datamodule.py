@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
-from detlit.data.checks import load_checked
+from detlit.data.checks import compare_splits, load_checked
 from detlit.data.coco import CocoDataset, LabelMap
+from detlit.data.findings import log_summary
 from detlit.data.dataset import DetectionDataset, collate
 from detlit.data.samplers import (
     BatchDataset,
@@ -23,6 +25,29 @@ from detlit.data.transforms import Step, describe_augment, eval_transform, resiz
 from detlit.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
+
+
+def check_numbers(
+    batch_size: int,
+    num_workers: int,
+    min_size_train: Sequence[int],
+    max_size_train: int,
+    min_size_test: int,
+    max_size_test: int,
+) -> None:
+    """Raise one sentence naming the setting when a count or an image size cannot work."""
+    if batch_size < 1:
+        raise ConfigError(f"data.batch_size is {batch_size}; use 1 or more images per batch")
+    if num_workers < 0:
+        raise ConfigError(f"data.num_workers is {num_workers}; use 0 (load in the main process) or more")
+    if not min_size_train:
+        raise ConfigError("data.min_size_train is empty; give one or more image sizes, e.g. [640, 800]")
+    for size in min_size_train:
+        if size < 1:
+            raise ConfigError(f"data.min_size_train holds {size}; image sizes are whole numbers of pixels above 0")
+    for name, size in (("max_size_train", max_size_train), ("min_size_test", min_size_test), ("max_size_test", max_size_test)):
+        if size < 1:
+            raise ConfigError(f"data.{name} is {size}; image sizes are whole numbers of pixels above 0")
 
 
 class CocoDataModule(LightningDataModule):
@@ -90,6 +115,7 @@ class CocoDataModule(LightningDataModule):
         seed: int = 0,
     ):
         super().__init__()
+        check_numbers(batch_size, num_workers, min_size_train, max_size_train, min_size_test, max_size_test)
         self.save_hyperparameters()
         # hparams end up in checkpoints and hparams.yaml, which cannot hold transform objects:
         # they keep a plain description, and the transforms themselves live here.
@@ -105,6 +131,13 @@ class CocoDataModule(LightningDataModule):
         self.label_map: LabelMap = self.train_data.label_map()
         log.info("label map (COCO id -> label): %s", self.label_map.describe())
         self.val_data = self._load_like_train(val_json, val_images or train_images, "data.val_images")
+        if self.val_data is not None:
+            if not len(self.val_data.images):
+                raise DataError(
+                    f"data.val_json {val_json} holds no image; give a validation set with images, or leave "
+                    "data.val_json out to train without validation"
+                )
+            log_summary(compare_splits(self.train_data, self.val_data), log, "train / val")
         self.test_data = self._load_like_train(test_json, test_images or val_images or train_images, "data.test_images")
         self.datasets: dict[str, DetectionDataset] = {}
         self._resume_position: dict[str, int] | None = None

@@ -350,6 +350,12 @@ def split(
     result = split_dataset(
         dataset, {image["id"]: image for image in raw["images"]}, val_fraction, seed, group_by, group_pattern
     )
+    for side, ids in (("validation", result.val_ids), ("training", result.train_ids)):
+        if not ids:
+            raise DataError(
+                f"splitting {source} ({len(dataset.images)} images, --val-fraction {val_fraction:g}) gives the "
+                f"{side} set no image; give more images or another --val-fraction"
+            )
     parts = [subset(raw, ids) for ids in (result.train_ids, result.val_ids)]
     for path, part in zip(outputs, parts, strict=True):
         unresolved = [i["file_name"] for i in part["images"] if not (root / i["file_name"]).is_file()]
