@@ -23,7 +23,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn, TypeVar
 
@@ -43,11 +44,11 @@ def configure_logging(level: int = logging.INFO) -> None:
     logging.getLogger().setLevel(level)
 
 
-def run_cli(main: Callable[[list[str] | None], T], args: list[str] | None = None) -> T:
-    """Run an entry point; a user error ends in one sentence and exit status 2, not a traceback."""
-    configure_logging()
+@contextmanager
+def one_sentence() -> Iterator[None]:
+    """A user error (or a write the user can make succeed) ends in one sentence and exit status 2."""
     try:
-        return main(args)
+        yield
     except DetlitError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
@@ -57,6 +58,13 @@ def run_cli(main: Callable[[list[str] | None], T], args: list[str] | None = None
             raise
         print(f"error: {write_message(failed)}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
+
+
+def run_cli(main: Callable[[list[str] | None], T], args: list[str] | None = None) -> T:
+    """Run an entry point; a user error ends in one sentence and exit status 2, not a traceback."""
+    configure_logging()
+    with one_sentence():
+        return main(args)
 
 
 def run(
@@ -77,17 +85,8 @@ def run(
         args = parser.parse_args(argv)
     quiet, verbose = getattr(args, "quiet", False), getattr(args, "verbose", False)
     configure_logging(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
-    try:
+    with one_sentence():
         status = job(args)
-    except DetlitError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(EXIT_USAGE)
-    except (OSError, RuntimeError) as err:
-        failed = write_failure(err)
-        if failed is None:
-            raise
-        print(f"error: {write_message(failed)}", file=sys.stderr)
-        sys.exit(EXIT_USAGE)
     sys.exit(EXIT_OK if status is None else status)
 
 

@@ -688,13 +688,7 @@ def load_checked(
     report = check_dataset(dataset, structure, files=files, decode=False, unlisted=False)
     log_summary(report.findings, log, str(json_path), examples=2)
     raise_on_errors(report.findings, json_path, image_root)
-    log.info(
-        "read %s: %d images, %d annotations, %d categories",
-        json_path,
-        len(dataset.images),
-        dataset.num_annotations,
-        len(dataset.categories),
-    )
+    dataset.log_size()
     return dataset
 
 

@@ -119,6 +119,15 @@ class CocoDataset:
         if not isinstance(self.images, Records):
             self.images = Records.from_records(self.images)
 
+    def log_size(self) -> None:
+        log.info(
+            "read %s: %d images, %d annotations, %d categories",
+            self.json_path,
+            len(self.images),
+            self.num_annotations,
+            len(self.categories),
+        )
+
     @property
     def num_annotations(self) -> int:
         return self.images.num_annotations
@@ -616,13 +625,7 @@ def load_coco(json_path: str | Path, image_root: str | Path) -> CocoDataset:
     json_path, image_root = Path(json_path), Path(image_root)
     dataset, findings = read_coco(json_path, image_root)
     raise_on_errors(findings, json_path, image_root)
-    log.info(
-        "read %s: %d images, %d annotations, %d categories",
-        json_path,
-        len(dataset.images),
-        dataset.num_annotations,
-        len(dataset.categories),
-    )
+    dataset.log_size()
     return dataset
 
 
