@@ -4,7 +4,8 @@ A Lightning checkpoint is a zip archive whose members carry CRC-32 checksums; :f
 reads every member against its checksum, so a truncated or partly overwritten file is refused with
 one sentence instead of loading (or resuming from) damaged weights. :func:`read_checkpoint` then
 loads it weights-only and checks that it is a detlit checkpoint. What fit resumes from is held
-against the data and the trainer by :func:`check_resume`.
+against the data and the trainer by :func:`check_resume`, and against the configured optimizer by
+:func:`check_optimizer`.
 """
 
 from __future__ import annotations
@@ -114,4 +115,34 @@ def check_resume(
         raise WeightsError(
             f"--ckpt {path} already reached trainer.max_steps ({done.global_step} of {max_steps} steps); raise "
             "--trainer.max_steps to train on, or start a new run with --model.weights"
+        )
+
+
+def check_optimizer(checkpoint: dict[str, Any], path: Path, optimizer: torch.optim.Optimizer) -> None:
+    """Raise one sentence unless ``optimizer`` (built as the run configures it) can take the checkpoint's state.
+
+    Another optimizer class, or parameters grouped differently (another ``freeze_at``, another
+    architecture), would otherwise fail deep inside torch's ``load_state_dict`` on resume.
+
+    Raises:
+        WeightsError: the saved state has other hyper-parameters, or other groups of parameters.
+    """
+    saved = checkpoint.get("optimizer_states") or []
+    if not saved:
+        return
+    groups = saved[0].get("param_groups", [])
+    ours = [len(group["params"]) for group in optimizer.param_groups]
+    theirs = [len(group.get("params", [])) for group in groups]
+    fix = "resume with that run's config.yaml, or start a new run with --model.weights"
+    if ours != theirs:
+        raise WeightsError(
+            f"--ckpt {path} holds optimizer state for parameter groups of {theirs} tensors, this run trains {ours} "
+            f"(another freeze_at or architecture); {fix} {path}"
+        )
+    wanted = set(optimizer.param_groups[0]) - {"params"}
+    missing = sorted(wanted - set(groups[0])) if groups else []
+    if missing:
+        raise WeightsError(
+            f"--ckpt {path} was trained with another optimizer than {type(optimizer).__name__} (its state lacks "
+            f"{', '.join(missing)}); {fix} {path}"
         )

@@ -36,7 +36,7 @@ from matplotlib.figure import Figure
 from detlit.common.outputs import write_failure
 from detlit.data.datamodule import CocoDataModule
 from detlit.errors import ConfigError, DetlitError
-from detlit.model.checkpoints import check_resume, read_checkpoint
+from detlit.model.checkpoints import check_optimizer, check_resume, read_checkpoint
 from detlit.model.module import DetectionModule
 from detlit.training.callbacks import Detectron2Export, RunLog
 from detlit.training.checkpointing import AtomicCheckpointIO, SaveOnSigterm
@@ -206,7 +206,7 @@ def cli_main(args: list[str] | None = None, stage: str = "fit") -> None:
         stage=stage,
     )
     trainer, model, data, ckpt = cli.trainer, cli.model, cli.datamodule, cli.config.ckpt
-    check_before_start(trainer, data, stage, ckpt)
+    check_before_start(trainer, model, data, stage, ckpt)
     if stage == "fit" and cli.config.tune_lr:
         suggest_lr(trainer, model, data, cli.config.tune_lr_steps)
         return
@@ -222,9 +222,12 @@ def cli_main(args: list[str] | None = None, stage: str = "fit") -> None:
                 trainer.test(model, datamodule=data, ckpt_path=checkpoint_to_test(trainer), weights_only=True)
 
 
-def check_before_start(trainer: Trainer, data: CocoDataModule, stage: str, ckpt: str | None) -> None:
+def check_before_start(
+    trainer: Trainer, model: DetectionModule, data: CocoDataModule, stage: str, ckpt: str | None
+) -> None:
     """What would fail later, checked before anything is written: the run folder can be written,
-    and a checkpoint is whole, a detlit checkpoint of these classes, and (to resume) not finished."""
+    and a checkpoint is whole, a detlit checkpoint of these classes, and (to resume) not finished
+    and saved by the optimizer this run configures."""
     folder = planned_run_folder(trainer)
     if folder is not None:
         require_writable(folder)
@@ -239,6 +242,8 @@ def check_before_start(trainer: Trainer, data: CocoDataModule, stage: str, ckpt:
         trainer.max_epochs if stage == "fit" else None,
         trainer.max_steps if stage == "fit" else -1,
     )
+    if stage == "fit":
+        check_optimizer(checkpoint, Path(ckpt), model.optimizer_factory(model.parameter_groups()))
 
 
 def planned_run_folder(trainer: Trainer) -> Path | None:
