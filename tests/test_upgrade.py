@@ -73,7 +73,12 @@ def test_a_0_1_config_and_ckpt_path_still_work(checkpoint_0_1: Path, sample_dir:
     args = [f"--config={CONFIG_0_1}", *(f"--data.{k}={sample_dir / v}" for k, v in data.items())]
     args += [f"--ckpt_path={checkpoint_0_1}"]
     # The checkpoint ended its one epoch (max_steps stopped it), so the resumed run is given a second one.
-    args += ["--trainer.max_epochs=2", "--trainer.max_steps=3", "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false"]
+    args += [
+        "--trainer.max_epochs=2",
+        "--trainer.max_steps=3",
+        "--trainer.limit_val_batches=1",
+        "--trainer.enable_progress_bar=false",
+    ]
     args += [f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}"]
     result = subprocess.run(
         [sys.executable, "-m", "detlit.fit", *args], cwd=tmp_path, capture_output=True, text=True, timeout=600
