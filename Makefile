@@ -47,7 +47,7 @@ format: install
 	$(PY) -m ruff format detlit tests tools
 	$(PY) -m ruff check --fix detlit tests tools
 
-# detlit against detectron2 and pycocotools on this machine's CPU (at most about 15 minutes);
+# detlit against detectron2 and pycocotools on this machine's CPU (at most about 20 minutes);
 # rewrites its section of BENCHMARKS.md.
 bench: install
 	$(PY) tools/bench.py

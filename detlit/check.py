@@ -25,6 +25,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fix", type=Path, metavar="OUT.json", help="write a repaired copy here")
     parser.add_argument("--report", type=Path, metavar="REPORT.json", help="write findings and statistics as JSON")
     parser.add_argument("--no-decode", action="store_true", help="read image headers only (faster; no hashing)")
+    parser.add_argument(
+        "--val", type=Path, metavar="VAL.json", help="the validation json of this one: report classes one of them lacks"
+    )
+    parser.add_argument(
+        "--val-images", type=Path, metavar="FOLDER", help="folder of --val's images (default: --images)"
+    )
     command.add_overwrite(parser)
     return parser
 
@@ -33,7 +39,16 @@ def run(args: argparse.Namespace) -> int:
     from detlit.data.check import check
 
     return check(
-        args.json, args.images, args.fix, args.report, args.overwrite, not args.no_decode, args.verbose, args.quiet
+        args.json,
+        args.images,
+        args.fix,
+        args.report,
+        args.overwrite,
+        not args.no_decode,
+        args.verbose,
+        args.quiet,
+        args.val,
+        args.val_images,
     )
 
 

@@ -26,7 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--trials", type=command.positive_int, required=True, help="trials in the study in total (resumed ones count)"
     )
     parser.add_argument("--timeout", type=float, help="start no new trial after this many seconds")
-    parser.add_argument("--storage", default="sqlite:///runs/tune.db", help="Optuna storage URL (SQLite file)")
+    parser.add_argument(
+        "--storage", help="Optuna storage URL (default: sqlite:///OUT/study.db, the study beside its trials)"
+    )
     parser.add_argument("--study", default="detlit", help="study name in the storage")
     command.add_out(parser, None, "folder for the trials' runs and results (default: runs/tune/STUDY)")
     parser.add_argument("--pruner", choices=("median", "halving"), default="median")

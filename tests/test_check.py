@@ -198,6 +198,27 @@ def _drop_key(path: str) -> Mutation:
     return mutate
 
 
+def _windows_path(coco: dict[str, Any], root: Path) -> None:
+    (root / "images" / "sub").mkdir()
+    shutil.move(root / "images" / "img2.jpg", root / "images" / "sub" / "img2.jpg")
+    img(coco, 2)["file_name"] = "sub\\img2.jpg"
+
+
+def _huge_image_id(coco: dict[str, Any], root: Path) -> None:
+    img(coco, 1)["id"] = 2**63 + 5
+    for annotation in coco["annotations"]:
+        if annotation["image_id"] == 1:
+            annotation["image_id"] = 2**63 + 5
+
+
+def _single_object_class(coco: dict[str, Any], root: Path) -> None:
+    # 4 cats, 4 dogs and one bishop: the bishop cannot be learned
+    coco["categories"].append({"id": 3, "name": "bishop", "supercategory": "piece"})
+    ann(coco, 11)["category_id"] = 3
+    for i in (2, 3, 4):
+        coco["annotations"].append({**ann(coco, 10 * i), "id": 100 + i, "bbox": [40, 2, 10, 10], "area": 100})
+
+
 CASES = [
     # unusable files: one sentence, exit 2
     Case("empty file", _raw(""), None, 2, text="the file is empty"),
@@ -252,6 +273,10 @@ CASES = [
     Case("crowd annotation", _crowd, "crowd", 0),
     Case("duplicate annotation", _duplicate_annotation, "duplicate_annotation", 0, True),
     Case("duplicate image content", _duplicate_content, "duplicate_image", 0),
+    # paths and ids written by other tools
+    Case("windows separators", _windows_path, "windows_path", 0, True),
+    Case("image id beyond 64 bits", _huge_image_id, "id_out_of_range", 1, False, {10, 11}),
+    Case("a class with a single object", _single_object_class, "few_objects", 0),
 ]
 
 
@@ -348,3 +373,34 @@ def test_rbc_train_reports_placeholder_and_zero_based_ids(rbc_dir: Path) -> None
     assert {f.kind for f in report.findings} == {"placeholder_category", "category_ids"}
     assert all(f.severity.value == "info" for f in report.findings)
     assert _run([str(rbc_dir / "train" / "_annotations.coco.json"), "--images", str(rbc_dir / "train"), "--quiet"]) == 0
+
+
+def test_a_bom_json_is_read(tmp_path: Path) -> None:
+    """Windows tools write a UTF-8 byte-order mark first: the file is read as any other."""
+    coco = base_dataset(tmp_path)
+    (tmp_path / "bom.json").write_text(json.dumps(coco), encoding="utf-8-sig")
+    assert (tmp_path / "bom.json").read_bytes()[:3] == b"\xef\xbb\xbf"
+    report, dataset = check_file(tmp_path / "bom.json", tmp_path / "images")
+    assert not report.findings and len(dataset.images) == 4
+
+
+def test_windows_paths_are_read_and_repaired(tmp_path: Path) -> None:
+    path, _ = _materialise(Case("w", _windows_path, "windows_path", 0, True), tmp_path)
+    report, dataset = check_file(path, tmp_path / "images")
+    assert [f.kind for f in report.findings] == ["windows_path"]
+    assert "sub/img2.jpg" in dataset.images.file_names(), "the image is read under its POSIX name"
+    out = tmp_path / "fixed.json"
+    assert _run([str(path), "--images", str(tmp_path / "images"), "--fix", str(out), "--quiet"]) == 0
+    fixed = json.loads(out.read_text())
+    assert img(fixed, 2)["file_name"] == "sub/img2.jpg" and len(fixed["annotations"]) == 8
+
+
+def test_classes_missing_from_train_or_val_are_reported(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    coco = base_dataset(tmp_path)
+    (tmp_path / "train.json").write_text(json.dumps(coco))
+    val = {**coco, "annotations": [a for a in coco["annotations"] if a["category_id"] == 1]}
+    (tmp_path / "val.json").write_text(json.dumps(val))
+    argv = [str(tmp_path / "train.json"), "--images", str(tmp_path / "images"), "--val", str(tmp_path / "val.json")]
+    with caplog.at_level("WARNING"):
+        assert _run([*argv, "--verbose"]) == 0
+    assert "category 2 'dog' has 4 training object(s) but none in val" in caplog.text

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,7 +15,8 @@ from PIL import Image
 from detlit.compat import Instances
 from detlit.data.coco import load_coco
 from detlit.data.datamodule import CocoDataModule
-from detlit.data.dataset import DetectionDataset, read_image
+from detlit.data.dataset import DetectionDataset
+from detlit.data.images import read_image
 from detlit.data.transforms import eval_transform, resized_shape, train_transform
 from detlit.errors import DataError
 
@@ -186,3 +188,37 @@ def test_datamodule_stops_on_data_errors_and_logs_warnings(
         dm = CocoDataModule(str(tmp_path / "warn.json"), str(sample_dir / "train"), num_workers=0)
     assert dm.num_classes == 3
     assert "duplicate_annotation" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        # 16-bit grayscale (PNG I;16): the top 8 bits, not a white image
+        (lambda: Image.fromarray(np.full((4, 4), 32896, np.uint16)), (128, 128, 128)),
+        # 32-bit integer holding 16-bit data
+        (lambda: Image.fromarray(np.full((4, 4), 65535, np.int32)), (255, 255, 255)),
+        # float in [0, 1]
+        (lambda: Image.fromarray(np.full((4, 4), 0.5, np.float32)), (128, 128, 128)),
+        (lambda: Image.new("CMYK", (4, 4), (0, 255, 255, 0)), (255, 0, 0)),
+        (lambda: Image.new("LA", (4, 4), (77, 10)), (77, 77, 77)),
+        (lambda: Image.new("RGBA", (4, 4), (10, 20, 30, 0)), (10, 20, 30)),
+        (lambda: Image.new("1", (4, 4), 1), (255, 255, 255)),
+    ],
+    ids=["I;16", "I", "F", "CMYK", "LA", "RGBA", "1"],
+)
+def test_every_image_mode_becomes_8_bit_rgb(make: Any, expected: tuple[int, int, int], tmp_path: Path) -> None:
+    image = make()
+    path = tmp_path / ("image.tif" if image.mode in ("I", "F", "CMYK") else "image.png")
+    image.save(path)
+    pixels = read_image(path)
+    assert pixels.dtype == np.uint8 and pixels.shape == (4, 4, 3)
+    assert tuple(int(v) for v in pixels[1, 1]) == expected
+
+
+def test_a_palette_with_a_transparent_colour_keeps_its_colours(tmp_path: Path) -> None:
+    image = Image.new("P", (4, 4), 1)
+    image.putpalette([255, 0, 0, 0, 255, 0] + [0] * 762)
+    image.save(tmp_path / "p.png", transparency=0)
+    with Image.open(tmp_path / "p.png") as opened:
+        assert opened.mode == "P" and "transparency" in opened.info
+    assert tuple(int(v) for v in read_image(tmp_path / "p.png")[0, 0]) == (0, 255, 0)

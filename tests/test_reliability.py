@@ -12,6 +12,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -254,3 +256,94 @@ def test_checkpoints_load_weights_only(sample_dir: Path, tmp_path: Path) -> None
     assert loaded["detlit_score_thresholds"] == [0.3, 0.4, 0.5]
     again = DetectionModule.load_from_checkpoint(tmp_path / "a.ckpt", map_location="cpu", weights_only=True)
     assert again.score_thresholds == [0.3, 0.4, 0.5]
+
+
+# --- real full and read-only disks (tmpfs; needs the right to mount, as root in CI) ------------------
+
+
+@contextmanager
+def mounted(folder: Path, options: str) -> Iterator[Path]:
+    """A tmpfs mounted at ``folder`` (skip the test where mounting is not allowed)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({result.stderr.decode().strip() or 'not permitted'})")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+def _fit_into(sample_dir: Path, save_dir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    args = [f"--config={REPO / 'configs' / 'sample_cpu.yaml'}", *tiny_cli_args(sample_dir)]
+    args += [f"--trainer.logger.init_args.save_dir={save_dir}", "--trainer.enable_progress_bar=false", *extra]
+    return subprocess.run(
+        [sys.executable, "-m", "detlit.fit", *args], cwd=REPO, capture_output=True, text=True, timeout=900
+    )
+
+
+@pytest.mark.slow
+def test_a_full_disk_ends_in_one_sentence_and_keeps_the_last_checkpoint(sample_dir: Path, tmp_path: Path) -> None:
+    probe = tmp_path / "probe"
+    result = _fit_into(sample_dir, probe, "--trainer.max_steps=1", "--trainer.limit_val_batches=0")
+    assert result.returncode == 0, result.stderr[-2000:]
+    size = (probe / "sample" / "version_0" / "checkpoints" / "last.ckpt").stat().st_size
+    # room for one checkpoint and the logs, not for a second checkpoint beside it
+    with mounted(tmp_path / "disk", f"size={size * 3 // 2}") as disk:
+        result = _fit_into(
+            sample_dir,
+            disk,
+            "--trainer.max_steps=2",
+            "--trainer.limit_val_batches=0",
+            "--last_checkpoint.every_n_train_steps=1",
+        )
+        assert result.returncode == 2, result.stderr[-3000:]
+        assert "Traceback" not in result.stderr
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+        assert len(errors) == 1 and "No space left on device" in errors[0], result.stderr[-2000:]
+        checkpoints = sorted((disk / "sample" / "version_0" / "checkpoints").iterdir())
+        assert [p.name for p in checkpoints] == ["last.ckpt"], "no partial or temporary file is left"
+        assert torch.load(checkpoints[0], weights_only=True)["global_step"] == 1, "the previous checkpoint is whole"
+
+
+@pytest.mark.slow
+def test_a_read_only_folder_ends_in_one_sentence_before_anything_starts(sample_dir: Path, tmp_path: Path) -> None:
+    with mounted(tmp_path / "ro", "ro,size=1m") as folder:
+        result = _fit_into(sample_dir, folder / "runs", "--trainer.max_steps=1")
+        assert result.returncode == 2, result.stderr[-3000:]
+        assert "Traceback" not in result.stderr
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+        assert len(errors) == 1 and "cannot write the run folder" in errors[0] and "Read-only" in errors[0]
+
+
+def test_evaluate_onto_a_full_disk_is_one_sentence(
+    tmp_path: Path, coco_eval_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from detlit.evaluate import main as evaluate
+
+    with mounted(tmp_path / "disk", "size=64k") as disk:
+        args = ["--results", str(coco_eval_dir / "instances_val2014_fakebbox100_results.json")]
+        args += ["--json", str(coco_eval_dir / "instances_val2014_100.json"), "--out", str(disk / "eval")]
+        with pytest.raises(SystemExit) as stopped:
+            evaluate(args)
+        err = capsys.readouterr().err
+        assert stopped.value.code == 2 and "Traceback" not in err
+        assert "could not write" in err and "No space left on device" in err
+        assert not list((disk / "eval").glob(".*.tmp")), "no temporary file is left"
+
+
+def test_ctrl_c_saves_last_checkpoint_and_exits_130(sample_dir: Path, tmp_path: Path) -> None:
+    args = [f"--config={REPO / 'configs' / 'sample_cpu.yaml'}", *tiny_cli_args(sample_dir)]
+    args += [f"--trainer.logger.init_args.save_dir={tmp_path}", "--trainer.max_epochs=50"]
+    args += ["--trainer.enable_progress_bar=false", "--trainer.limit_val_batches=0", "--trainer.log_every_n_steps=1"]
+    process = subprocess.Popen([sys.executable, "-m", "detlit.fit", *args], cwd=REPO, stderr=subprocess.PIPE, text=True)
+    assert process.stderr is not None
+    for line in process.stderr:  # wait for the first optimizer steps
+        if "epoch 0 (step" in line or "epoch 1 (step" in line:
+            break
+    process.send_signal(signal.SIGINT)
+    rest = process.stderr.read()
+    assert process.wait(timeout=300) == 130, rest[-3000:]
+    assert "Traceback" not in rest and "stopped by Ctrl-C; resume with --ckpt last" in rest
+    last = tmp_path / "sample" / "version_0" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] > 0

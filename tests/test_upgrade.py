@@ -46,7 +46,9 @@ def checkpoint_0_1(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
     model = yaml.safe_load(CONFIG_0_1.read_text())["model"]
     overrides, freeze_at = model["overrides"], model["freeze_at"]
     trainer = quiet_trainer(max_steps=2, limit_val_batches=1, num_sanity_val_steps=0)
-    trainer.fit(tiny_module(overrides=overrides, freeze_at=freeze_at), datamodule=tiny_datamodule(sample_dir))
+    sgd = {k: v for k, v in model["optimizer"]["init_args"].items() if k in ("lr", "momentum", "weight_decay")}
+    module = tiny_module(overrides=overrides, freeze_at=freeze_at, optimizer=lambda p: torch.optim.SGD(p, **sgd))
+    trainer.fit(module, datamodule=tiny_datamodule(sample_dir))
     path = tmp_path_factory.mktemp("old") / "last.ckpt"
     trainer.save_checkpoint(path)
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
@@ -70,7 +72,13 @@ def test_a_0_1_config_and_ckpt_path_still_work(checkpoint_0_1: Path, sample_dir:
     data = {"train_json": "train.json", "train_images": "train", "val_json": "val.json", "val_images": "val"}
     args = [f"--config={CONFIG_0_1}", *(f"--data.{k}={sample_dir / v}" for k, v in data.items())]
     args += [f"--ckpt_path={checkpoint_0_1}"]
-    args += ["--trainer.max_steps=3", "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false"]
+    # The checkpoint ended its one epoch (max_steps stopped it), so the resumed run is given a second one.
+    args += [
+        "--trainer.max_epochs=2",
+        "--trainer.max_steps=3",
+        "--trainer.limit_val_batches=1",
+        "--trainer.enable_progress_bar=false",
+    ]
     args += [f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}"]
     result = subprocess.run(
         [sys.executable, "-m", "detlit.fit", *args], cwd=tmp_path, capture_output=True, text=True, timeout=600

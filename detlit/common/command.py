@@ -24,10 +24,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn, TypeAlias, TypeVar
 
+from detlit.common.outputs import write_failure
 from detlit.errors import DetlitError
 
 EXIT_OK = 0
@@ -44,14 +46,27 @@ def configure_logging(level: int = logging.INFO) -> None:
     logging.getLogger().setLevel(level)
 
 
-def run_cli(main: Callable[[list[str] | None], T], args: list[str] | None = None) -> T:
-    """Run an entry point; a user error ends in one sentence and exit status 2, not a traceback."""
-    configure_logging()
+@contextmanager
+def one_sentence() -> Iterator[None]:
+    """A user error (or a write the user can make succeed) ends in one sentence and exit status 2."""
     try:
-        return main(args)
+        yield
     except DetlitError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
+    except (OSError, RuntimeError) as err:
+        failed = write_failure(err)
+        if failed is None:
+            raise
+        print(f"error: {write_message(failed)}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
+def run_cli(main: Callable[[list[str] | None], T], args: list[str] | None = None) -> T:
+    """Run an entry point; a user error ends in one sentence and exit status 2, not a traceback."""
+    configure_logging()
+    with one_sentence():
+        return main(args)
 
 
 def run(
@@ -72,12 +87,15 @@ def run(
         args = parser.parse_args(argv)
     quiet, verbose = getattr(args, "quiet", False), getattr(args, "verbose", False)
     configure_logging(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
-    try:
+    with one_sentence():
         status = job(args)
-    except DetlitError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(EXIT_USAGE)
     sys.exit(EXIT_OK if status is None else status)
+
+
+def write_message(err: OSError) -> str:
+    """One sentence for a write the user can make succeed (a full disk, a read-only folder)."""
+    where = err.filename or "an output file"
+    return f"could not write {where} ({err.strerror}); free disk space or choose a writable folder (--out)"
 
 
 # --- the vocabulary ----------------------------------------------------------------------------

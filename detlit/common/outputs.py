@@ -12,6 +12,7 @@ part, and a failed write leaves no temporary file behind.
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -19,6 +20,20 @@ from pathlib import Path
 from typing import BinaryIO
 
 from detlit.errors import ConfigError
+
+# A write that fails for one of these reasons is the user's to fix (space, permissions), not a bug.
+WRITE_ERRORS = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.ENOTDIR, errno.EISDIR)
+
+
+def write_failure(err: BaseException) -> OSError | None:
+    """The OSError behind a failed write, when the user can fix it; libraries report a full disk
+    in other exceptions too (``torch.save`` raises a RuntimeError from it)."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in WRITE_ERRORS:
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def same_file(a: Path, b: Path) -> bool:

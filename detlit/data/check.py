@@ -12,8 +12,9 @@ from rich.console import Console
 from rich.table import Table
 
 from detlit.common.outputs import check_outputs, write_text
+from detlit.data.checks import compare_splits, Report, apply_repairs, check_file
+from detlit.data.coco import read_coco, read_json
 from detlit.data.findings import Severity, log_summary
-from detlit.data.checks import Report, apply_repairs, check_file
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +63,13 @@ def print_report(report: Report, console: Console, examples: int = 3) -> None:
     console.print(table)
 
 
-def write_fixed(report: Report, raw: dict, out: Path) -> Report:
-    """Write the repaired copy and its change log; return the check of the copy."""
-    fixed, changes = apply_repairs(raw, report.repairs())
+def write_fixed(report: Report, out: Path) -> Report:
+    """Write the repaired copy and its change log; return the check of the copy.
+
+    The whole json is read again here, every field of it (the check reads only what detection
+    uses): the copy keeps what the repairs do not touch.
+    """
+    fixed, changes = apply_repairs(read_json(report.json_path), report.repairs())
     write_text(out, json.dumps(fixed, indent=1))
     changes_path = repairs_path(out)
     write_text(changes_path, "".join(f"{line}\n" for line in changes))
@@ -87,9 +92,12 @@ def check(
     decode: bool = True,
     verbose: bool = False,
     quiet: bool = False,
+    val: Path | None = None,
+    val_images: Path | None = None,
 ) -> int:
     """``python -m detlit.check``: check a dataset, print and log the findings, write a report
-    and a repaired copy on request.
+    and a repaired copy on request. With ``val`` (the validation json of this training json), also
+    the classes that one of the two has no object of.
 
     Returns:
         1 while errors remain (in the repaired copy, with ``fix``), else 0.
@@ -98,7 +106,10 @@ def check(
         check_outputs([report_path], inputs=[json_path], overwrite=overwrite, option="--report")
     if fix is not None:
         check_outputs([fix, repairs_path(fix)], inputs=[json_path], overwrite=overwrite, option="--fix")
-    report, raw = check_file(json_path, images, decode=decode)
+    report, dataset = check_file(json_path, images, decode=decode)
+    if val is not None:
+        other, _ = read_coco(val, val_images or images)
+        report.findings += compare_splits(dataset, other)
     log_summary(report.findings, log, str(json_path), examples=len(report.findings) if verbose else 0)
     if not quiet:
         print_report(report, Console(stderr=False))
@@ -107,7 +118,7 @@ def check(
         log.info("wrote %s", report_path)
     remaining = report.errors
     if fix:
-        remaining = write_fixed(report, raw, fix).errors
+        remaining = write_fixed(report, fix).errors
         log.info("%s: %d error(s) remain after repair", fix, len(remaining))
     elif report.errors:
         log.error("%d error(s); repair what can be repaired with --fix OUT.json", len(report.errors))

@@ -9,43 +9,31 @@ and hash every image) in a thread pool.
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
 import math
 import os
 from collections import Counter, defaultdict
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+import numpy as np
 
-from detlit.data.coco import Annotation, CocoDataset, ImageRecord, parse_coco, raise_on_errors, read_json, require_images
-from detlit.data.images import IMAGE_SUFFIXES
+from detlit.data.coco import Annotation, CocoDataset, ImageRecord, raise_on_errors, read_coco, require_images
 from detlit.data.findings import Finding, Repair, Severity, errors, log_summary
+from detlit.data.headers import FileInfo, Headers, inspect_file, read_headers
+from detlit.data.images import IMAGE_SUFFIXES
+
+__all__ = ["FileInfo", "Report", "check_dataset", "check_file", "inspect_file", "load_checked"]
 
 log = logging.getLogger(__name__)
 
 TINY_BOX_SIDE = 2.0  # pixels: a box this thin carries almost no signal
 AREA_TOLERANCE = 1.01  # a segment area may be smaller than its box, never larger
+FEW_OBJECTS = 10  # objects of a class below which a detector can hardly learn it ...
+FEW_OBJECTS_SHARE = 0.5  # ... when the class also has less than half the objects of the median class
 COCO_SMALL, COCO_LARGE = 32**2, 96**2  # COCO's object size ranges (area in pixels)
-# EXIF orientations 5-8 swap width and height.
-TRANSPOSING_ORIENTATIONS = {5, 6, 7, 8}
-
-
-@dataclass
-class FileInfo:
-    """What the image file on disk says about one image record."""
-
-    exists: bool = False
-    width: int = 0  # after the EXIF orientation is applied
-    height: int = 0
-    orientation: int = 1
-    mode: str = ""
-    sha1: str = ""
-    error: str = ""
 
 
 @dataclass
@@ -88,47 +76,48 @@ def _finding(severity: Severity, kind: str, message: str, **kwargs: Any) -> Find
 
 def escapes_root(file_name: str) -> bool:
     """True for absolute paths and paths that climb out of the image root with ``..``."""
+    if ".." not in file_name and not file_name.startswith(("/", "\\")) and file_name[1:2] != ":":
+        return False  # the common case, without building a path
     path = PurePosixPath(file_name.replace("\\", "/"))
     return path.is_absolute() or ".." in path.parts or (len(file_name) > 1 and file_name[1] == ":")
 
 
-def inspect_file(path: Path, decode: bool) -> FileInfo:
-    """Read one image's header (and decode and hash it when ``decode``), never raising."""
-    info = FileInfo()
-    if not path.is_file():
-        return info
-    info.exists = True
-    try:
-        data = path.read_bytes() if decode else b""
-        with Image.open(path) as image:
-            info.mode = image.mode
-            info.orientation = int(image.getexif().get(0x0112, 1) or 1)
-            width, height = image.size
-            if info.orientation in TRANSPOSING_ORIENTATIONS:
-                width, height = height, width
-            info.width, info.height = width, height
-            if decode:
-                image.load()
-        if decode:
-            info.sha1 = hashlib.sha1(data).hexdigest()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        info.error = f"{type(err).__name__}: {err}"
-    return info
+def inspect_files(dataset: CocoDataset, decode: bool, workers: int | None = None) -> Headers:
+    """The header of every image whose path stays inside the root (:func:`detlit.data.headers.read_headers`)."""
+    names = dataset.images.file_names()
+    escaping = [escapes_root(name) for name in names]
+    return read_headers(dataset.image_root, names, decode, skip=escaping, workers=workers)
 
 
-def inspect_files(dataset: CocoDataset, decode: bool, workers: int | None = None) -> dict[int, FileInfo]:
-    """FileInfo of every image whose path stays inside the root, read in parallel."""
-    todo = [image for image in dataset.images if not escapes_root(image.file_name)]
-    workers = workers or min(16, (os.cpu_count() or 1) * 4)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        infos = pool.map(lambda image: inspect_file(dataset.image_root / image.file_name, decode), todo)
-        return {image.id: info for image, info in zip(todo, infos, strict=True)}
-
-
-def check_files(dataset: CocoDataset, infos: dict[int, FileInfo]) -> list[Finding]:
+def check_files(dataset: CocoDataset, headers: Headers) -> list[Finding]:
     """Paths, readability, sizes after EXIF orientation, colour modes."""
+    images = dataset.images
+    names = images.file_names()
+    # Only images with something to say are looked at one by one.
+    special = np.array(
+        [
+            mode not in ("RGB", "") or name.lower().endswith(".png")
+            for mode, name in zip(headers.mode, names, strict=True)
+        ],
+        bool,
+    )
+    flagged = (
+        ~headers.read
+        | ~headers.usable
+        | (headers.width != images.widths)
+        | (headers.height != images.heights)
+        | (headers.orientation != 1)
+        | special
+    )
     findings = []
-    for image in dataset.images:
+    for index in np.flatnonzero(flagged).tolist():
+        image = ImageRecord(
+            int(images.ids[index]),
+            names[index],
+            int(images.widths[index]),
+            int(images.heights[index]),
+            index=int(images.positions[index]),
+        )
         drop = Repair("images", image.index, "drop")
         where = {"image_id": image.id}
         if escapes_root(image.file_name):
@@ -142,7 +131,7 @@ def check_files(dataset: CocoDataset, infos: dict[int, FileInfo]) -> list[Findin
                 )
             )
             continue
-        info = infos[image.id]
+        info = headers.info(index)
         if not info.exists:
             findings.append(
                 _finding(
@@ -223,7 +212,7 @@ def check_unlisted_files(dataset: CocoDataset, limit: int = 3) -> list[Finding]:
     root = dataset.image_root
     if not root.is_dir():
         return []
-    listed = {os.path.normpath(image.file_name) for image in dataset.images}
+    listed = {os.path.normpath(name) for name in dataset.images.file_names()}
     unlisted = sorted(
         os.path.relpath(os.path.join(folder, name), root)
         for folder, _, names in os.walk(root)
@@ -348,14 +337,48 @@ def _box_findings(annotation: Annotation, width: int, height: int) -> list[Findi
     return findings
 
 
-def check_boxes(dataset: CocoDataset, sizes: dict[int, tuple[int, int]]) -> list[Finding]:
-    """Every box against its image, using the real size where the file check measured one."""
+def check_boxes(dataset: CocoDataset, sizes: tuple[np.ndarray, np.ndarray] | None = None) -> list[Finding]:
+    """Every box against its image, using the real size where the file check measured one.
+
+    Args:
+        dataset: the records.
+        sizes: (widths, heights) per image to check against; the json's sizes by default.
+    """
+    images = dataset.images
+    widths, heights = sizes if sizes is not None else (images.widths, images.heights)
+    owners = images.owners
+    width, height = widths[owners].astype(np.float64), heights[owners].astype(np.float64)
+    x, y, w, h = images.bboxes.T
+    area = images.areas
+    # Which boxes have a finding: a superset of what _box_findings reports, computed on the columns,
+    # so that only those boxes are looked at one by one.
+    with np.errstate(invalid="ignore"):
+        flagged = ~np.isfinite(images.bboxes).all(axis=1) | (w <= 0) | (h <= 0)
+        known = (width > 0) & (height > 0)
+        outside = (x < 0) | (y < 0) | (x + w > width) | (y + h > height)
+        tiny = (w < TINY_BOX_SIDE) | (h < TINY_BOX_SIDE)
+        bad_area = ~np.isfinite(area) | (area <= 0) | (area > w * h * AREA_TOLERANCE)
+        flagged |= known & (outside | tiny | bad_area)
     findings: list[Finding] = []
-    for image in dataset.images:
-        width, height = sizes.get(image.id, (image.width, image.height))
-        for annotation in image.annotations:
-            findings.extend(_box_findings(annotation, width, height))
+    rows = np.flatnonzero(flagged)
+    for row, owner in zip(rows.tolist(), owners[rows].tolist(), strict=True):
+        annotation = _annotation(images, row, owner)
+        findings.extend(_box_findings(annotation, int(widths[owner]), int(heights[owner])))
     return findings
+
+
+def _annotation(images: Any, row: int, owner: int) -> Annotation:
+    """The :class:`Annotation` of one object row."""
+    x, y, w, h = images.bboxes[row].tolist()
+    return Annotation(
+        int(images.annotation_ids[row]),
+        int(images.ids[owner]),
+        int(images.category_ids[row]),
+        (x, y, w, h),
+        float(images.areas[row]),
+        bool(images.crowd[row]),
+        int(images.annotation_positions[row]),
+    )
 
 
 # --- labels, crowd, duplicates -------------------------------------------------------------
@@ -376,6 +399,8 @@ def check_labels(dataset: CocoDataset) -> list[Finding]:
                 )
             )
     counts = dataset.annotation_counts()
+    classes = [counts[c.id] for c in dataset.categories if c.id not in placeholders and counts[c.id]]
+    median = float(np.median(classes)) if classes else 0.0
     for category in dataset.categories:
         if category.id not in placeholders and counts[category.id] == 0:
             findings.append(
@@ -384,6 +409,15 @@ def check_labels(dataset: CocoDataset) -> list[Finding]:
                     "unused_category",
                     f"category {category.id} '{category.name}' has no annotations; the model keeps a class "
                     "for it that it cannot learn",
+                )
+            )
+        elif 0 < counts[category.id] < min(FEW_OBJECTS, FEW_OBJECTS_SHARE * median):
+            findings.append(
+                _finding(
+                    Severity.WARNING,
+                    "few_objects",
+                    f"category {category.id} '{category.name}' has {counts[category.id]} object(s) (the median class "
+                    f"{median:g}); a detector needs tens to learn a class: label more, or merge it into another class",
                 )
             )
     names = Counter(c.name for c in dataset.categories)
@@ -413,69 +447,137 @@ def check_labels(dataset: CocoDataset) -> list[Finding]:
     return findings
 
 
+def compare_splits(train: CocoDataset, other: CocoDataset, name: str = "val") -> list[Finding]:
+    """Classes that one split has objects of and the other has none (by category id).
+
+    A class absent from validation is never measured; one absent from training cannot be learned.
+    """
+    findings = []
+    ours, theirs = train.annotation_counts(), other.annotation_counts()
+    names = {c.id: c.name for c in (*other.categories, *train.categories)}
+    for cid in sorted(set(ours) | set(theirs)):
+        if ours[cid] and not theirs[cid]:
+            findings.append(
+                _finding(
+                    Severity.WARNING,
+                    "class_missing_from_split",
+                    f"category {cid} '{names.get(cid, cid)}' has {ours[cid]} training object(s) but none in {name} "
+                    f"({other.json_path}): its AP cannot be measured; move some of its images to {name}",
+                )
+            )
+        elif theirs[cid] and not ours[cid]:
+            findings.append(
+                _finding(
+                    Severity.WARNING,
+                    "class_missing_from_split",
+                    f"category {cid} '{names.get(cid, cid)}' has {theirs[cid]} object(s) in {name} ({other.json_path}) "
+                    "but none in training: the model cannot learn it; move some of its images to training",
+                )
+            )
+    return findings
+
+
 def check_crowd(dataset: CocoDataset) -> list[Finding]:
-    crowd = [a for image in dataset.images for a in image.annotations if a.iscrowd]
+    images = dataset.images
+    crowd = int(images.crowd.sum())
     if not crowd:
         return []
-    images = len({a.image_id for a in crowd})
+    owners = len(np.unique(images.owners[images.crowd]))
     return [
         _finding(
             Severity.INFO,
             "crowd",
-            f"{len(crowd)} annotation(s) in {images} image(s) have iscrowd=1: they are ignore regions "
+            f"{crowd} annotation(s) in {owners} image(s) have iscrowd=1: they are ignore regions "
             "(neither trained as objects nor counted as missed in metrics)",
         )
     ]
 
 
+# Odd 64-bit multipliers of the row hash of check_duplicate_annotations (one per key column).
+_HASH_FACTORS = (
+    0x9E3779B97F4A7C15,
+    0xBF58476D1CE4E5B9,
+    0x94D049BB133111EB,
+    0xD6E8FEB86659FD93,
+    0xC2B2AE3D27D4EB4F,
+    0x165667B19E3779F9,
+    0x27D4EB2F165667C5,
+)
+
+
 def check_duplicate_annotations(dataset: CocoDataset) -> list[Finding]:
+    """Objects that repeat an earlier object of their image: same category, crowd flag and box
+    (to a thousandth of a pixel)."""
+    images = dataset.images
+    count = images.num_annotations
+    if not count:
+        return []
+    owners = images.owners
+    rounded = np.round(images.bboxes, 3) + 0.0  # + 0.0: -0.0 and 0.0 are one value
+    # Only rows whose key hashes like another row's can repeat one: sort those few exactly.
+    mixed = np.zeros(count, np.uint64)
+    columns = [owners, images.category_ids, images.crowd, *rounded.view(np.uint64).T]
+    for column, factor in zip(columns, _HASH_FACTORS, strict=True):
+        mixed = (mixed ^ column.astype(np.uint64)) * np.uint64(factor)
+    by_hash = np.argsort(mixed, kind="stable")
+    same = mixed[by_hash][1:] == mixed[by_hash][:-1]
+    rows = np.unique(np.concatenate([by_hash[1:][same], by_hash[:-1][same]]))
+    if not len(rows):
+        return []
+    keys = (rows, *rounded[rows].T[::-1], images.crowd[rows], images.category_ids[rows], owners[rows])
+    sort = np.lexsort(keys)  # by image, category, crowd, box; rows in json order within a key
+    order = rows[sort]
+    ordered = [key[sort] for key in keys[1:]]
+    repeat = np.zeros(len(rows), bool)
+    repeat[1:] = np.logical_and.reduce([key[1:] == key[:-1] for key in ordered])
+    # The first row of each run of equal keys is the one the repeats repeat.
+    first = order[np.maximum.accumulate(np.where(repeat, 0, np.arange(len(rows))))]
     findings = []
-    for image in dataset.images:
-        seen: dict[tuple[Any, ...], int] = {}
-        for annotation in image.annotations:
-            key = (annotation.category_id, tuple(round(v, 3) for v in annotation.bbox), annotation.iscrowd)
-            if key in seen:
-                findings.append(
-                    _finding(
-                        Severity.WARNING,
-                        "duplicate_annotation",
-                        f"annotation {annotation.id} repeats annotation {seen[key]} (same image "
-                        f"{image.id}, category and box)",
-                        fix="drop the repeat",
-                        repairs=(Repair("annotations", annotation.index, "drop"),),
-                        image_id=image.id,
-                        annotation_id=annotation.id,
-                    )
-                )
-            else:
-                seen[key] = annotation.id
+    for position in sorted(np.flatnonzero(repeat).tolist(), key=lambda p: int(order[p])):
+        row, original = int(order[position]), int(first[position])
+        owner = int(owners[row])
+        annotation_id, image_id = int(images.annotation_ids[row]), int(images.ids[owner])
+        findings.append(
+            _finding(
+                Severity.WARNING,
+                "duplicate_annotation",
+                f"annotation {annotation_id} repeats annotation {int(images.annotation_ids[original])} (same image "
+                f"{image_id}, category and box)",
+                fix="drop the repeat",
+                repairs=(Repair("annotations", int(images.annotation_positions[row]), "drop"),),
+                image_id=image_id,
+                annotation_id=annotation_id,
+            )
+        )
     return findings
 
 
-def duplicate_groups(dataset: CocoDataset, infos: dict[int, FileInfo]) -> list[list[int]]:
+def duplicate_groups(dataset: CocoDataset, headers: Headers) -> list[list[int]]:
     """Ids of images whose files have identical content, one list per content."""
     by_hash: dict[str, list[int]] = defaultdict(list)
-    for image in dataset.images:
-        info = infos.get(image.id)
-        if info is not None and info.sha1:
-            by_hash[info.sha1].append(image.id)
+    for image_id, digest in zip(dataset.images.ids.tolist(), headers.sha1, strict=True):
+        if digest:
+            by_hash[digest].append(image_id)
     return [ids for ids in by_hash.values() if len(ids) > 1]
 
 
-def check_duplicate_images(dataset: CocoDataset, infos: dict[int, FileInfo]) -> list[Finding]:
+def check_duplicate_images(dataset: CocoDataset, headers: Headers | None) -> list[Finding]:
     findings = []
-    names = Counter(os.path.normpath(image.file_name) for image in dataset.images)
-    for name, count in names.items():
-        if count > 1:
-            ids = [image.id for image in dataset.images if os.path.normpath(image.file_name) == name]
+    by_name: dict[str, list[int]] = defaultdict(list)
+    for image_id, name in zip(dataset.images.ids.tolist(), dataset.images.file_names(), strict=True):
+        # normpath changes only names with "//", "/.", a leading "." or a trailing "/"
+        plain = "//" not in name and "/." not in name and name[:1] != "." and name[-1:] != "/"
+        by_name[name if plain else os.path.normpath(name)].append(image_id)
+    for name, ids in by_name.items():
+        if len(ids) > 1:
             findings.append(
                 _finding(
                     Severity.ERROR,
                     "duplicate_file_name",
-                    f"file {name} is listed by {count} images {ids}; list each file once, with all its annotations",
+                    f"file {name} is listed by {len(ids)} images {ids}; list each file once, with all its annotations",
                 )
             )
-    for ids in duplicate_groups(dataset, infos):
+    for ids in duplicate_groups(dataset, headers) if headers is not None else []:
         findings.append(
             _finding(
                 Severity.WARNING,
@@ -493,29 +595,27 @@ def check_duplicate_images(dataset: CocoDataset, infos: dict[int, FileInfo]) -> 
 
 def statistics(dataset: CocoDataset) -> dict[str, Any]:
     """Counts per category, boxes per image, COCO size ranges, empty images."""
+    images = dataset.images
     names = {c.id: c.name for c in dataset.categories}
     per_category = dataset.annotation_counts()
-    per_image = [sum(not a.iscrowd for a in image.annotations) for image in dataset.images]
-    sizes: Counter[str] = Counter()
-    for image in dataset.images:
-        for annotation in image.annotations:
-            if annotation.iscrowd:
-                continue
-            area = annotation.effective_area
-            sizes["small" if area < COCO_SMALL else "medium" if area < COCO_LARGE else "large"] += 1
+    objects = ~images.crowd
+    per_image = np.bincount(images.owners[objects], minlength=len(images))
+    area = images.effective_areas()[objects]
+    small, medium = int((area < COCO_SMALL).sum()), int(((area >= COCO_SMALL) & (area < COCO_LARGE)).sum())
     return {
-        "images": len(dataset.images),
+        "images": len(images),
         "annotations": dataset.num_annotations,
         "categories": len(dataset.categories),
         "per_category": {f"{cid} {names[cid]}": per_category.get(cid, 0) for cid in sorted(names)},
-        "empty_images": sum(count == 0 for count in per_image),
+        "empty_images": int((per_image == 0).sum()),
         "boxes_per_image": {
-            "min": min(per_image, default=0),
-            "mean": round(sum(per_image) / len(per_image), 2) if per_image else 0,
-            "max": max(per_image, default=0),
+            "min": int(per_image.min()) if len(per_image) else 0,
+            "mean": round(float(per_image.sum()) / len(per_image), 2) if len(per_image) else 0,
+            "max": int(per_image.max()) if len(per_image) else 0,
         },
-        "box_sizes": {k: sizes.get(k, 0) for k in ("small", "medium", "large")},
-        "crowd": sum(a.iscrowd for image in dataset.images for a in image.annotations),
+        # NaN areas (of NaN boxes) compare false with both bounds, as in a chain of ifs: large
+        "box_sizes": {"small": small, "medium": medium, "large": len(area) - small - medium},
+        "crowd": int(images.crowd.sum()),
     }
 
 
@@ -532,38 +632,39 @@ def check_dataset(
     """Run every check on a parsed dataset.
 
     Args:
-        dataset: the records, as :func:`detlit.data.coco.parse_coco` returned them.
-        structure: the structure findings :func:`parse_coco` returned with them.
+        dataset: the records, as :func:`detlit.data.coco.read_coco` returned them.
+        structure: the structure findings returned with them.
         files: look at the image files (existence, size, EXIF orientation, mode).
         decode: also decode and hash every image (unreadable files, duplicate content).
         unlisted: report images on disk that the json omits.
     """
     report = Report(dataset.json_path, dataset.image_root, list(structure))
-    infos = inspect_files(dataset, decode) if files else {}
-    sizes = {iid: (i.width, i.height) for iid, i in infos.items() if i.exists and not i.error}
-    if files:
-        report.findings += check_files(dataset, infos)
+    headers = inspect_files(dataset, decode) if files else None
+    sizes = None
+    if headers is not None:
+        measured = headers.read & headers.usable
+        images = dataset.images
+        sizes = (np.where(measured, headers.width, images.widths), np.where(measured, headers.height, images.heights))
+        report.findings += check_files(dataset, headers)
         if unlisted:
             report.findings += check_unlisted_files(dataset)
     report.findings += check_boxes(dataset, sizes)
     report.findings += check_labels(dataset)
     report.findings += check_crowd(dataset)
     report.findings += check_duplicate_annotations(dataset)
-    report.findings += check_duplicate_images(dataset, infos)
+    report.findings += check_duplicate_images(dataset, headers)
     report.stats = statistics(dataset)
     return report
 
 
-def check_file(json_path: str | Path, image_root: str | Path, **kwargs: Any) -> tuple[Report, dict[str, Any]]:
-    """Read and check a COCO json; return the report and the raw json (for repairs).
+def check_file(json_path: str | Path, image_root: str | Path, **kwargs: Any) -> tuple[Report, CocoDataset]:
+    """Read and check a COCO json; return the report and the records it checked.
 
     Raises:
         DataError: the file is not usable as a whole (missing, not JSON, not COCO).
     """
-    json_path, image_root = Path(json_path), Path(image_root)
-    raw = read_json(json_path)
-    dataset, structure = parse_coco(raw, json_path, image_root)
-    return check_dataset(dataset, structure, **kwargs), raw
+    dataset, structure = read_coco(json_path, image_root)
+    return check_dataset(dataset, structure, **kwargs), dataset
 
 
 def load_checked(
@@ -581,19 +682,13 @@ def load_checked(
         DataError: one sentence with the first error, their number, and the check command.
     """
     json_path, image_root = Path(json_path), Path(image_root)
-    dataset, structure = parse_coco(read_json(json_path), json_path, image_root)
+    dataset, structure = read_coco(json_path, image_root)
     if files:
         require_images(dataset, option)
     report = check_dataset(dataset, structure, files=files, decode=False, unlisted=False)
     log_summary(report.findings, log, str(json_path), examples=2)
     raise_on_errors(report.findings, json_path, image_root)
-    log.info(
-        "read %s: %d images, %d annotations, %d categories",
-        json_path,
-        len(dataset.images),
-        dataset.num_annotations,
-        len(dataset.categories),
-    )
+    dataset.log_size()
     return dataset
 
 

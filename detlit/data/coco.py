@@ -1,22 +1,49 @@
-"""Stage [1]: read a COCO json into typed records and build the category <-> label map.
+"""Stage [1]: read a COCO json into records and build the category <-> label map.
 
 COCO category ids are arbitrary (Roboflow exports start at 0, COCO itself has gaps); inside the
 model, labels are contiguous ``0..K-1``. :class:`LabelMap` is the one place that translates
 between the two, and it is built once, here, from the training json.
+
+Reading (:func:`read_coco`) decodes only the fields detection uses, straight into typed values
+(msgspec with a schema: polygons are skipped, never built as Python objects), and turns them
+into the columns of :class:`~detlit.data.records.Records`. A file that does not fit the schema,
+or whose records have problems (ids used twice, objects of unknown images, ...), is read again
+as a plain json document and parsed record by record (:func:`parse_coco`), which names every
+problem as a finding.
 """
 
 from __future__ import annotations
 
+import codecs
+import gc
 import json
 import logging
-import math
+import mmap
 from collections import Counter
 from dataclasses import dataclass, field
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
-from detlit.errors import DataError
+import msgspec
+import numpy as np
+
 from detlit.data.findings import Finding, Repair, Severity, errors
+from detlit.data.records import Annotation, ImageRecord, Records
+from detlit.errors import DataError
+
+__all__ = [
+    "Annotation",
+    "Category",
+    "CocoDataset",
+    "ImageRecord",
+    "LabelMap",
+    "Records",
+    "load_coco",
+    "parse_coco",
+    "read_coco",
+    "read_json",
+]
 
 log = logging.getLogger(__name__)
 
@@ -26,41 +53,6 @@ class Category:
     id: int
     name: str
     supercategory: str = ""
-
-
-@dataclass(frozen=True)
-class Annotation:
-    """One COCO object; ``bbox`` is XYWH in absolute pixels, as in the json."""
-
-    id: int
-    image_id: int
-    category_id: int
-    bbox: tuple[float, float, float, float]
-    area: float  # NaN when the json has none
-    iscrowd: bool = False
-    index: int = -1  # position in the json's annotations list
-
-    @property
-    def xyxy(self) -> tuple[float, float, float, float]:
-        x, y, w, h = self.bbox
-        return x, y, x + w, y + h
-
-    @property
-    def effective_area(self) -> float:
-        """The json's ``area`` (a segment area for COCO itself), or the box area without one."""
-        return self.area if math.isfinite(self.area) and self.area > 0 else self.bbox[2] * self.bbox[3]
-
-
-@dataclass
-class ImageRecord:
-    """One image and its objects; ``file_name`` is relative to the image root."""
-
-    id: int
-    file_name: str
-    width: int  # as the json says (0 when missing or invalid)
-    height: int
-    annotations: list[Annotation] = field(default_factory=list)
-    index: int = -1  # position in the json's images list
 
 
 @dataclass(frozen=True)
@@ -84,6 +76,21 @@ class LabelMap:
         """Contiguous label of a COCO category id."""
         return self.category_ids.index(category_id)
 
+    def labels(self, category_ids: np.ndarray) -> np.ndarray:
+        """Contiguous labels of an array of COCO category ids.
+
+        Raises:
+            KeyError: an id is not in the map.
+        """
+        ids = np.asarray(self.category_ids, np.int64)
+        order = np.argsort(ids)
+        values = np.asarray(category_ids, np.int64)
+        found = np.searchsorted(ids[order], values).clip(0, max(len(ids) - 1, 0))
+        unknown = ids[order][found] != values if len(ids) else np.ones(len(values), bool)
+        if unknown.any():
+            raise KeyError(int(values[np.argmax(unknown)]))
+        return order[found]
+
     def category_id(self, label: int) -> int:
         """COCO category id of a contiguous label."""
         return self.category_ids[label]
@@ -97,20 +104,38 @@ class LabelMap:
 
 @dataclass
 class CocoDataset:
-    """A loaded COCO detection json: its images (with annotations) and categories."""
+    """A loaded COCO detection json: its images (with annotations, as columns) and categories.
+
+    ``images`` is a :class:`~detlit.data.records.Records`, a sequence of :class:`ImageRecord`
+    built on access; a list of records given here is turned into one.
+    """
 
     json_path: Path
     image_root: Path
-    images: list[ImageRecord]
+    images: Records
     categories: list[Category]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.images, Records):
+            self.images = Records.from_records(self.images)
+
+    def log_size(self) -> None:
+        log.info(
+            "read %s: %d images, %d annotations, %d categories",
+            self.json_path,
+            len(self.images),
+            self.num_annotations,
+            len(self.categories),
+        )
 
     @property
     def num_annotations(self) -> int:
-        return sum(len(image.annotations) for image in self.images)
+        return self.images.num_annotations
 
     def annotation_counts(self) -> Counter[int]:
         """Number of annotations per category id (crowd regions excluded)."""
-        return Counter(a.category_id for image in self.images for a in image.annotations if not a.iscrowd)
+        ids, counts = np.unique(self.images.category_ids[~self.images.crowd], return_counts=True)
+        return Counter(dict(zip(ids.tolist(), counts.tolist(), strict=True)))
 
     def placeholder_categories(self) -> list[Category]:
         """Unused categories that only name the supercategory of others (Roboflow exports)."""
@@ -143,19 +168,40 @@ def read_json(path: Path) -> dict[str, Any]:
     Only what makes the file unusable as a whole raises; problems of single records are
     findings of :func:`parse_coco`.
     """
+    require_file(path)
+    try:
+        # Windows tools often start a json with a UTF-8 byte-order mark: it is not part of the data.
+        data = msgspec.json.decode(path.read_bytes().removeprefix(codecs.BOM_UTF8))
+    except msgspec.DecodeError:
+        data = _read_json_text(path)  # not strict JSON (NaN, a BOM, ...), or not JSON: say where
+    return _require_coco(data, path)
+
+
+def require_file(path: Path) -> None:
+    """Raise one sentence unless ``path`` is an existing file (not a folder)."""
+    if path.is_dir():
+        raise DataError(f"{path} is a folder, not a file; pass the path of your COCO annotation json")
     if not path.is_file():
         raise DataError(f"{path} does not exist; pass the path of your COCO annotation json")
+
+
+def _read_json_text(path: Path) -> Any:
+    """Python's own json reader: it takes NaN and Infinity, and says where a file stops being JSON."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as err:
         raise DataError(f"{path} is not a text file ({err.reason}); pass a COCO json") from err
     _require(bool(text.strip()), path, "the file is empty; pass a COCO annotation json")
     try:
-        data = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as err:
         raise DataError(
             f"{path} is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg}); pass a COCO annotation json"
         ) from err
+
+
+def _require_coco(data: Any, path: Path) -> dict[str, Any]:
+    """``data`` when it is a COCO detection document at the top level; else one-sentence DataErrors."""
     _require(
         isinstance(data, dict),
         path,
@@ -172,6 +218,13 @@ def read_json(path: Path) -> dict[str, Any]:
     for key in ("images", "annotations", "categories"):
         _require(isinstance(data[key], list), path, f"'{key}' must be a list, not a {type(data[key]).__name__}")
     return data
+
+
+INT64 = (-(2**63), 2**63 - 1)  # numpy's int64, what detlit (and pycocotools' arrays) hold ids in
+
+
+def _fits_int64(value: int) -> bool:
+    return INT64[0] <= value <= INT64[1]
 
 
 def _as_int(value: Any) -> int | None:
@@ -208,6 +261,8 @@ class _Parser:
             cid = _as_int(item.get("id")) if isinstance(item, dict) else None
             if cid is None or not isinstance(item.get("name"), str):
                 self.error("bad_category", f"categories[{index}] needs an integer 'id' and a 'name': {item!r}")
+            elif not _fits_int64(cid):
+                self.error("id_out_of_range", f"category {item['name']!r} has id {cid}, beyond 64 bits; renumber it")
             elif cid in seen:
                 self.error("duplicate_category_id", f"category id {cid} is used twice; give each category its own id")
             else:
@@ -215,8 +270,8 @@ class _Parser:
                 categories.append(Category(cid, item["name"], str(item.get("supercategory", ""))))
         return categories
 
-    def images(self, raw: list[Any]) -> list[ImageRecord]:
-        images: list[ImageRecord] = []
+    def images(self, raw: list[Any]) -> _ImageColumns:
+        images = _ImageColumns()
         seen: set[int] = set()
         for index, item in enumerate(raw):
             if not isinstance(item, dict):
@@ -237,6 +292,14 @@ class _Parser:
                     Repair("images", index, "drop"),
                 )
                 continue
+            if not _fits_int64(iid):
+                self.error(
+                    "id_out_of_range",
+                    f"image {name} has id {iid}, beyond the 64-bit integers ids are kept in; renumber the images "
+                    "(and their annotations' image_id) below 2**63",
+                    image_id=iid,
+                )
+                continue
             if iid in seen:
                 self.error(
                     "duplicate_image_id",
@@ -245,6 +308,20 @@ class _Parser:
                 )
                 continue
             seen.add(iid)
+            if "\\" in name:
+                # A Windows separator: the file is there under the same name with "/".
+                posix = name.replace("\\", "/")
+                self.findings.append(
+                    Finding(
+                        Severity.WARNING,
+                        "windows_path",
+                        f"image {iid} has file_name {name!r} with Windows separators; detlit reads {posix!r}",
+                        fix=f"write it as {posix!r}",
+                        repairs=(Repair("images", index, "set", {"file_name": posix}),),
+                        image_id=iid,
+                    )
+                )
+                name = posix
             width, height = _as_int(item.get("width")), _as_int(item.get("height"))
             if not isinstance(item["id"], int):
                 self.error(
@@ -266,10 +343,12 @@ class _Parser:
                     )
                 )
                 width, height = 0, 0
-            images.append(ImageRecord(iid, name, width, height, index=index))
+            images.add(iid, name, width, height, index)
         return images
 
-    def annotations(self, raw: list[Any], images: dict[int, ImageRecord], category_ids: set[int]) -> None:
+    def annotations(self, raw: list[Any], images: dict[int, int], category_ids: set[int]) -> _ObjectColumns:
+        """The usable objects; ``images`` maps an image id to its position among the usable images."""
+        objects = _ObjectColumns()
         seen: set[int] = set()
         next_id = 1 + max((_as_int(a.get("id")) or 0 for a in raw if isinstance(a, dict)), default=0)
         for index, item in enumerate(raw):
@@ -283,6 +362,15 @@ class _Parser:
                 self.error(
                     "bad_annotation",
                     f"annotations[{index}] needs integer 'id', 'image_id' and 'category_id': {item!r}",
+                    "drop it",
+                    drop,
+                )
+                continue
+            if not all(_fits_int64(v) for v in (aid, iid, cid)):
+                self.error(
+                    "id_out_of_range",
+                    f"annotations[{index}] has an id beyond the 64-bit integers ids are kept in "
+                    f"(id {aid}, image_id {iid}, category_id {cid}); renumber them below 2**63",
                     "drop it",
                     drop,
                 )
@@ -337,20 +425,42 @@ class _Parser:
                     image_id=iid,
                 )
                 continue
-            x, y, w, h = (float(v) for v in bbox)
             area = item.get("area")
-            area_value = float(area) if isinstance(area, (int, float)) and not isinstance(area, bool) else math.nan
-            images[iid].annotations.append(
-                Annotation(
-                    aid,
-                    iid,
-                    cid,
-                    (x, y, w, h),
-                    area_value,
-                    bool(item.get("iscrowd", 0)),
-                    index=index,
-                )
-            )
+            objects.owners.append(images[iid])
+            objects.ids.append(aid)
+            objects.category_ids.append(cid)
+            objects.bboxes.append([float(v) for v in bbox])
+            objects.areas.append(float(area) if area is not None and _is_number(area) else np.nan)
+            objects.crowd.append(bool(item.get("iscrowd", 0)))
+            objects.positions.append(index)
+        return objects
+
+
+@dataclass
+class _ImageColumns:
+    ids: list[int] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+    widths: list[int] = field(default_factory=list)
+    heights: list[int] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)
+
+    def add(self, iid: int, name: str, width: int, height: int, position: int) -> None:
+        self.ids.append(iid)
+        self.names.append(name)
+        self.widths.append(width)
+        self.heights.append(height)
+        self.positions.append(position)
+
+
+@dataclass
+class _ObjectColumns:
+    owners: list[int] = field(default_factory=list)
+    ids: list[int] = field(default_factory=list)
+    category_ids: list[int] = field(default_factory=list)
+    bboxes: list[list[float]] = field(default_factory=list)
+    areas: list[float] = field(default_factory=list)
+    crowd: list[bool] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)
 
 
 def parse_coco(data: dict[str, Any], json_path: Path, image_root: Path) -> tuple[CocoDataset, list[Finding]]:
@@ -361,8 +471,148 @@ def parse_coco(data: dict[str, Any], json_path: Path, image_root: Path) -> tuple
     parser = _Parser(json_path)
     categories = parser.categories(data["categories"])
     images = parser.images(data["images"])
-    parser.annotations(data["annotations"], {i.id: i for i in images}, {c.id for c in categories})
-    return CocoDataset(json_path, image_root, images, categories), parser.findings
+    objects = parser.annotations(
+        data["annotations"], {iid: i for i, iid in enumerate(images.ids)}, {c.id for c in categories}
+    )
+    records = Records.from_columns(
+        images.ids,
+        images.names,
+        images.widths,
+        images.heights,
+        images.positions,
+        objects.owners,
+        objects.ids,
+        objects.category_ids,
+        objects.bboxes,
+        objects.areas,
+        objects.crowd,
+        objects.positions,
+    )
+    return CocoDataset(json_path, image_root, records, categories), parser.findings
+
+
+# --- the fast path: a schema of the fields detection uses ----------------------------------
+
+
+class _Image(msgspec.Struct, gc=False):
+    id: int
+    file_name: str
+    width: int
+    height: int
+
+
+class _Object(msgspec.Struct, gc=False):
+    id: int
+    image_id: int
+    category_id: int
+    bbox: tuple[float, float, float, float]
+    area: float | None = None
+    iscrowd: Any = 0
+
+
+class _Category(msgspec.Struct, gc=False):
+    id: int
+    name: str
+    supercategory: Any = ""
+
+
+class _Document(msgspec.Struct, gc=False):
+    images: list[_Image]
+    annotations: list[_Object]
+    categories: list[_Category]
+
+
+def _read_typed(json_path: Path, image_root: Path) -> CocoDataset | None:
+    """The dataset when the file fits the schema and its records have no problem; else None.
+
+    Every value is type-checked while it is decoded (ints are ints, boxes four numbers); what the
+    schema cannot say (unique ids, objects of known images and categories, positive sizes) is
+    checked on the columns. Anything else goes to :func:`parse_coco`, which reports it.
+    """
+    # The decoded values hold no reference cycles: the collector need not look at them (it would
+    # walk every object already made at each of its passes while a million more are made).
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        with json_path.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            document = msgspec.json.decode(data, type=_Document)
+    except (msgspec.DecodeError, ValueError, OSError):  # ValueError: an empty file cannot be mapped
+        return None
+    finally:
+        if collecting:
+            gc.enable()
+    images, objects, raw_categories = document.images, document.annotations, document.categories
+    del document
+
+    def column(items: list[Any], name: str, dtype: type) -> np.ndarray:
+        return np.fromiter(map(attrgetter(name), items), dtype, len(items))
+
+    try:
+        image_ids, widths, heights = (column(images, name, np.int64) for name in ("id", "width", "height"))
+        names = list(map(attrgetter("file_name"), images))
+        del images
+        owner_ids, object_ids, category_ids = (
+            column(objects, name, np.int64) for name in ("image_id", "id", "category_id")
+        )
+        areas = np.array([np.nan if area is None else area for area in map(attrgetter("area"), objects)], np.float64)
+        crowd = np.fromiter(map(bool, map(attrgetter("iscrowd"), objects)), bool, len(objects))
+        bboxes = np.array(list(map(attrgetter("bbox"), objects)), np.float64).reshape(-1, 4)
+        del objects
+    except OverflowError:  # an id beyond 64 bits
+        return None
+    known = np.array([c.id for c in raw_categories], np.int64)
+    sorted_images = np.sort(image_ids)
+    owners = np.searchsorted(sorted_images, owner_ids).clip(0, max(len(image_ids) - 1, 0))
+    clean = (
+        _unique(known)
+        and _unique(sorted_images)
+        and _unique(object_ids)
+        and bool((widths > 0).all() and (heights > 0).all() and (widths < 2**31).all() and (heights < 2**31).all())
+        and all(names)
+        and not any("\\" in name for name in names)  # Windows separators: the parse reports them
+        and (len(owner_ids) == 0 or bool((sorted_images[owners] == owner_ids).all()))
+        and bool(np.isin(category_ids, known).all())
+    )
+    if not clean:
+        return None
+    # Positions among the images as listed: the rank of each id in sorted order, mapped back.
+    position_of_sorted = np.argsort(image_ids, kind="stable")
+    records = Records.from_columns(
+        image_ids,
+        names,
+        widths,
+        heights,
+        np.arange(len(image_ids)),
+        position_of_sorted[owners] if len(owner_ids) else owners,
+        object_ids,
+        category_ids,
+        bboxes,
+        areas,
+        crowd,
+        np.arange(len(object_ids)),
+    )
+    categories = [Category(c.id, c.name, str(c.supercategory)) for c in raw_categories]
+    return CocoDataset(json_path, image_root, records, categories)
+
+
+def _unique(values: np.ndarray) -> bool:
+    ordered = np.sort(values)
+    return not bool((ordered[1:] == ordered[:-1]).any())
+
+
+def read_coco(json_path: str | Path, image_root: str | Path) -> tuple[CocoDataset, list[Finding]]:
+    """Read a COCO json into records and structure findings: decoded against the schema of the
+    fields detection uses, or, when the file does not fit it, by :func:`parse_coco`.
+
+    Raises:
+        DataError: the file is not usable as a whole (missing, not JSON, not COCO).
+    """
+    json_path, image_root = Path(json_path), Path(image_root)
+    require_file(json_path)
+    dataset = _read_typed(json_path, image_root)
+    if dataset is not None:
+        return dataset, []
+    return parse_coco(read_json(json_path), json_path, image_root)
 
 
 def load_coco(json_path: str | Path, image_root: str | Path) -> CocoDataset:
@@ -373,15 +623,9 @@ def load_coco(json_path: str | Path, image_root: str | Path) -> CocoDataset:
             that prints the full report).
     """
     json_path, image_root = Path(json_path), Path(image_root)
-    dataset, findings = parse_coco(read_json(json_path), json_path, image_root)
+    dataset, findings = read_coco(json_path, image_root)
     raise_on_errors(findings, json_path, image_root)
-    log.info(
-        "read %s: %d images, %d annotations, %d categories",
-        json_path,
-        len(dataset.images),
-        dataset.num_annotations,
-        len(dataset.categories),
-    )
+    dataset.log_size()
     return dataset
 
 
@@ -401,8 +645,9 @@ def require_images(dataset: CocoDataset, option: str = "the image folder") -> No
     root = dataset.image_root
     if not root.is_dir():
         raise DataError(f"image folder {root} does not exist; set {option} to the folder holding the images")
-    if dataset.images and not any((root / image.file_name).is_file() for image in dataset.images):
+    images = dataset.images
+    if len(images) and not any((root / images.file_name(i)).is_file() for i in range(len(images))):
         raise DataError(
-            f"none of the {len(dataset.images)} images listed in {dataset.json_path} is under {root} "
-            f"(first: {dataset.images[0].file_name}); set {option} to the folder that holds them"
+            f"none of the {len(images)} images listed in {dataset.json_path} is under {root} "
+            f"(first: {images.file_name(0)}); set {option} to the folder that holds them"
         )

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any, Literal
 
+import numpy as np
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
+from detlit.data.checks import compare_splits, load_checked
 from detlit.data.coco import CocoDataset, LabelMap
+from detlit.data.findings import log_summary
 from detlit.data.dataset import DetectionDataset, collate
-from detlit.errors import ConfigError, DataError
 from detlit.data.samplers import (
     BatchDataset,
     EvaluationBatchSampler,
@@ -19,9 +22,32 @@ from detlit.data.samplers import (
     repeat_factors,
 )
 from detlit.data.transforms import Step, describe_augment, eval_transform, resized_shape, train_transform
-from detlit.data.checks import load_checked
+from detlit.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
+
+
+def check_numbers(
+    batch_size: int,
+    num_workers: int,
+    min_size_train: Sequence[int],
+    max_size_train: int,
+    min_size_test: int,
+    max_size_test: int,
+) -> None:
+    """Raise one sentence naming the setting when a count or an image size cannot work."""
+    if batch_size < 1:
+        raise ConfigError(f"data.batch_size is {batch_size}; use 1 or more images per batch")
+    if num_workers < 0:
+        raise ConfigError(f"data.num_workers is {num_workers}; use 0 (load in the main process) or more")
+    if not min_size_train:
+        raise ConfigError("data.min_size_train is empty; give one or more image sizes, e.g. [640, 800]")
+    for size in min_size_train:
+        if size < 1:
+            raise ConfigError(f"data.min_size_train holds {size}; image sizes are whole numbers of pixels above 0")
+    for name, size in (("max_size_train", max_size_train), ("min_size_test", min_size_test), ("max_size_test", max_size_test)):
+        if size < 1:
+            raise ConfigError(f"data.{name} is {size}; image sizes are whole numbers of pixels above 0")
 
 
 class CocoDataModule(LightningDataModule):
@@ -89,6 +115,7 @@ class CocoDataModule(LightningDataModule):
         seed: int = 0,
     ):
         super().__init__()
+        check_numbers(batch_size, num_workers, min_size_train, max_size_train, min_size_test, max_size_test)
         self.save_hyperparameters()
         # hparams end up in checkpoints and hparams.yaml, which cannot hold transform objects:
         # they keep a plain description, and the transforms themselves live here.
@@ -104,6 +131,13 @@ class CocoDataModule(LightningDataModule):
         self.label_map: LabelMap = self.train_data.label_map()
         log.info("label map (COCO id -> label): %s", self.label_map.describe())
         self.val_data = self._load_like_train(val_json, val_images or train_images, "data.val_images")
+        if self.val_data is not None:
+            if not len(self.val_data.images):
+                raise DataError(
+                    f"data.val_json {val_json} holds no image; give a validation set with images, or leave "
+                    "data.val_json out to train without validation"
+                )
+            log_summary(compare_splits(self.train_data, self.val_data), log, "train / val")
         self.test_data = self._load_like_train(test_json, test_images or val_images or train_images, "data.test_images")
         self.datasets: dict[str, DetectionDataset] = {}
         self._resume_position: dict[str, int] | None = None
@@ -125,15 +159,15 @@ class CocoDataModule(LightningDataModule):
         if json_path is None:
             return None
         dataset = load_checked(json_path, image_root, option, self.hparams["check_files"])
-        known = set(self.label_map.category_ids)
-        for image in dataset.images:
-            for annotation in image.annotations:
-                if annotation.category_id not in known:
-                    raise DataError(
-                        f"{json_path}: annotation {annotation.id} has category_id "
-                        f"{annotation.category_id}, which the training json "
-                        f"{self.train_data.json_path} does not define; use the same categories"
-                    )
+        images = dataset.images
+        unknown = np.flatnonzero(~np.isin(images.category_ids, self.label_map.category_ids))
+        if len(unknown):
+            row = int(unknown[0])
+            raise DataError(
+                f"{json_path}: annotation {int(images.annotation_ids[row])} has category_id "
+                f"{int(images.category_ids[row])}, which the training json "
+                f"{self.train_data.json_path} does not define; use the same categories"
+            )
         return dataset
 
     def _dataset(self, data: CocoDataset, train: bool) -> DetectionDataset:
@@ -232,7 +266,11 @@ class CocoDataModule(LightningDataModule):
         num_replicas, rank = self._processes()
         dataset = self.datasets[split]
         hp = self.hparams
-        shapes = [resized_shape(r.height, r.width, hp["min_size_test"], hp["max_size_test"]) for r in dataset.records]
+        records = dataset.records
+        shapes = [
+            resized_shape(height, width, hp["min_size_test"], hp["max_size_test"])
+            for height, width in zip(records.heights.tolist(), records.widths.tolist(), strict=True)
+        ]
         # Each image on exactly one process (Lightning's DistributedSampler would repeat some, and
         # repeats would count twice in the metrics), batched with images of its own shape only.
         sampler = EvaluationBatchSampler(shapes, hp["batch_size"], num_replicas, rank)

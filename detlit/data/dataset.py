@@ -34,10 +34,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from detlit.compat import Boxes, Instances
 from detlit.data.coco import ImageRecord, LabelMap
 from detlit.data.images import CHANNEL_ORDERS, READ_ERRORS, read_image, to_model_image
+from detlit.data.records import as_records
 from detlit.data.targets import eval_target
-from detlit.compat import Boxes, Instances
 from detlit.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,9 @@ def _training_boxes(
 
 class DetectionDataset(Dataset[dict[str, Any]]):
     """COCO image records as detectron2 input dicts.
+
+    The records are kept as columns (:class:`~detlit.data.records.Records`): loader workers share
+    them with the main process, page for page, however many items they build.
 
     Args:
         records: the images to serve, with their annotations.
@@ -90,7 +94,7 @@ class DetectionDataset(Dataset[dict[str, Any]]):
         if image_format not in CHANNEL_ORDERS:
             raise ValueError(f"image_format must be 'BGR' or 'RGB', not '{image_format}'")
         self.on_unreadable = on_unreadable
-        self.records = list(records)
+        self.records = as_records(records)
         self.image_root = Path(image_root)
         self.label_map = label_map
         self.transform = transform

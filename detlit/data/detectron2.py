@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from detlit.data.coco import CocoDataset, LabelMap
 from detlit.compat import BoxMode, DatasetCatalog, MetadataCatalog
+from detlit.data.coco import CocoDataset, LabelMap
 
 
 def to_detectron2_dicts(dataset: CocoDataset, label_map: LabelMap) -> list[dict[str, Any]]:

@@ -29,9 +29,48 @@ CHANNEL_ORDERS = ("BGR", "RGB")
 READ_ERRORS = (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
+def _eight_bit(values: np.ndarray) -> np.ndarray:
+    """One channel of 16-bit, 32-bit or float pixels as uint8, scaled by its value range.
+
+    16-bit data (what ``I;16`` PNGs and most ``I`` images hold) keeps its top 8 bits; float data in
+    [0, 1] is multiplied by 255; anything larger is scaled by its maximum. Pillow's own conversion
+    clips every value above 255, which turns a 16-bit image almost white.
+    """
+    floating = np.issubdtype(values.dtype, np.floating)
+    values = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    top = float(values.max(initial=0.0))
+    if floating and top <= 1.0:
+        scale = 255.0
+    elif top <= 255.0:
+        scale = 1.0
+    elif top <= 65535.0:
+        scale = 1.0 / 257.0
+    else:
+        scale = 255.0 / top
+    return np.clip(np.rint(values * scale), 0, 255).astype(np.uint8)
+
+
 def to_rgb(image: Image.Image) -> np.ndarray:
-    """A PIL image, EXIF orientation applied, as RGB uint8 (H, W, 3)."""
-    return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+    """A PIL image of any mode Pillow reads, EXIF orientation applied, as RGB uint8 (H, W, 3).
+
+    Grayscale, palette and CMYK images are converted to RGB; transparency is dropped (a palette
+    with a transparent colour goes through RGBA so Pillow does not guess); 16-bit, 32-bit and float
+    images are scaled to 8 bits by their value range (:func:`_eight_bit`), not clipped.
+    """
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
+        gray = _eight_bit(np.asarray(image))
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode == "LAB":  # Pillow converts LAB to RGB only through a colour transform
+        from PIL import ImageCms
+
+        lab, srgb = ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB")
+        transform = ImageCms.buildTransformFromOpenProfiles(lab, srgb, "LAB", "RGB")
+        converted = ImageCms.applyTransform(image, transform)
+        image = converted if converted is not None else image
+    return np.asarray(image.convert("RGB"))
 
 
 def read_image(path: Path) -> np.ndarray:

@@ -29,10 +29,12 @@ from collections import defaultdict
 from collections.abc import Iterator, Sequence, Sized
 from typing import Generic, Protocol, TypeVar
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset, DistributedSampler
 
 from detlit.data.coco import ImageRecord
+from detlit.data.records import as_records
 
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
@@ -48,7 +50,8 @@ class SizedDataset(Protocol[T_co]):
 
 def orientation_groups(records: Sequence[ImageRecord]) -> list[int]:
     """Aspect-ratio group of each image as the json sizes it: 0 when width >= height, 1 otherwise."""
-    return [0 if record.width >= record.height else 1 for record in records]
+    columns = as_records(records)
+    return (columns.widths < columns.heights).astype(np.int64).tolist()
 
 
 def repeat_factors(records: Sequence[ImageRecord], threshold: float) -> list[float]:
@@ -63,13 +66,15 @@ def repeat_factors(records: Sequence[ImageRecord], threshold: float) -> list[flo
         records: the training images.
         threshold: frequency below which a category is repeated (detectron2 uses 0.001).
     """
-    categories = [{a.category_id for a in record.annotations if not a.iscrowd} for record in records]
-    images_with: dict[int, int] = defaultdict(int)
-    for present in categories:
-        for category in present:
-            images_with[category] += 1
-    per_category = {c: max(1.0, math.sqrt(threshold * len(records) / n)) for c, n in images_with.items()}
-    return [max((per_category[c] for c in present), default=1.0) for present in categories]
+    columns = as_records(records)
+    objects = ~columns.crowd
+    # Each (image, category) pair once: the images that contain each category.
+    pairs = np.unique(np.stack([columns.owners[objects], columns.category_ids[objects]]), axis=1)
+    _, category_of_pair, images_with = np.unique(pairs[1], return_inverse=True, return_counts=True)
+    per_category = np.maximum(1.0, np.sqrt(threshold * len(columns) / np.maximum(images_with, 1)))
+    factors = np.ones(len(columns))
+    np.maximum.at(factors, pairs[0], per_category[category_of_pair])
+    return factors.tolist()
 
 
 class TrainingBatchSampler(DistributedSampler[list[int]]):
@@ -179,7 +184,9 @@ class TrainingBatchSampler(DistributedSampler[list[int]]):
         return len(self._batches())
 
 
-def shape_batches(shapes: Sequence[tuple[int, int]], batch_size: int, indices: Sequence[int] | None = None) -> list[list[int]]:
+def shape_batches(
+    shapes: Sequence[tuple[int, int]], batch_size: int, indices: Sequence[int] | None = None
+) -> list[list[int]]:
     """Batches of at most ``batch_size`` indices whose images have the same (resized) shape.
 
     detectron2 pads a batch to its largest image, and GroupNorm statistics (and border features)
@@ -196,7 +203,9 @@ def shape_batches(shapes: Sequence[tuple[int, int]], batch_size: int, indices: S
     for index in range(len(shapes)) if indices is None else indices:
         groups[(int(shapes[index][0]), int(shapes[index][1]))].append(index)
     return [
-        members[start : start + batch_size] for members in groups.values() for start in range(0, len(members), batch_size)
+        members[start : start + batch_size]
+        for members in groups.values()
+        for start in range(0, len(members), batch_size)
     ]
 
 

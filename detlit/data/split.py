@@ -110,15 +110,16 @@ def content_hashes(dataset: CocoDataset, workers: int = 8) -> dict[int, str]:
         path = dataset.image_root / file_name
         return hashlib.sha1(path.read_bytes()).hexdigest() if path.is_file() else None
 
+    names, ids = dataset.images.file_names(), dataset.images.ids.tolist()
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        digests = list(pool.map(digest, [image.file_name for image in dataset.images]))
-    missing = [image.file_name for image, d in zip(dataset.images, digests, strict=True) if d is None]
+        digests = list(pool.map(digest, names))
+    missing = [name for name, d in zip(names, digests, strict=True) if d is None]
     if missing:
         raise DataError(
             f"{len(missing)} image(s) of {dataset.json_path} are missing under {dataset.image_root} "
             f"(first: {missing[0]}); check the --images folder or repair with python -m detlit.check --fix"
         )
-    return {image.id: d for image, d in zip(dataset.images, digests, strict=True) if d is not None}
+    return {image_id: d for image_id, d in zip(ids, digests, strict=True) if d is not None}
 
 
 # --- grouping ------------------------------------------------------------------------------
@@ -132,7 +133,8 @@ def group_images(
     group_pattern: str | None,
 ) -> list[list[int]]:
     """Image ids that must stay together: same content, same ``group_by`` value, same pattern match."""
-    parent = {image.id: image.id for image in dataset.images}
+    ids, names = dataset.images.ids.tolist(), dataset.images.file_names()
+    parent = {image_id: image_id for image_id in ids}
 
     def find(i: int) -> int:
         while parent[i] != i:
@@ -156,13 +158,13 @@ def group_images(
     if group_pattern:
         pattern = re.compile(group_pattern)
         keys: dict[int, Any] = {}
-        for image in dataset.images:
-            match = pattern.search(image.file_name)
-            keys[image.id] = (match.group(1) if pattern.groups else match.group(0)) if match else None
+        for image_id, name in zip(ids, names, strict=True):
+            match = pattern.search(name)
+            keys[image_id] = (match.group(1) if pattern.groups else match.group(0)) if match else None
         union_by(keys)
     groups: dict[int, list[int]] = defaultdict(list)
-    for image in dataset.images:
-        groups[find(image.id)].append(image.id)
+    for image_id in ids:
+        groups[find(image_id)].append(image_id)
     return list(groups.values())
 
 
@@ -176,16 +178,17 @@ def _hashable(value: Any) -> Any:
 def label_matrix(dataset: CocoDataset, groups: list[list[int]]) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """Objects per category for each group (last column: images without objects) and group sizes."""
     category_ids = sorted(c.id for c in dataset.categories)
-    column = {cid: i for i, cid in enumerate(category_ids)}
-    by_id = {image.id: image for image in dataset.images}
-    counts = np.zeros((len(groups), len(category_ids) + 1), dtype=np.int64)
+    images = dataset.images
+    position = {image_id: i for i, image_id in enumerate(images.ids.tolist())}
+    group_of = np.zeros(len(images), np.int64)
     for g, ids in enumerate(groups):
-        for image_id in ids:
-            objects = [a for a in by_id[image_id].annotations if not a.iscrowd]
-            for annotation in objects:
-                counts[g, column[annotation.category_id]] += 1
-            if not objects:
-                counts[g, -1] += 1
+        group_of[[position[image_id] for image_id in ids]] = g
+    objects = ~images.crowd
+    columns = np.searchsorted(np.asarray(category_ids, np.int64), images.category_ids[objects])
+    counts = np.zeros((len(groups), len(category_ids) + 1), dtype=np.int64)
+    np.add.at(counts, (group_of[images.owners[objects]], columns), 1)
+    empty = np.bincount(images.owners[objects], minlength=len(images)) == 0
+    np.add.at(counts[:, -1], group_of[empty], 1)
     sizes = np.array([len(ids) for ids in groups], dtype=np.int64)
     return counts, sizes, category_ids
 
@@ -347,6 +350,12 @@ def split(
     result = split_dataset(
         dataset, {image["id"]: image for image in raw["images"]}, val_fraction, seed, group_by, group_pattern
     )
+    for side, ids in (("validation", result.val_ids), ("training", result.train_ids)):
+        if not ids:
+            raise DataError(
+                f"splitting {source} ({len(dataset.images)} images, --val-fraction {val_fraction:g}) gives the "
+                f"{side} set no image; give more images or another --val-fraction"
+            )
     parts = [subset(raw, ids) for ids in (result.train_ids, result.val_ids)]
     for path, part in zip(outputs, parts, strict=True):
         unresolved = [i["file_name"] for i in part["images"] if not (root / i["file_name"]).is_file()]

@@ -23,6 +23,7 @@ Instead of a preset, a list of Albumentations transforms can be given (in YAML, 
 from __future__ import annotations
 
 import copy
+import importlib
 import json
 import math
 from collections.abc import Sequence
@@ -31,6 +32,7 @@ from typing import Any, TypeAlias
 import albumentations as A
 import cv2
 import numpy as np
+import yaml
 from albumentations.augmentations.crops.transforms import BaseCrop
 
 from detlit.errors import ConfigError
@@ -194,6 +196,8 @@ def train_transform(
         ConfigError: ``augment`` is neither a known preset nor a list of transforms (a ValueError).
     """
     if isinstance(augment, str):
+        if augment.lstrip()[:1] in ("[", "{"):
+            raise ConfigError(unbuilt_steps(augment))
         if augment not in PRESETS:
             raise ConfigError(f"unknown augmentation preset '{augment}'; known presets: {', '.join(PRESETS)}")
         steps = _preset_steps(augment)
@@ -206,6 +210,29 @@ def train_transform(
                 )
         steps = copy.deepcopy(list(augment))
     return _compose([ResizeShortestEdge(min_sizes, max_size), *steps], min_visibility, min_area)
+
+
+def unbuilt_steps(text: str) -> str:
+    """Why a list of transforms given as text could not be built (the config parser then keeps the text)."""
+    try:
+        steps = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        return f"data.augment {text!r} is not a valid list ({str(err).splitlines()[0]}); check its brackets and quotes"
+    for position, step in enumerate(steps if isinstance(steps, list) else [steps], start=1):
+        path = step.get("class_path") if isinstance(step, dict) else None
+        if not isinstance(path, str) or "." not in path:
+            return f"data.augment step {position} has no class_path; give each step as {{class_path: ..., init_args: ...}}"
+        module, _, name = path.rpartition(".")
+        try:
+            found = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            return f"data.augment step {position}: {path} does not exist; name an Albumentations transform such as albumentations.HorizontalFlip"
+        if not (isinstance(found, type) and issubclass(found, (A.BasicTransform, A.BaseCompose))):
+            return f"data.augment step {position}: {path} is not an Albumentations transform"
+    return (
+        f"data.augment {text!r} could not be built: check each step's init_args against its transform "
+        "(python -m detlit.fit --print_config shows the list as parsed)"
+    )
 
 
 def eval_transform(

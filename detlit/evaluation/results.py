@@ -17,6 +17,8 @@ ground truth's by file name).
 from __future__ import annotations
 
 import json
+import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -29,6 +31,8 @@ from detlit.data.coco import ImageRecord, LabelMap
 from detlit.data.targets import eval_target
 from detlit.errors import DataError
 from detlit.evaluation.matching import xyxy_to_xywh
+
+log = logging.getLogger(__name__)
 
 # 1/100 pixel: far below what a detector resolves, changes no IoU by more than about
 # 0.02 / (box side in pixels), and keeps the json small. Scores are written unrounded, since
@@ -163,6 +167,25 @@ def _check_result(path: Path, index: int, item: Any) -> None:
             f"{path}: result {index} is {item!r}; each result needs an integer image_id and category_id, "
             "a bbox [x, y, width, height] and a score"
         )
+    if not all(math.isfinite(v) for v in (item["score"], *item["bbox"])):
+        raise DataError(
+            f"{path}: result {index} has score {item['score']!r} and bbox {item['bbox']!r}; scores and boxes must be "
+            "finite numbers (no NaN or infinity): fix or drop that result"
+        )
+
+
+def _warn_negative_boxes(path: Path, items: Sequence[dict[str, Any]]) -> None:
+    """COCOeval takes a negative width or height as it is (a negative area): say so, once."""
+    bad = [i for i, item in enumerate(items) if item["bbox"][2] < 0 or item["bbox"][3] < 0]
+    if bad:
+        log.warning(
+            "%s: %d result(s) have a negative width or height (first: result %d, bbox %s); they match no object "
+            "and count as false detections: write boxes as [x, y, width, height]",
+            path,
+            len(bad),
+            bad[0],
+            items[bad[0]]["bbox"],
+        )
 
 
 def read_results(
@@ -206,6 +229,7 @@ def read_results(
                 "trained on"
             )
         per_image[position[item["image_id"]]].append(index)
+    _warn_negative_boxes(path, items)
 
     label_of = {cid: label for label, cid in enumerate(label_map.category_ids)}
     preds = []

@@ -17,6 +17,7 @@ from torch import nn
 
 from detlit.compat import DetectionCheckpointer, PathManager
 from detlit.errors import WeightsError
+from detlit.model.checkpoints import verify_file
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ def read_checkpoint(path: Path, model: nn.Module) -> dict[str, Any]:
     """The file as detectron2's checkpointer expects it: ``{"model": state_dict, ...}``."""
     try:
         if path.suffix == ".ckpt":
+            verify_file(path, "model.weights")
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
             state = checkpoint.get("state_dict", checkpoint)
             weights = {k[len(LIGHTNING_PREFIX) :]: v for k, v in state.items() if k.startswith(LIGHTNING_PREFIX)}
@@ -62,6 +64,11 @@ def read_checkpoint(path: Path, model: nn.Module) -> dict[str, Any]:
             f"could not read weights from {path} ({type(err).__name__}: {err}); pass a detectron2 .pkl/.pth "
             "file or a detlit .ckpt checkpoint"
         ) from err
+
+
+def model_name(model: nn.Module) -> str:
+    backbone = getattr(model, "backbone", None)
+    return f"{type(model).__name__} with a {type(backbone).__name__}" if backbone is not None else type(model).__name__
 
 
 def load_pretrained(model: nn.Module, source: str) -> dict[str, list[str]]:
@@ -80,7 +87,15 @@ def load_pretrained(model: nn.Module, source: str) -> dict[str, list[str]]:
         "missing": [k for k in incompatible.missing_keys if k not in {n for n, _, _ in incompatible.incorrect_shapes}],
         "unexpected": list(incompatible.unexpected_keys),
     }
-    log.info("loaded pretrained weights from %s (%d tensors in the file)", source, loaded)
+    fitted = loaded - len(report["unexpected"]) - len(report["reinitialised"])
+    if fitted <= 0:
+        raise WeightsError(
+            f"none of the {loaded} tensors in {source} fits this model ({model_name(model)}); pass weights of the "
+            "same architecture (model.config_name, model.overrides), or null to train from scratch"
+        )
+    log.info(
+        "loaded pretrained weights from %s (%d of the %d tensors in the file fit the model)", source, fitted, loaded
+    )
     if report["reinitialised"]:
         shapes = ", ".join(f"{k} {tuple(a)} -> {tuple(b)}" for k, a, b in incompatible.incorrect_shapes)
         log.info("re-initialised (shape differs, e.g. another number of classes): %s", shapes)

@@ -25,7 +25,7 @@ import yaml
 
 from detlit.common.files import locate, sha256_file
 from detlit.data.checks import Report, check_file
-from detlit.data.coco import CocoDataset, parse_coco
+from detlit.data.coco import CocoDataset
 from detlit.errors import ConfigError, DataError
 from detlit.evaluation.cocoeval import COCO_NAMES
 from detlit.evaluation.result import Evaluation, unique_names
@@ -232,11 +232,10 @@ class DataSplit:
         return out
 
 
-def names_fingerprint(raw: Mapping[str, Any]) -> str:
-    """sha256 of the json's image file names, sorted, one per line: changes when images are added,
+def names_fingerprint(dataset: CocoDataset) -> str:
+    """sha256 of the dataset's image file names, sorted, one per line: changes when images are added,
     removed or renamed, not when the json is merely re-written."""
-    images = raw.get("images")
-    names = sorted(str(i.get("file_name")) for i in images if isinstance(i, dict)) if isinstance(images, list) else []
+    names = sorted(dataset.images.file_names())
     return hashlib.sha256("\n".join(names).encode("utf-8")).hexdigest()
 
 
@@ -260,13 +259,12 @@ def read_split(run: Run, name: str) -> DataSplit:
     image_root = split.image_root or Path(str(images_value or "."))
     files = split.image_root is not None
     try:
-        report, raw = check_file(split.json_path, image_root, files=files, decode=False, unlisted=False)
-        split.dataset, _ = parse_coco(raw, split.json_path, image_root)
+        report, split.dataset = check_file(split.json_path, image_root, files=files, decode=False, unlisted=False)
     except DataError as err:
         split.note = f"the {name} json could not be checked: {err}"
         return split
     split.report = report
-    split.names_sha256 = names_fingerprint(raw)
+    split.names_sha256 = names_fingerprint(split.dataset)
     if not files:
         split.note = f"data.{name}_images {images_value} was not found: image files were not checked"
     return split

@@ -8,14 +8,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 
 from detlit.common.env import collect_env, format_env
+from detlit.common.outputs import write_text
 from detlit.model.config import portable_config
 from detlit.model.module import DetectionModule
+from detlit.training.checkpointing import atomic_torch_save
 
 log = logging.getLogger("detlit")
 
@@ -54,8 +55,8 @@ class Detectron2Export(RunFolderCallback):
             return
         folder.mkdir(parents=True, exist_ok=True)
         weights = folder / "model_final.pth"
-        torch.save({"model": pl_module.model.state_dict()}, weights)
-        (folder / "detectron2_config.yaml").write_text(portable_config(pl_module.cfg).dump())
+        atomic_torch_save({"model": pl_module.model.state_dict()}, weights)
+        write_text(folder / "detectron2_config.yaml", portable_config(pl_module.cfg).dump())
         log.info("detectron2 weights and config: %s, %s", weights, folder / "detectron2_config.yaml")
 
 

@@ -23,7 +23,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from detlit.common.outputs import atomic_write
+from detlit.common.outputs import atomic_write, write_failure
 from detlit.errors import DetlitError
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,10 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     try:
         with atomic_write(path) as handle:
             torch.save(obj, handle)
-    except OSError as err:
+    except (OSError, RuntimeError) as failure:
+        err = write_failure(failure)
+        if err is None:
+            raise
         reason = err.strerror or str(err)
         raise CheckpointWriteError(
             f"could not write checkpoint {path} ({reason}); earlier checkpoints are intact: free disk space "
@@ -60,15 +63,26 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class SaveOnSigterm(Callback):
-    """On SIGTERM, saves ``last.ckpt`` next to the run's other checkpoints before the process exits."""
+    """On SIGTERM or Ctrl-C (SIGINT), saves ``last.ckpt`` next to the run's other checkpoints before
+    the process exits; training only (an interrupted validation or test has nothing to resume)."""
+
+    interrupted = False  # set when Ctrl-C stopped a run: the command then exits with 130
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        if not isinstance(exception, SIGTERMException):
+        if isinstance(exception, KeyboardInterrupt):
+            type(self).interrupted = True
+            what = "Ctrl-C"
+        elif isinstance(exception, SIGTERMException):
+            what = "SIGTERM"
+        else:
+            return
+        if not trainer.training or trainer.global_step == 0:
+            log.warning("%s received before the first optimizer step: nothing to save", what)
             return
         folders = [c.dirpath for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.dirpath]
         if not folders:
-            log.warning("SIGTERM received; no checkpoint folder is configured, so nothing was saved")
+            log.warning("%s received; no checkpoint folder is configured, so nothing was saved", what)
             return
         path = Path(folders[0]) / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
         trainer.save_checkpoint(path)
-        log.warning("SIGTERM received at step %d: saved %s; resume with --ckpt last", trainer.global_step, path)
+        log.warning("%s received at step %d: saved %s; resume with --ckpt last", what, trainer.global_step, path)

@@ -15,6 +15,8 @@ curves, and the config of that command is saved beside the original one. detlit 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import signal
 import sys
 import time
@@ -31,8 +33,10 @@ from lightning.pytorch.tuner import Tuner
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from matplotlib.figure import Figure
 
+from detlit.common.outputs import write_failure
 from detlit.data.datamodule import CocoDataModule
 from detlit.errors import ConfigError, DetlitError
+from detlit.model.checkpoints import check_optimizer, check_resume, read_checkpoint
 from detlit.model.module import DetectionModule
 from detlit.training.callbacks import Detectron2Export, RunLog
 from detlit.training.checkpointing import AtomicCheckpointIO, SaveOnSigterm
@@ -103,14 +107,19 @@ class DetlitCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         # A resumed (or evaluated) run continues in the run folder its checkpoint came from; `--ckpt
         # last` finds the newest one. The original config.yaml stays; this command's config is saved
-        # beside it.
-        if self.config.ckpt is None:
-            if self.stage != "fit":
-                raise ConfigError(f"{self.stage} needs a checkpoint: pass --ckpt CKPT (a .ckpt file, last or best)")
-            return
+        # beside it. A new run never writes into a folder that holds another run.
         logger = self.config.trainer.logger
         init = getattr(logger, "init_args", None)
         if init is None or "TensorBoardLogger" not in str(getattr(logger, "class_path", "")):
+            init = None
+        if self.config.ckpt is None:
+            if self.stage != "fit":
+                raise ConfigError(f"{self.stage} needs a checkpoint: pass --ckpt CKPT (a .ckpt file, last or best)")
+            if init is not None:
+                refuse_reused_folder(Path(init.save_dir) / (init.name or ""), init.version)
+            return
+        if init is None:
+            self.config.ckpt = str(resolve_checkpoint(self.config.ckpt, Path(self.config.trainer.default_root_dir))[0])
             return
         runs = Path(init.save_dir) / (init.name or "")
         checkpoint, version = resolve_checkpoint(self.config.ckpt, runs)
@@ -139,6 +148,18 @@ class DetlitCLI(LightningCLI):
         return super()._instantiate_trainer(config, callbacks)
 
 
+def refuse_reused_folder(runs: Path, version: int | str | None) -> None:
+    """Raise one sentence when a version named by the config is a run folder that holds a run."""
+    if version is None or version == "":
+        return
+    folder = runs / (version if isinstance(version, str) else f"version_{version}")
+    if folder.is_dir() and any(folder.iterdir()):
+        raise ConfigError(
+            f"{folder} already holds a run; leave trainer.logger.init_args.version unset for a new version_N, "
+            "or continue that run with --ckpt last"
+        )
+
+
 def resolve_checkpoint(ckpt: str, runs: Path) -> tuple[Path, int | None]:
     """The checkpoint ``--ckpt`` names and the run version it belongs to (None: not a run folder).
 
@@ -156,6 +177,8 @@ def resolve_checkpoint(ckpt: str, runs: Path) -> tuple[Path, int | None]:
         checkpoint = candidates[-1]
     else:
         checkpoint = Path(ckpt)
+        if checkpoint.is_dir():
+            raise ConfigError(f"--ckpt {ckpt} is a folder; pass a .ckpt file, last or best")
         if not checkpoint.is_file():
             raise ConfigError(f"--ckpt {ckpt} does not exist; pass a .ckpt file, last or best")
     run = checkpoint.parent.parent
@@ -183,10 +206,11 @@ def cli_main(args: list[str] | None = None, stage: str = "fit") -> None:
         stage=stage,
     )
     trainer, model, data, ckpt = cli.trainer, cli.model, cli.datamodule, cli.config.ckpt
+    check_before_start(trainer, model, data, stage, ckpt)
     if stage == "fit" and cli.config.tune_lr:
         suggest_lr(trainer, model, data, cli.config.tune_lr_steps)
         return
-    with plain_failures():
+    with plain_failures(), nothing_left_of_a_failed_start(trainer):
         if stage == "validate":
             trainer.validate(model, datamodule=data, ckpt_path=ckpt, weights_only=True)
         elif stage == "test":
@@ -196,6 +220,66 @@ def cli_main(args: list[str] | None = None, stage: str = "fit") -> None:
             trainer.fit(model, datamodule=data, ckpt_path=ckpt, weights_only=True)
             if cli.config.test_after_fit and data.test_data is not None and not trainer.interrupted:
                 trainer.test(model, datamodule=data, ckpt_path=checkpoint_to_test(trainer), weights_only=True)
+
+
+def check_before_start(
+    trainer: Trainer, model: DetectionModule, data: CocoDataModule, stage: str, ckpt: str | None
+) -> None:
+    """What would fail later, checked before anything is written: the run folder can be written,
+    and a checkpoint is whole, a detlit checkpoint of these classes, and (to resume) not finished
+    and saved by the optimizer this run configures."""
+    folder = planned_run_folder(trainer)
+    if folder is not None:
+        require_writable(folder)
+    if ckpt is None:
+        return
+    checkpoint = read_checkpoint(Path(ckpt))
+    check_resume(
+        checkpoint,
+        Path(ckpt),
+        data.class_names,
+        data.category_ids,
+        trainer.max_epochs if stage == "fit" else None,
+        trainer.max_steps if stage == "fit" else -1,
+    )
+    if stage == "fit":
+        check_optimizer(checkpoint, Path(ckpt), model.optimizer_factory(model.parameter_groups()))
+
+
+def planned_run_folder(trainer: Trainer) -> Path | None:
+    """The folder this run will write into (the logger's), without creating it."""
+    logger = trainer.logger
+    log_dir = getattr(logger, "log_dir", None) if logger is not None else None
+    return Path(log_dir) if log_dir else None
+
+
+def require_writable(folder: Path) -> None:
+    """Raise one sentence when ``folder`` (or the nearest folder above it that exists) cannot be written."""
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
+    probe = existing / f".detlit-write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(
+            f"cannot write the run folder {folder} ({err.strerror or err}); choose a writable place with "
+            "--trainer.logger.init_args.save_dir"
+        ) from err
+
+
+@contextmanager
+def nothing_left_of_a_failed_start(trainer: Trainer) -> Iterator[None]:
+    """Remove the run folder this run created when it fails before its first optimizer step."""
+    folder = planned_run_folder(trainer)
+    existed = folder is None or folder.exists()
+    try:
+        yield
+    except BaseException:
+        started = trainer.global_step > 0 or (folder is not None and any(folder.glob("checkpoints/*.ckpt")))
+        if not existed and not started and folder is not None and trainer.is_global_zero:
+            shutil.rmtree(folder, ignore_errors=True)
+            log.info("nothing was trained: removed %s", folder)
+        raise
 
 
 def require_test_data(data: CocoDataModule) -> None:
@@ -222,14 +306,27 @@ def checkpoint_to_test(trainer: Trainer) -> str | None:
 
 @contextmanager
 def plain_failures() -> Iterator[None]:
-    """Failures a user can act on, as one sentence; SIGTERM as exit status 143 (128 + 15)."""
+    """Failures a user can act on, as one sentence; SIGTERM as exit status 143 (128 + 15) and
+    Ctrl-C as 130 (128 + 2), both after saving ``last.ckpt`` (:class:`SaveOnSigterm`)."""
     try:
         yield
     except SIGTERMException:
         log.warning("stopped by SIGTERM; resume with --ckpt last")
         sys.exit(128 + signal.SIGTERM)
-    except RuntimeError as err:
-        if "DataLoader worker" in str(err):
+    except SystemExit as stop:
+        # Lightning answers Ctrl-C with sys.exit(1) after its on_exception hooks have run.
+        if stop.code == 1 and SaveOnSigterm.interrupted:
+            log.warning("stopped by Ctrl-C; resume with --ckpt last")
+            sys.exit(128 + signal.SIGINT)
+        raise
+    except (OSError, RuntimeError) as err:
+        failed = write_failure(err)
+        if failed is not None:
+            raise DetlitError(
+                f"could not write {failed.filename or 'the run folder'} ({failed.strerror}); free disk space or "
+                "choose a writable folder with --trainer.logger.init_args.save_dir, then resume with --ckpt last"
+            ) from err
+        if isinstance(err, RuntimeError) and "DataLoader worker" in str(err):
             raise DetlitError(
                 f"a data-loading worker process died ({err}); usually the system ran out of memory: lower "
                 "data.num_workers or data.batch_size, then resume with --ckpt last"

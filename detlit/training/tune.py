@@ -33,7 +33,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +117,7 @@ def load_search(path: Path) -> SearchSpace:
 
 def decode(value: Any) -> Any:
     """A sampled value as the config needs it (lists were stored as JSON strings)."""
-    if isinstance(value, str) and value[:1] in "[{":
+    if isinstance(value, str) and value[:1] in ("[", "{"):
         return json.loads(value)
     return value
 
@@ -242,7 +242,7 @@ def make_study(options: StudyOptions, space: SearchSpace) -> optuna.Study:
         pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
     else:
         pruner = optuna.pruners.SuccessiveHalvingPruner()
-    return optuna.create_study(
+    study = optuna.create_study(
         study_name=options.study,
         storage=options.storage,
         direction="maximize" if space.direction == "maximize" else "minimize",
@@ -250,6 +250,24 @@ def make_study(options: StudyOptions, space: SearchSpace) -> optuna.Study:
         pruner=pruner,
         load_if_exists=True,
     )
+    refuse_another_space(study, space, options)
+    return study
+
+
+def refuse_another_space(study: optuna.Study, space: SearchSpace, options: StudyOptions) -> None:
+    """A study goes on only with the search space it began with: raise one sentence otherwise."""
+    where = f"study '{options.study}' in {options.storage}"
+    if study.trials and study.direction.name.lower() != space.direction:
+        raise ConfigError(
+            f"{where} {study.direction.name.lower()}s its metric; use another --study, or the same direction"
+        )
+    for trial in study.trials:
+        for name, distribution in trial.distributions.items():
+            if name not in space.params or space.params[name] != distribution:
+                raise ConfigError(
+                    f"{where} was searched with another space (parameter '{name}' differs or is gone); use another "
+                    "--study (or --storage) for this search space, or the space it began with"
+                )
 
 
 def short_names(names: list[str]) -> list[str]:
@@ -310,14 +328,15 @@ class StudyOptions:
     """Where the study lives and how it searches.
 
     Attributes:
-        storage: Optuna storage URL (an SQLite file: ``sqlite:///PATH``).
+        storage: Optuna storage URL (an SQLite file: ``sqlite:///PATH``); None: ``study.db`` in the
+            output folder, so unrelated searches never share a study.
         study: study name in the storage.
         pruner: ``median`` or ``halving`` (successive halving).
         seed: sampler seed.
         fit_args: extra arguments for every trial's ``python -m detlit.fit``.
     """
 
-    storage: str
+    storage: str | None = None
     study: str = "detlit"
     pruner: str = "median"
     seed: int = 0
@@ -344,6 +363,10 @@ def tune(
     base = yaml.safe_load(config.read_text()) or {}
     out = out or Path("runs") / "tune" / options.study
     out.mkdir(parents=True, exist_ok=True)
+    if options.storage is None:
+        options = replace(options, storage=f"sqlite:///{(out / 'study.db').resolve()}")
+    assert options.storage is not None
+    log.info("study '%s' in %s", options.study, options.storage)
     if options.storage.startswith("sqlite:///"):
         Path(options.storage[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
