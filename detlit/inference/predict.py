@@ -17,7 +17,8 @@ subfolders too) and glob patterns (quote them; ``**`` matches subfolders). What 
 * with ``--csv``, ``predictions.csv``: one row per detection (:data:`CSV_COLUMNS`, box XYXY).
 
 Detections are kept by the model's per-class score thresholds (those validation found best,
-saved in the checkpoint and carried into an exported model's metadata) or, without them, from a score of :data:`~detlit.inference.predictor.DEFAULT_SCORE_THRESHOLD`;
+saved in the checkpoint and carried into an exported model's metadata) or, without them, from a
+score of :data:`~detlit.inference.predictor.DEFAULT_SCORE_THRESHOLD`;
 ``--score-threshold`` sets one threshold for every class instead (``0.05``, the model's own test
 threshold, keeps every detection that ``python -m detlit.evaluate`` scores, and then
 ``predictions.json`` holds the detections of its ``coco_results.json``). Images are resized as in

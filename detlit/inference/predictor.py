@@ -229,13 +229,13 @@ class Predictor:
         """A predictor for a detlit checkpoint (``.ckpt``); keyword arguments as for the class.
 
         Raises:
-            WeightsError: the file is missing or is not a detlit checkpoint.
+            WeightsError: the file is missing, not whole (a checksum fails) or not a detlit checkpoint.
         """
+        from detlit.model.checkpoints import verify_file
         from detlit.model.module import DetectionModule
 
         path = Path(path)
-        if not path.is_file():
-            raise WeightsError(f"checkpoint {path} does not exist; pass a .ckpt file of a training run")
+        verify_file(path, "checkpoint")  # missing, a folder, truncated or damaged: one sentence
         try:
             module = DetectionModule.load_from_checkpoint(path, map_location="cpu")
         except (KeyError, TypeError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
