@@ -6,7 +6,7 @@ The public API, importable from here (loaded when first used, so ``import detlit
 
 The commands are the modules of this package (``python -m detlit.fit``, ``detlit fit``, ...); the
 library lives in its subpackages: ``data`` (stages 1-5), ``evaluation`` (the numbers), ``model``
-(6-7), ``inference``, ``training``, ``reporting`` (9) and ``common``.
+(6-7), ``inference``, ``training``, ``deploy`` (export and serving), ``reporting`` (9) and ``common``.
 """
 
 from __future__ import annotations

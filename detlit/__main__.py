@@ -15,6 +15,8 @@ COMMANDS = {
     "split": "split a COCO dataset into train and val",
     "evaluate": "COCO metrics, precision / recall / F1 of a model or a results file",
     "predict": "run a trained model on images and folders",
+    "export": "export a checkpoint to TorchScript or ONNX, with a parity check",
+    "serve": "serve a checkpoint or exported model over HTTP (LitServe)",
     "report": "write the HTML / Markdown report of a run",
     "browse": "draw what the training loader produces",
     "tune": "search hyper-parameters with Optuna",

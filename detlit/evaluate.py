@@ -4,6 +4,8 @@ Examples::
 
     python -m detlit.evaluate --ckpt runs/sample/version_0/checkpoints/last.ckpt \\
         --json data/sample/val.json --images data/sample/val --out eval/sample
+    python -m detlit.evaluate --model runs/sample/version_0/checkpoints/last.onnx \\
+        --json data/sample/val.json --images data/sample/val --out eval/sample-onnx
     python -m detlit.evaluate --results coco_results.json --json test.json --out eval/other
 
 Writes into ``--out`` (default ``eval/<json name>``): ``metrics.json``, ``per_class.csv``,
@@ -23,10 +25,13 @@ from detlit.common import command
 def build_parser() -> argparse.ArgumentParser:
     parser = command.parser("evaluate", "Evaluate a model, or a results file, on a COCO set.")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--ckpt", type=Path, metavar="CKPT", help="detlit checkpoint to run on the images")
+    command.add_ckpt(source, required=False, help="detlit checkpoint to run on the images")
+    command.add_model(
+        source, help="exported model (.torchscript, .onnx) of python -m detlit.export to run on the images"
+    )
     source.add_argument("--results", type=Path, metavar="RESULTS", help="a COCO results json (any detector's)")
     command.add_json(parser, help="COCO ground-truth json")
-    command.add_images(parser, required=False, help="folder of the json's images (needed with --ckpt)")
+    command.add_images(parser, required=False, help="folder of the json's images (needed with --ckpt or --model)")
     command.add_out(parser, None, "output folder (default: eval/<json name>)")
     command.add_device(parser)
     command.add_batch_size(parser)
@@ -50,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         args.json,
         args.images,
         args.out,
-        args.ckpt,
+        args.ckpt or args.model,
         args.results,
         args.device,
         args.batch_size,

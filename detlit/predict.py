@@ -1,8 +1,9 @@
-"""``python -m detlit.predict``: run a trained checkpoint on images; draw, and write COCO results.
+"""``python -m detlit.predict``: run a trained checkpoint or exported model on images; draw, and write COCO results.
 
 Examples::
 
     python -m detlit.predict --ckpt runs/sample/version_0/checkpoints/last.ckpt data/sample/val
+    python -m detlit.predict --model runs/sample/version_0/checkpoints/last.onnx data/sample/val
     python -m detlit.predict --ckpt model.ckpt photos/ --recursive --out photos-predicted --csv
     python -m detlit.predict --ckpt model.ckpt "shots/*.jpg" --device cuda --precision bf16 --batch-size 8
 
@@ -18,9 +19,11 @@ from detlit.common import command
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = command.parser("predict", "Detect objects in images with a trained detlit checkpoint.")
+    parser = command.parser("predict", "Detect objects in images with a trained detlit checkpoint or exported model.")
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or quoted glob patterns")
-    command.add_ckpt(parser)
+    model = parser.add_mutually_exclusive_group(required=True)
+    command.add_ckpt(model, required=False)
+    command.add_model(model)
     command.add_out(parser, "predictions", "output folder (default: predictions)")
     parser.add_argument("--recursive", action="store_true", help="take images in subfolders of folder inputs too")
     command.add_batch_size(parser)
@@ -32,8 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--score-threshold",
         type=command.fraction,
         metavar="T",
-        help="keep detections scoring at least T in every class (default: the checkpoint's per-class thresholds, "
-        "else 0.5)",
+        help="keep detections scoring at least T in every class (default: the model's per-class thresholds, else 0.5)",
     )
     parser.add_argument(
         "--resize",
@@ -51,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
     return predict(
         args.inputs,
-        args.ckpt,
+        args.ckpt or args.model,
         args.out,
         args.recursive,
         args.batch_size,

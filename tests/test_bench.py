@@ -17,7 +17,7 @@ import torch
 from .conftest import REPO
 
 BENCH = REPO / "tools" / "bench.py"
-CPU_BENCHMARKS = {"train_step", "data_loading", "metrics", "predict", "check", "startup", "scale"}
+CPU_BENCHMARKS = {"train_step", "data_loading", "metrics", "predict", "check", "startup", "scale", "deploy"}
 BEFORE = "# Our numbers\n\nHand-run results, kept as they are.\n\n"
 AFTER = "\n## Later\n\nMore hand-run text | with | pipes |\n"
 
@@ -162,7 +162,7 @@ def test_unknown_benchmark_and_missing_gpu_end_in_one_sentence(
 ) -> None:
     assert bench.run(bench.parse_args(["--only", "train_step,nope"])) == 2
     assert capsys.readouterr().err.strip() == (
-        "unknown benchmark nope; choose from train_step, data_loading, metrics, predict, check, startup, scale"
+        "unknown benchmark nope; choose from train_step, data_loading, metrics, predict, check, startup, scale, deploy"
     )
     if not torch.cuda.is_available():
         assert bench.run(bench.parse_args(["--gpu"])) == 2

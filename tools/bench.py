@@ -21,6 +21,9 @@
   itself: load + check time and memory against pycocotools' ``COCO()``, loader worker memory against
   a plain list of records, the data module's start-up with and without cached image headers, and
   ``DetectionMetrics`` at 5,000 images x 100 detections on 2 processes.
+* ``deploy`` (``tools/bench_deploy.py``): images/s of exported TorchScript and ONNX models against
+  the checkpoint's eager ``Predictor``, export wall time, and ``python -m detlit.serve``'s
+  throughput and latency at 1 and 8 concurrent clients.
 
 ``make bench-gpu`` (``--gpu``) runs ``train_step`` (16-mixed against detectron2's ``AMPTrainer``)
 and ``predict`` on a CUDA GPU with the R50-FPN architecture at 800 pixels; ``--gpu --dry-run`` runs
@@ -71,6 +74,7 @@ from rich.console import Console
 from rich.table import Table
 from torch.utils.data import DataLoader, Dataset
 
+from detlit.__main__ import COMMANDS
 from detlit.common.env import collect_env
 from detlit.compat import D2ResizeShortestEdge, build_model  # prepares detectron2 before the imports below
 from detlit.data.checks import check_dataset
@@ -92,6 +96,7 @@ from detectron2.engine import AMPTrainer, DefaultPredictor, HookBase, SimpleTrai
 from detectron2.engine.hooks import LRScheduler as D2LRScheduler  # isort: skip
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
+from bench_deploy import bench_deploy  # noqa: E402
 from bench_scale import bench_scale  # noqa: E402
 from benchkit import (  # noqa: E402
     COLUMNS,
@@ -977,7 +982,7 @@ def bench_check(ctx: Context) -> Result:
 # --- start-up ---------------------------------------------------------------------------------
 
 LIGHTNING_COMMANDS = ("fit",)  # parse a LightningCLI config: they need the model and data classes
-ARGPARSE_COMMANDS = ("check", "split", "evaluate", "predict", "report", "browse", "tune", "sample", "env")
+ARGPARSE_COMMANDS = tuple(name for name in COMMANDS if name not in ("fit", "validate", "test", "config"))
 STARTUP_BASELINE = "import lightning, detectron2"
 STARTUP_LIMIT = 1.5  # seconds: `--help` of a command that does not need the model classes
 
@@ -1115,6 +1120,7 @@ WEIGHTS = {
     "check": 0.09,
     "startup": 0.09,
     "scale": 0.36,
+    "deploy": 0.12,
 }
 BUDGET = {"cpu": 1140.0, "gpu": 270.0}  # seconds: 19 minutes for `make bench`, 4.5 for `make bench-gpu`
 
@@ -1126,6 +1132,7 @@ CPU_RUNNERS: dict[str, Callable[[Context], Result]] = {
     "check": bench_check,
     "startup": bench_startup,
     "scale": bench_scale,
+    "deploy": bench_deploy,
 }
 GPU_RUNNERS: dict[str, Callable[[Context], Result]] = {
     "train_step": bench_gpu_train_step,

@@ -4,6 +4,7 @@ One name per idea, in every command:
 
 ========================  ====================================================================
 ``--ckpt CKPT``           a detlit checkpoint (``.ckpt``) of a training run
+``--model MODEL``         an exported model (``.torchscript``, ``.onnx``) of ``python -m detlit.export``
 ``--json JSON``           a COCO annotation json
 ``--images FOLDER``       the folder the json's ``file_name`` entries are relative to
 ``--out FOLDER``          the folder the command writes into
@@ -26,7 +27,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import NoReturn, TypeVar
+from typing import NoReturn, TypeAlias, TypeVar
 
 from detlit.common.outputs import write_failure
 from detlit.errors import DetlitError
@@ -36,6 +37,7 @@ EXIT_FINDINGS = 1
 EXIT_USAGE = 2
 
 T = TypeVar("T")
+Options: TypeAlias = "argparse._ActionsContainer"  # a parser, or a group of exclusive options in it
 
 
 def configure_logging(level: int = logging.INFO) -> None:
@@ -136,13 +138,24 @@ def parser(name: str, description: str, epilog: str | None = None) -> argparse.A
     return made
 
 
-def add_ckpt(parser: argparse.ArgumentParser, required: bool = True, help: str | None = None) -> None:
+def add_ckpt(parser: Options, required: bool = True, help: str | None = None) -> None:
     parser.add_argument(
         "--ckpt",
         type=Path,
         required=required,
         metavar="CKPT",
         help=help or "detlit checkpoint (.ckpt) of a training run",
+    )
+
+
+def add_model(parser: Options, required: bool = False, help: str | None = None) -> None:
+    parser.add_argument(
+        "--model",
+        type=Path,
+        required=required,
+        metavar="MODEL",
+        help=help
+        or "an exported model (.torchscript or .onnx, its metadata json beside it) of python -m detlit.export",
     )
 
 

@@ -31,6 +31,7 @@ from detlit.evaluation.cocoeval import COCO_NAMES, COCO_TITLES
 from detlit.evaluation.metric import DetectionMetrics
 from detlit.evaluation.result import Evaluation
 from detlit.evaluation.results import coco_results, read_results, write_results
+from detlit.inference.runtimes import is_exported
 
 log = logging.getLogger(__name__)
 
@@ -44,16 +45,16 @@ Inputs = tuple[list[dict[str, torch.Tensor]], list[dict[str, torch.Tensor]]]
 
 
 def predict_dataset(
-    dataset: CocoDataset, checkpoint: Path, device: str, batch_size: int
+    dataset: CocoDataset, model: Path, device: str, batch_size: int
 ) -> tuple[Inputs, list[dict[str, Any]], LabelMap]:
-    """Run a checkpoint on every image of a dataset: the metric's inputs, the COCO results, and the
-    model's label map. Every detection the model keeps counts (its own test threshold).
+    """Run a checkpoint or exported model on every image of a dataset: the metric's inputs, the COCO
+    results, and the model's label map. Every detection the model keeps counts (its own test threshold).
 
     An image that cannot be read is logged and left out (its objects are then not counted).
     """
     from detlit.inference.predictor import Predictor  # the model's imports, only when a model is evaluated
 
-    predictor = Predictor.from_checkpoint(checkpoint, device=device, batch_size=batch_size, all_detections=True)
+    predictor = Predictor.load(model, device=device, batch_size=batch_size, all_detections=True)
     label_map = predictor.label_map
     records = dataset.images
     preds, targets, image_ids, predictions = [], [], [], []
@@ -113,7 +114,7 @@ def evaluate(
     json_path: Path,
     images: Path | None = None,
     out: Path | None = None,
-    ckpt: Path | None = None,
+    model: Path | None = None,
     results: Path | None = None,
     device: str = "auto",
     batch_size: int = 4,
@@ -121,28 +122,30 @@ def evaluate(
     iou_threshold: float = 0.5,
     overwrite: bool = False,
 ) -> int:
-    """``python -m detlit.evaluate``: every metric of a checkpoint (``ckpt``) or of a results file
-    (``results``) on the images of ``json_path``; the outputs go to ``out`` (default
-    ``eval/<json name>``)."""
-    if (ckpt is None) == (results is None):
-        raise ConfigError("give either --ckpt (a model to run) or --results (a results file), not both")
-    if ckpt is not None and images is None:
-        raise ConfigError("--ckpt runs the model on the images: give --images, the folder of the json's images")
+    """``python -m detlit.evaluate``: every metric of a model (``model``: a checkpoint or an exported
+    model) or of a results file (``results``) on the images of ``json_path``; the outputs go to
+    ``out`` (default ``eval/<json name>``)."""
+    if (model is None) == (results is None):
+        raise ConfigError("give either --ckpt or --model (a model to run) or --results (a results file), not both")
+    option = "--model" if model is not None and is_exported(model) else "--ckpt"
+    if model is not None and images is None:
+        raise ConfigError(f"{option} runs the model on the images: give --images, the folder of the json's images")
     if not 0.0 < iou_threshold <= 1.0:
         raise ConfigError(f"--iou-threshold {iou_threshold} must be above 0 and at most 1")
     out = out or Path("eval") / json_path.stem
     check_folder(out)
     outputs = [out / name for name in (METRICS_FILE, PER_CLASS_FILE, *PICTURES)]
-    outputs += [out / RESULTS_FILE] if ckpt is not None else []
-    inputs = [p for p in (json_path, ckpt, results) if p is not None]
+    outputs += [out / RESULTS_FILE] if model is not None else []
+    inputs = [p for p in (json_path, model, results) if p is not None]
     check_outputs(outputs, inputs=inputs, overwrite=overwrite)
     started = time.perf_counter()
     written: list[Path] = []
-    if ckpt is not None:
-        if not ckpt.is_file():
-            raise ConfigError(f"--ckpt {ckpt} does not exist; pass a checkpoint written by python -m detlit.fit")
+    if model is not None:
+        if not model.is_file():
+            written_by = "python -m detlit.export" if option == "--model" else "python -m detlit.fit"
+            raise ConfigError(f"{option} {model} does not exist; pass a file written by {written_by}")
         dataset = load_checked(json_path, images or Path("."), "--images", files=True)
-        (preds, targets), coco, label_map = predict_dataset(dataset, ckpt, device, batch_size)
+        (preds, targets), coco, label_map = predict_dataset(dataset, model, device, batch_size)
         written.append(write_results(coco, out / RESULTS_FILE))
         log.info("wrote %s (%d detections)", out / RESULTS_FILE, len(coco))
     else:
@@ -154,7 +157,7 @@ def evaluate(
     metric.update(preds, targets)
     evaluation: Evaluation = metric.compute()
     meta = {
-        "source": str(ckpt or results),
+        "source": str(model or results),
         "json": str(json_path),
         "images": len(targets),
         "category_ids": list(label_map.category_ids),

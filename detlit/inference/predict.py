@@ -16,8 +16,9 @@ subfolders too) and glob patterns (quote them; ``**`` matches subfolders). What 
   file with ``COCO``;
 * with ``--csv``, ``predictions.csv``: one row per detection (:data:`CSV_COLUMNS`, box XYXY).
 
-Detections are kept by the checkpoint's per-class score thresholds (those validation found
-best) or, without them, from a score of :data:`~detlit.inference.predictor.DEFAULT_SCORE_THRESHOLD`;
+Detections are kept by the model's per-class score thresholds (those validation found best,
+saved in the checkpoint and carried into an exported model's metadata) or, without them, from a
+score of :data:`~detlit.inference.predictor.DEFAULT_SCORE_THRESHOLD`;
 ``--score-threshold`` sets one threshold for every class instead (``0.05``, the model's own test
 threshold, keeps every detection that ``python -m detlit.evaluate`` scores, and then
 ``predictions.json`` holds the detections of its ``coco_results.json``). Images are resized as in
@@ -58,6 +59,7 @@ from detlit.data.images import IMAGE_SUFFIXES
 from detlit.errors import ConfigError
 from detlit.evaluation.results import coco_results
 from detlit.inference.predictor import Precision, Prediction, Predictor, Resize
+from detlit.inference.runtimes import is_exported
 
 log = logging.getLogger(__name__)
 
@@ -287,7 +289,7 @@ def predict_images(
 
 def predict(
     inputs: Sequence[str],
-    ckpt: Path,
+    model: Path,
     out: Path = Path("predictions"),
     recursive: bool = False,
     batch_size: int = 4,
@@ -298,29 +300,32 @@ def predict(
     write_csv: bool = False,
     overwrite: bool = False,
 ) -> int:
-    """``python -m detlit.predict``: predict, draw and write results for every image ``inputs`` name.
+    """``python -m detlit.predict``: predict, draw and write results for every image ``inputs`` name,
+    with ``model``, a checkpoint or an exported model.
 
     Returns:
         0 when at least one image was predicted, 1 when none could be read.
     """
-    if not ckpt.is_file():
-        raise ConfigError(f"--ckpt {ckpt} does not exist; pass a .ckpt file of a training run")
+    if not model.is_file():
+        if is_exported(model):
+            raise ConfigError(f"--model {model} does not exist; pass a model written by python -m detlit.export")
+        raise ConfigError(f"--ckpt {model} does not exist; pass a .ckpt file of a training run")
     check_folder(out)
     images = find_images(inputs, recursive, exclude=out)
     check_outputs(
         output_paths(out, output_names(images), write_csv),
-        inputs=[ckpt, *(i.path for i in images)],
+        inputs=[model, *(i.path for i in images)],
         overwrite=overwrite,
     )
-    predictor = Predictor.from_checkpoint(
-        ckpt,
+    predictor = Predictor.load(
+        model,
         device=device,
         score_threshold=score_threshold,
         precision=precision,
         batch_size=batch_size,
         resize=resize,
     )
-    log.info("predicting %d images with %s on %s", len(images), ckpt, predictor.device)
+    log.info("predicting %d images with %s on %s", len(images), model, predictor.device)
     summary = predict_images(predictor, images, out, write_csv)
     outputs = f"drawn images and {JSON_NAME}" + (f" and {CSV_NAME}" if write_csv else "")
     print(

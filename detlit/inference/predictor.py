@@ -27,6 +27,12 @@ weights.
 Images are batched only with others of the same resized shape
 (:func:`~detlit.data.samplers.shape_batches`), so a prediction never depends on which other images
 share its batch.
+
+The model itself is a :class:`~detlit.inference.runtimes.Runtime`: a checkpoint in PyTorch, or a
+model exported by ``python -m detlit.export`` (TorchScript, ONNX). Every runtime returns raw
+detections in the resized image's pixels; :func:`postprocess` scales them to the original image
+exactly as detectron2's ``detector_postprocess`` does, for every runtime alike, and the per-class
+thresholds come after it. ``Predictor.load(path)`` takes either kind of file.
 """
 
 from __future__ import annotations
@@ -35,7 +41,6 @@ import logging
 import math
 import pickle
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias, get_args, overload
@@ -44,12 +49,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from detlit.common.devices import resolve_device
+from detlit.common.devices import AUTO
 from detlit.data.images import ImageInput, load_image, to_model_image
 from detlit.data.samplers import shape_batches
 from detlit.data.transforms import eval_transform
 from detlit.errors import ConfigError, DataError, WeightsError
 from detlit.evaluation.drawing import draw_predictions
+from detlit.inference.facts import ModelFacts
+from detlit.inference.runtimes import Detections, EagerRuntime, Precision, Runtime, is_exported, load_exported
 
 if TYPE_CHECKING:
     from detlit.data.coco import LabelMap
@@ -57,10 +64,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Precision: TypeAlias = Literal["32", "bf16", "16"]
 Resize: TypeAlias = Literal["detlit", "detectron2"]
 DEFAULT_SCORE_THRESHOLD = 0.5
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "16": torch.float16}
 CHUNK_BATCHES = 4  # batches of files read ahead, so images of one size can share a batch
 
 
@@ -114,45 +119,57 @@ class FilePrediction:
     error: DataError | None = None
 
 
-@contextmanager
-def _score_floor(model: Any, floor: float) -> Iterator[None]:
-    """Let the box head keep detections down to ``floor`` (detectron2 drops those below its
-    ``SCORE_THRESH_TEST``, 0.05 in the model zoo, before NMS); restore it afterwards."""
-    predictor = model.roi_heads.box_predictor
-    saved = predictor.test_score_thresh
-    predictor.test_score_thresh = min(saved, floor)
-    try:
-        yield
-    finally:
-        predictor.test_score_thresh = saved
+def postprocess(detections: Detections, input_size: tuple[int, int], output_size: tuple[int, int]) -> Detections:
+    """Raw detections of a resized image, in the original image's pixels.
+
+    The float operations of detectron2's ``detector_postprocess``, in its order: boxes scaled by
+    output / input size per axis, clipped to the output image, empty boxes dropped. Every runtime's
+    detections go through here, so a checkpoint's predictions equal detectron2's own.
+
+    Args:
+        detections: boxes XYXY in the input image's pixels, scores, labels.
+        input_size: (height, width) of the image the model saw.
+        output_size: (height, width) of the original image.
+    """
+    (in_height, in_width), (height, width) = input_size, output_size
+    boxes = detections.boxes.clone()
+    boxes[:, 0::2] *= width / in_width
+    boxes[:, 1::2] *= height / in_height
+    x1, y1 = boxes[:, 0].clamp(min=0, max=width), boxes[:, 1].clamp(min=0, max=height)
+    x2, y2 = boxes[:, 2].clamp(min=0, max=width), boxes[:, 3].clamp(min=0, max=height)
+    boxes = torch.stack((x1, y1, x2, y2), dim=-1)
+    keep = ((x2 - x1) > 0.0) & ((y2 - y1) > 0.0)
+    return Detections(boxes[keep], detections.scores[keep], detections.labels[keep])
 
 
 class Predictor:
     """A trained detector on images: files, PIL images or RGB arrays, one or a list.
 
     Args:
-        module: the trained model; put in eval mode on ``device``.
-        device: ``auto`` (a CUDA GPU when there is one), ``cpu``, ``cuda`` or ``cuda:N``.
+        model: the trained model (put in eval mode on ``device``), or a
+            :class:`~detlit.inference.runtimes.Runtime` (an exported model: see :meth:`from_exported`).
+        device: ``auto`` (a CUDA GPU when there is one), ``cpu``, ``cuda`` or ``cuda:N``; for a
+            runtime, the device it was made for.
         score_threshold: keep detections scoring at least this, in every class. By default the
             per-class thresholds that validation found best (saved in the checkpoint), else
             :data:`DEFAULT_SCORE_THRESHOLD`.
         all_detections: keep every detection the model outputs (down to its own test threshold,
             ``MODEL.ROI_HEADS.SCORE_THRESH_TEST``), as evaluation needs; ``score_threshold`` must
             then be left out.
-        precision: ``32``, or ``bf16`` / ``16`` for mixed precision (torch.autocast).
+        precision: ``32``, or ``bf16`` / ``16`` for mixed precision (torch.autocast; checkpoints only).
         batch_size: images per forward pass.
         resize: ``detlit`` (OpenCV, as in training and validation) or ``detectron2`` (PIL, as
             detectron2's DefaultPredictor); see the module docstring.
 
     Raises:
         ConfigError: an unknown precision or resize, an unavailable device, precision the device
-            cannot run, or a threshold outside 0..1.
+            or runtime cannot run, or a threshold outside 0..1.
     """
 
     def __init__(
         self,
-        module: DetectionModule,
-        device: str = "auto",
+        model: DetectionModule | Runtime,
+        device: str = AUTO,
         score_threshold: float | None = None,
         all_detections: bool = False,
         precision: Precision = "32",
@@ -167,37 +184,58 @@ class Predictor:
             raise ConfigError(f"batch size is {batch_size}; use 1 or more")
         if all_detections and score_threshold is not None:
             raise ConfigError("a score threshold and all detections exclude each other; give one of them")
-        self.device = resolve_device(device)
+        if isinstance(model, Runtime):
+            if precision != "32":
+                raise ConfigError(f"a {model.name} model runs in precision 32; mixed precision is for checkpoints")
+            self.runtime: Runtime = model
+        else:
+            self.runtime = EagerRuntime(model, device, precision)
+        self.device = self.runtime.device
         self.precision = precision
-        _check_precision(self.device, precision)
-        self.module = module.to(self.device).eval()
-        self.label_map: LabelMap = module.label_map
+        facts: ModelFacts = self.runtime.facts
+        self.facts = facts
+        self.label_map: LabelMap = facts.label_map
         self.batch_size = batch_size
         self.resize = resize
-        self.image_format: str = module.cfg.INPUT.FORMAT
-        hp = module.hparams
-        self.min_size, self.max_size = int(hp["min_size_test"]), int(hp["max_size_test"])
-        self.model_threshold = float(module.cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST)
-        saved = getattr(module, "score_thresholds", None)
-        self.saved_thresholds: list[float] | None = None if saved is None else [float(t) for t in saved]
+        self.image_format = facts.image_format
+        self.min_size, self.max_size = facts.min_size, facts.max_size
+        self.model_threshold = facts.score_floor
+        self.saved_thresholds: list[float] | None = (
+            None if facts.score_thresholds is None else list(facts.score_thresholds)
+        )
         self._transform = eval_transform(self.min_size, self.max_size)
         if all_detections:
             self._thresholds = np.full(self.label_map.num_classes, self.model_threshold, dtype=np.float64)
         else:
             self._thresholds = self._choose_thresholds(score_threshold)
+        below = float(self._thresholds.min()) < self.model_threshold
+        if self.runtime.fixed_floor and below and not all_detections:
+            log.warning(
+                "the %s model keeps no detection scoring %g or less (its score floor, fixed at export): lower "
+                "thresholds act as %g",
+                self.runtime.name,
+                self.model_threshold,
+                self.model_threshold,
+            )
+
+    @classmethod
+    def load(cls, path: str | Path, **kwargs: Any) -> Predictor:
+        """A predictor for a checkpoint (``.ckpt``) or an exported model (``.torchscript``, ``.onnx``)."""
+        path = Path(path)
+        return cls.from_exported(path, **kwargs) if is_exported(path) else cls.from_checkpoint(path, **kwargs)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, **kwargs: Any) -> Predictor:
         """A predictor for a detlit checkpoint (``.ckpt``); keyword arguments as for the class.
 
         Raises:
-            WeightsError: the file is missing or is not a detlit checkpoint.
+            WeightsError: the file is missing, not whole (a checksum fails) or not a detlit checkpoint.
         """
+        from detlit.model.checkpoints import verify_file
         from detlit.model.module import DetectionModule
 
         path = Path(path)
-        if not path.is_file():
-            raise WeightsError(f"checkpoint {path} does not exist; pass a .ckpt file of a training run")
+        verify_file(path, "checkpoint")  # missing, a folder, truncated or damaged: one sentence
         try:
             module = DetectionModule.load_from_checkpoint(path, map_location="cpu")
         except (KeyError, TypeError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
@@ -206,6 +244,17 @@ class Predictor:
                 "python -m detlit.fit"
             ) from err
         return cls(module, **kwargs)
+
+    @classmethod
+    def from_exported(cls, path: str | Path, device: str = AUTO, **kwargs: Any) -> Predictor:
+        """A predictor for a model written by ``python -m detlit.export`` (``.torchscript`` or ``.onnx``,
+        with its metadata json beside it); keyword arguments as for the class.
+
+        Raises:
+            WeightsError: the file or its metadata is missing or unreadable.
+            ConfigError: the device cannot run the model, or onnxruntime is missing.
+        """
+        return cls(load_exported(Path(path), device), **kwargs)
 
     @property
     def class_names(self) -> list[str]:
@@ -287,43 +336,29 @@ class Predictor:
                 outcome.prediction = prediction
             yield from outcomes
 
-    def _autocast(self) -> Any:
-        if self.precision == "32":
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=AUTOCAST_DTYPES[self.precision])
-
-    @torch.no_grad()
     def _forward(self, batch: list[dict[str, Any]]) -> list[Prediction]:
         floor = float(self._thresholds.min())
-        with _score_floor(self.module.model, floor), self._autocast():
-            outputs = self.module(batch)
-        return [self._prediction(output["instances"].to("cpu")) for output in outputs]
+        raw = self.runtime([item["image"] for item in batch], floor)
+        return [self._prediction(detections, item) for detections, item in zip(raw, batch, strict=True)]
 
-    def _prediction(self, instances: Any) -> Prediction:
-        labels = instances.pred_classes.numpy().astype(np.int64)
-        scores = instances.scores.float().numpy()
+    def _prediction(self, raw: Detections, item: dict[str, Any]) -> Prediction:
+        height, width = int(item["height"]), int(item["width"])
+        input_size = (int(item["image"].shape[1]), int(item["image"].shape[2]))
+        detections = postprocess(raw, input_size, (height, width))
+        labels = detections.labels.numpy().astype(np.int64)
+        scores = detections.scores.float().numpy()
         keep = scores >= self._thresholds[labels]
         labels, scores = labels[keep], scores[keep]
-        height, width = instances.image_size
         return Prediction(
-            boxes=instances.pred_boxes.tensor.float().numpy()[keep].reshape(-1, 4),
+            boxes=detections.boxes.float().numpy()[keep].reshape(-1, 4),
             scores=scores,
             labels=labels,
             class_names=[self.label_map.names[label] for label in labels.tolist()],
             category_ids=[self.label_map.category_id(label) for label in labels.tolist()],
-            height=int(height),
-            width=int(width),
+            height=height,
+            width=width,
         )
 
 
 def _describe(names: Sequence[str], thresholds: Sequence[float]) -> str:
     return ", ".join(f"{name} {value:.3g}" for name, value in zip(names, thresholds, strict=True))
-
-
-def _check_precision(device: torch.device, precision: str) -> None:
-    if precision == "32":
-        return
-    if not torch.amp.is_autocast_available(device.type):
-        raise ConfigError(f"mixed precision is not available on {device.type}; use precision 32")
-    if device.type == "cuda" and precision == "bf16" and not torch.cuda.is_bf16_supported():
-        raise ConfigError("this GPU cannot compute in bfloat16; use precision 16 or 32")

@@ -23,6 +23,7 @@ from typing import Any, TypeAlias
 import numpy as np
 import yaml
 
+from detlit.common.files import locate, sha256_file
 from detlit.data.checks import Report, check_file
 from detlit.data.coco import CocoDataset
 from detlit.errors import ConfigError, DataError
@@ -186,20 +187,6 @@ def read_run(folder: Path) -> Run:
     return Run(folder, config, config_text, config_note, hparams, log_info, scalars, walls, checkpoints)
 
 
-def locate(value: Any, anchors: Sequence[Path]) -> Path | None:
-    """An existing file or folder named in a config: absolute, or relative to the current folder
-    or to one of ``anchors`` (a run is often reported from elsewhere than where it was trained)."""
-    if not isinstance(value, str) or not value:
-        return None
-    path = Path(value).expanduser()
-    if path.is_absolute():
-        return path if path.exists() else None
-    for base in (Path.cwd(), *anchors):
-        if (base / path).exists():
-            return base / path
-    return None
-
-
 def choose_checkpoint(run: Run, evaluated: Path | None = None) -> tuple[Path | None, str]:
     """The checkpoint to draw examples with, and why it was chosen."""
     if evaluated is not None and evaluated.suffix == ".ckpt" and evaluated.is_file():
@@ -243,14 +230,6 @@ class DataSplit:
             if cid.lstrip("-").isdigit():
                 out[int(cid)] = int(count)
         return out
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def names_fingerprint(dataset: CocoDataset) -> str:

@@ -1,0 +1,350 @@
+"""Exporting a checkpoint to TorchScript or ONNX, as ``python -m detlit.export`` does, with parity checked.
+
+The exported model is detectron2's ``GeneralizedRCNN`` traced around its inference without the
+postprocess (:class:`TracedDetector`): one image in, uint8 (3, H, W) of any height and width,
+already resized, channels in the model's order; out the detections above the model's score floor,
+boxes XYXY in that image's pixels, scores and contiguous labels. Resizing, scaling boxes back to
+the original image and the per-class thresholds stay in detlit (:class:`~detlit.inference.predictor.Predictor`),
+so they are the same for every format. ``detectron2.export`` (v0.6) cannot be imported on torch 2,
+hence the small wrapper; ONNX goes through torch's TorchScript-based exporter (``dynamo=False``:
+the dynamo exporter fails on R-CNN's data-dependent shapes) at opset :data:`ONNX_OPSET` (below 16,
+ROIAlign's ``aligned=True`` is dropped with only a warning).
+
+Into ``--out`` (default: the checkpoint's folder) go ``<checkpoint name>.torchscript`` or
+``<checkpoint name>.onnx`` and, beside it, ``<model file>.json``: the model facts (class names,
+original category ids, per-class thresholds, channel order, resize rule, score floor), the
+checkpoint it came from with the run's dataset fingerprint (sha256 of the training json when it
+can be found), the versions, and the parity figures.
+
+Parity is checked at every export (:mod:`detlit.deploy.parity`): the exported file, as written,
+against the checkpoint on :data:`PARITY_IMAGES` or more images at two or more input sizes: the
+checkpoint's validation images when they can be found, else ``--images``, else generated ones.
+The model file is written under a temporary name and moved into place only when parity passes;
+otherwise the export stops with one sentence and leaves no model file behind.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import json
+import logging
+import platform
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from detlit.common.files import locate, sha256_file
+from detlit.common.outputs import atomic_write, check_folder, check_outputs, write_text
+from detlit.data.coco import load_coco
+from detlit.data.images import load_image
+from detlit.data.sample import make_image
+from detlit.deploy.parity import Parity, compare
+from detlit.errors import ConfigError, DataError, DetlitError
+from detlit.inference.facts import ModelFacts
+from detlit.inference.predict import find_images
+from detlit.inference.predictor import Predictor
+from detlit.inference.runtimes import (
+    FORMATS,
+    METADATA_KIND,
+    METADATA_VERSION,
+    SUFFIXES,
+    OnnxRuntime,
+    Runtime,
+    TorchScriptRuntime,
+    metadata_path,
+)
+
+log = logging.getLogger(__name__)
+
+Format = Literal["torchscript", "onnx"]
+ONNX_OPSET = 17
+PARITY_IMAGES = 8
+GENERATED_SEED = 0
+VERSIONED = ("torch", "torchvision", "onnx", "onnxruntime", "detectron2", "lightning")
+
+
+class ParityError(DetlitError):
+    """The exported model's detections are not the checkpoint's."""
+
+
+class TracedDetector(torch.nn.Module):
+    """``image`` uint8 (3, H, W) -> (boxes (N, 4) XYXY in the image's pixels, scores (N,), classes (N,)).
+
+    Detections are those ``GeneralizedRCNN.inference`` keeps (above its score floor, at most its
+    detections per image), before detectron2's postprocess.
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        (instances,) = self.model.inference([{"image": image}], do_postprocess=False)  # type: ignore[operator]
+        return instances.pred_boxes.tensor, instances.scores, instances.pred_classes
+
+
+STANDARD_HEAD = ("FastRCNNOutputLayers.predict_boxes", "FastRCNNOutputLayers.predict_probs")
+
+
+@contextmanager
+def one_image_head(model: Any) -> Iterator[None]:
+    """Let the box predictor skip its per-image split while tracing one image.
+
+    detectron2 splits the box head's outputs by ``len(proposals)``, a Python number that tracing
+    writes into the graph as a constant (the proposal count of the traced image): the traced model
+    would then fail on any image with another count. For one image the split returns the whole
+    tensor, so these replacements compute the same numbers without it.
+
+    Raises:
+        ConfigError: the box predictor is not detectron2's standard one.
+    """
+    predictor = model.roi_heads.box_predictor
+    methods = (type(predictor).predict_boxes.__qualname__, type(predictor).predict_probs.__qualname__)
+    if methods != STANDARD_HEAD:
+        raise ConfigError(
+            f"the box predictor {type(predictor).__name__} is not detectron2's FastRCNNOutputLayers; export "
+            "supports the standard Faster R-CNN box head"
+        )
+
+    def predict_boxes(predictions: tuple[torch.Tensor, torch.Tensor], proposals: list[Any]) -> list[torch.Tensor]:
+        _, deltas = predictions
+        return [predictor.box2box_transform.apply_deltas(deltas, proposals[0].proposal_boxes.tensor)]
+
+    def predict_probs(predictions: tuple[torch.Tensor, torch.Tensor], proposals: list[Any]) -> list[torch.Tensor]:
+        scores, _ = predictions
+        return [F.softmax(scores, dim=-1)]
+
+    predictor.predict_boxes, predictor.predict_probs = predict_boxes, predict_probs
+    try:
+        yield
+    finally:
+        del predictor.predict_boxes, predictor.predict_probs
+
+
+@torch.no_grad()
+def write_model(model: torch.nn.Module, example: torch.Tensor, kind: Format, path: Path) -> None:
+    """Trace ``model`` (a ``GeneralizedRCNN`` in eval mode, on the CPU) on ``example``; write ``kind`` to ``path``."""
+    traced = TracedDetector(model).eval()
+    with warnings.catch_warnings(), one_image_head(model):
+        # Tracing warns about every Python number it records; the parity check is what tells.
+        warnings.simplefilter("ignore")
+        if kind == "torchscript":
+            torch.jit.save(torch.jit.trace(traced, (example,), check_trace=False), str(path))
+        else:
+            torch.onnx.export(
+                traced,
+                (example,),
+                str(path),
+                dynamo=False,
+                opset_version=ONNX_OPSET,
+                input_names=["image"],
+                output_names=["boxes", "scores", "classes"],
+                dynamic_axes={
+                    "image": {1: "height", 2: "width"},
+                    "boxes": {0: "detections"},
+                    "scores": {0: "detections"},
+                    "classes": {0: "detections"},
+                },
+            )
+
+
+def _versions() -> dict[str, str]:
+    from detlit import __version__
+
+    versions = {"detlit": __version__, "python": platform.python_version()}
+    for package in VERSIONED:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def _read_checkpoint_data(ckpt: Path) -> dict[str, Any]:
+    """The data module's hyper-parameters saved in a checkpoint (empty when there are none)."""
+    try:
+        raw = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # weights-only loading refuses what it cannot trust: then no data is named
+        log.debug("cannot read the data settings of %s: %s", ckpt, err)
+        return {}
+    data = raw.get("datamodule_hyper_parameters") if isinstance(raw, dict) else None
+    return dict(data) if isinstance(data, dict) else {}
+
+
+def source_document(ckpt: Path, data: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint and the run's dataset fingerprint, for the metadata."""
+    anchors = list(ckpt.resolve().parents)
+    source: dict[str, Any] = {"checkpoint": str(ckpt.resolve()), "checkpoint_sha256": sha256_file(ckpt)}
+    train_json = data.get("train_json")
+    found = locate(train_json, anchors)
+    source["train_json"] = train_json
+    source["train_json_sha256"] = sha256_file(found) if found is not None and found.is_file() else None
+    if source["train_json_sha256"] is None:
+        source["note"] = "the training json was not found: the dataset fingerprint is left out"
+    return source
+
+
+def _validation_images(ckpt: Path, data: dict[str, Any]) -> list[np.ndarray]:
+    anchors = list(ckpt.resolve().parents)
+    json_path = locate(data.get("val_json"), anchors)
+    root = locate(data.get("val_images") or data.get("train_images"), anchors)
+    if json_path is None or root is None:
+        return []
+    try:
+        records = load_coco(json_path, root).images
+    except DataError as err:
+        log.info("validation images not used for parity: %s", err)
+        return []
+    return _readable([root / record.file_name for record in records])
+
+
+def _readable(paths: list[Path]) -> list[np.ndarray]:
+    images: list[np.ndarray] = []
+    for path in paths:
+        if len(images) == PARITY_IMAGES:
+            break
+        try:
+            images.append(load_image(path))
+        except DataError as err:
+            log.info("not used for parity: %s", err)
+    return images
+
+
+def parity_images(
+    ckpt: Path, data: dict[str, Any], folder: Path | None, predictor: Predictor
+) -> tuple[list[np.ndarray], str]:
+    """At least :data:`PARITY_IMAGES` images at two or more model input sizes, and where they come from."""
+    images: list[np.ndarray] = _validation_images(ckpt, data)
+    source = "the checkpoint's validation images"
+    if not images and folder is not None:
+        images = _readable([image.path for image in find_images([str(folder)])])
+        source = f"the images in {folder}"
+    if not images:
+        source = "generated images"
+    rng = np.random.default_rng(GENERATED_SEED)
+    generated = 0
+    while len(images) < PARITY_IMAGES or len({_input_size(predictor, i) for i in images}) < 2:
+        images.append(np.asarray(make_image(rng)[0]))
+        generated += 1
+        if generated > 4 * PARITY_IMAGES:
+            raise ConfigError("generated parity images all resize to one size; pass --images with images of two shapes")
+    if generated and source != "generated images":
+        source += f" and {generated} generated ones"
+    return images, source
+
+
+def _input_size(predictor: Predictor, image: np.ndarray) -> tuple[int, int]:
+    tensor = predictor.preprocess(image)["image"]
+    return int(tensor.shape[1]), int(tensor.shape[2])
+
+
+def check_parity(eager: Predictor, runtime: Runtime, images: list[np.ndarray]) -> Parity:
+    """The exported ``runtime`` against the checkpoint's ``eager`` predictor on ``images``."""
+    exported = Predictor(runtime, all_detections=True, batch_size=1)
+    facts = eager.facts
+    return compare(
+        eager.predict(images),
+        exported.predict(images),
+        [_input_size(eager, image) for image in images],
+        facts.score_floor,
+        facts.detections_per_image,
+    )
+
+
+def output_paths(ckpt: Path, kind: Format, out: Path | None) -> tuple[Path, Path]:
+    """The model file and its metadata json."""
+    model = (out if out is not None else ckpt.parent) / f"{ckpt.stem}{SUFFIXES[kind]}"
+    return model, metadata_path(model)
+
+
+def _runtime(kind: Format, path: Path, facts: ModelFacts) -> Runtime:
+    return TorchScriptRuntime(path, facts, "cpu") if kind == "torchscript" else OnnxRuntime(path, facts, "cpu")
+
+
+def export(
+    ckpt: Path,
+    kind: Format,
+    out: Path | None = None,
+    images: Path | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """``python -m detlit.export``: write ``ckpt`` as ``kind`` with its metadata, after a parity check.
+
+    Returns:
+        The model file.
+
+    Raises:
+        ConfigError: an unknown format, a missing input, or an output that exists.
+        WeightsError: the checkpoint cannot be loaded.
+        ParityError: the exported model's detections are not the checkpoint's (nothing is written).
+    """
+    if kind not in FORMATS:
+        raise ConfigError(f"--format {kind} is unknown; use one of {', '.join(FORMATS)}")
+    if not ckpt.is_file():
+        raise ConfigError(f"--ckpt {ckpt} does not exist; pass a .ckpt file of a training run")
+    if images is not None and not images.is_dir():
+        raise ConfigError(f"--images {images} is not a folder; name a folder of images for the parity check")
+    if out is not None:
+        check_folder(out)
+    model_path, meta_path = output_paths(ckpt, kind, out)
+    check_outputs([model_path, meta_path], inputs=[ckpt], overwrite=overwrite)
+    started = time.perf_counter()
+    eager = Predictor.from_checkpoint(ckpt, device="cpu", all_detections=True, batch_size=1)
+    data = _read_checkpoint_data(ckpt)
+    chosen, image_source = parity_images(ckpt, data, images, eager)
+    module = eager.runtime.module  # type: ignore[attr-defined]
+    example = eager.preprocess(chosen[0])["image"]
+    with atomic_write(model_path) as handle:
+        temporary = Path(handle.name)  # moved into place when the block ends without an error
+        write_model(module.model, example, kind, temporary)
+        exported_at = time.perf_counter()
+        parity = check_parity(eager, _runtime(kind, temporary, eager.facts), chosen)
+        log.info("parity on %s: %s", image_source, parity.describe())
+        if not parity.passed:
+            raise ParityError(
+                f"the exported {kind} model does not match {ckpt} on {image_source} ({parity.describe()}); no model "
+                "was written: report this with python -m detlit.env's output"
+            )
+        document = {
+            "kind": METADATA_KIND,
+            "version": METADATA_VERSION,
+            "format": kind,
+            "file": model_path.name,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "input": {
+                "name": "image",
+                "dtype": "uint8",
+                "shape": [3, "height", "width"],
+                "channel_order": eager.facts.image_format,
+                "resize": {
+                    "rule": "shortest edge to min_size, longest edge at most max_size (detectron2 ResizeShortestEdge)",
+                    "min_size": eager.facts.min_size,
+                    "max_size": eager.facts.max_size,
+                },
+            },
+            "outputs": {
+                "boxes": "float32 (N, 4) XYXY in the input image's pixels",
+                "scores": "float32 (N,)",
+                "classes": "int64 (N,) contiguous labels: class_names[i], category_ids[i]",
+            },
+            "facts": eager.facts.as_json(),
+            "source": source_document(ckpt, data),
+            "versions": {**_versions(), **({"onnx_opset": str(ONNX_OPSET)} if kind == "onnx" else {})},
+            "parity": {**parity.as_json(), "images_from": image_source},
+            "seconds": {
+                "export": round(exported_at - started, 2),
+                "parity": round(time.perf_counter() - exported_at, 2),
+            },
+        }
+        write_text(meta_path, json.dumps(document, indent=1))
+    print(f"parity ({image_source}): {parity.describe()}")
+    print(f"wrote {model_path} and {meta_path} in {time.perf_counter() - started:.1f} s")
+    return model_path
