@@ -32,6 +32,7 @@ import logging
 import os
 import re
 import signal
+import socket
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -296,6 +297,24 @@ def _interrupt(signum: int, frame: Any) -> None:
     signal.raise_signal(signum)
 
 
+def require_free_port(host: str, port: int) -> None:
+    """Raise one sentence when another program already listens on ``host:port``.
+
+    Checked before the model loads, so a second service on a taken port stops at once instead of
+    failing inside the web server after start-up.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds: TIME_WAIT is free
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            raise ConfigError(
+                f"--port {port} on {host} is taken ({err.strerror or err}): another service listens there; "
+                "stop it or choose another --port"
+            ) from err
+
+
 def serve(
     model: Path,
     host: str = "127.0.0.1",
@@ -325,6 +344,7 @@ def serve(
         raise ConfigError(f"--port {port} is outside 1024..65535; choose a port in that range")
     if batch_timeout < 0:
         raise ConfigError(f"--batch-timeout {batch_timeout} is negative; give 0 or more seconds")
+    require_free_port(host, port)
     settings = ServeSettings(model, device, score_threshold, batch_size, max_pixels)
     checked = settings.predictor()
     facts = checked.facts

@@ -311,6 +311,12 @@ def predict(
             raise ConfigError(f"--model {model} does not exist; pass a model written by python -m detlit.export")
         raise ConfigError(f"--ckpt {model} does not exist; pass a .ckpt file of a training run")
     check_folder(out)
+    for given in inputs:
+        if Path(given).is_dir() and _inside(Path(given), out):
+            raise ConfigError(
+                f"--out {out} holds the input folder {given}: the drawings would go among the images; "
+                "choose another --out (a folder inside the input folder is fine)"
+            )
     images = find_images(inputs, recursive, exclude=out)
     check_outputs(
         output_paths(out, output_names(images), write_csv),

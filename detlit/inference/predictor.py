@@ -235,7 +235,7 @@ class Predictor:
         from detlit.model.module import DetectionModule
 
         path = Path(path)
-        verify_file(path, "checkpoint")  # missing, a folder, truncated or damaged: one sentence
+        verify_file(path, "")  # missing, a folder, truncated or damaged: one sentence
         try:
             module = DetectionModule.load_from_checkpoint(path, map_location="cpu")
         except (KeyError, TypeError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError) as err:

@@ -27,24 +27,27 @@ WRITTEN_BY = "a .ckpt file written by python -m detlit.fit"
 def verify_file(path: Path, option: str = "--ckpt") -> None:
     """Raise one sentence unless ``path`` is a whole checkpoint archive (every member's checksum holds).
 
+    ``option`` names the file in the sentence (``--ckpt``, ``--model.weights``; empty: the path alone).
+
     Raises:
         WeightsError: missing, a folder, not a zip archive (a text file, a truncated file), or a
             member that fails its checksum.
     """
+    named = f"{option} {path}" if option else str(path)
     if path.is_dir():
-        raise WeightsError(f"{option} {path} is a folder; pass {WRITTEN_BY}")
+        raise WeightsError(f"{named} is a folder; pass {WRITTEN_BY}")
     if not path.is_file():
-        raise WeightsError(f"{option} {path} does not exist; pass {WRITTEN_BY}")
+        raise WeightsError(f"{named} does not exist; pass {WRITTEN_BY}")
     try:
         with zipfile.ZipFile(path) as archive:
             damaged = archive.testzip()
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
         raise WeightsError(
-            f"{option} {path} is not a whole checkpoint ({err}): a truncated or unrelated file; pass {WRITTEN_BY}"
+            f"{named} is not a whole checkpoint ({err}): a truncated or unrelated file; pass {WRITTEN_BY}"
         ) from err
     if damaged is not None:
         raise WeightsError(
-            f"{option} {path} is damaged ({damaged} fails its checksum); use another checkpoint of the run "
+            f"{named} is damaged ({damaged} fails its checksum); use another checkpoint of the run "
             "(last.ckpt or a best-*.ckpt) or train again"
         )
 
