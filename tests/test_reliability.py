@@ -347,3 +347,46 @@ def test_ctrl_c_saves_last_checkpoint_and_exits_130(sample_dir: Path, tmp_path: 
     assert "Traceback" not in rest and "stopped by Ctrl-C; resume with --ckpt last" in rest
     last = tmp_path / "sample" / "version_0" / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True)["global_step"] > 0
+
+
+@pytest.fixture(scope="module")
+def small_run(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished run folder of the tiny model (2 steps, one validation)."""
+    runs = tmp_path_factory.mktemp("small-run")
+    result = _fit_into(sample_dir, runs, "--trainer.max_steps=2", "--trainer.limit_val_batches=1")
+    assert result.returncode == 0, result.stderr[-2000:]
+    return runs / "sample" / "version_0"
+
+
+def _one_sentence(command: str, args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    import importlib
+
+    with pytest.raises(SystemExit) as stopped:
+        importlib.import_module(f"detlit.{command}").main(args)
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert stopped.value.code == 2 and "Traceback" not in err and len(errors) == 1, err[-3000:]
+    return errors[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["predict", "export", "report"])
+@pytest.mark.parametrize("disk", ["full", "read-only"])
+def test_predict_export_and_report_onto_a_full_or_read_only_disk(
+    command: str, disk: str, small_run: Path, sample_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    options = "size=24k" if disk == "full" else "ro,size=1m"
+    with mounted(tmp_path / "disk", options) as folder:
+        out = folder / "out"
+        ckpt = str(small_run / "checkpoints" / "last.ckpt")
+        args = {
+            "predict": ["--ckpt", ckpt, str(sample_dir / "val"), "--out", str(out)],
+            "export": ["--ckpt", ckpt, "--format", "torchscript", "--out", str(out)],
+            "report": ["--run", str(small_run), "--out", str(out)],
+        }[command]
+        error = _one_sentence(command, args, capsys)
+        assert ("No space left on device" if disk == "full" else "Read-only file system") in error, error
+        left = [p for p in folder.rglob("*") if p.is_file()]
+        assert not [p for p in left if p.name.endswith(".tmp")], "no temporary file is left"
+        if command == "export":
+            assert not left, "no model file, no metadata"

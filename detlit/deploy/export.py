@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import datetime
 import importlib.metadata
+import io
 import json
 import logging
 import platform
@@ -130,19 +131,24 @@ def one_image_head(model: Any) -> Iterator[None]:
 
 
 @torch.no_grad()
-def write_model(model: torch.nn.Module, example: torch.Tensor, kind: Format, path: Path) -> None:
-    """Trace ``model`` (a ``GeneralizedRCNN`` in eval mode, on the CPU) on ``example``; write ``kind`` to ``path``."""
+def write_model(model: torch.nn.Module, example: torch.Tensor, kind: Format) -> bytes:
+    """Trace ``model`` (a ``GeneralizedRCNN`` in eval mode, on the CPU) on ``example``; the ``kind`` file's bytes.
+
+    The file is written in memory: torch's writers fail on a full disk by aborting the process,
+    Python's file writes with one error that the command turns into a sentence.
+    """
     traced = TracedDetector(model).eval()
+    buffer = io.BytesIO()
     with warnings.catch_warnings(), one_image_head(model):
         # Tracing warns about every Python number it records; the parity check is what tells.
         warnings.simplefilter("ignore")
         if kind == "torchscript":
-            torch.jit.save(torch.jit.trace(traced, (example,), check_trace=False), str(path))
+            torch.jit.save(torch.jit.trace(traced, (example,), check_trace=False), buffer)
         else:
             torch.onnx.export(
                 traced,
                 (example,),
-                str(path),
+                buffer,
                 dynamo=False,
                 opset_version=ONNX_OPSET,
                 input_names=["image"],
@@ -154,6 +160,7 @@ def write_model(model: torch.nn.Module, example: torch.Tensor, kind: Format, pat
                     "classes": {0: "detections"},
                 },
             )
+    return buffer.getvalue()
 
 
 def _versions() -> dict[str, str]:
@@ -304,7 +311,8 @@ def export(
     example = eager.preprocess(chosen[0])["image"]
     with atomic_write(model_path) as handle:
         temporary = Path(handle.name)  # moved into place when the block ends without an error
-        write_model(module.model, example, kind, temporary)
+        handle.write(write_model(module.model, example, kind))
+        handle.flush()
         exported_at = time.perf_counter()
         parity = check_parity(eager, _runtime(kind, temporary, eager.facts), chosen)
         log.info("parity on %s: %s", image_source, parity.describe())
