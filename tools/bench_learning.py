@@ -112,7 +112,7 @@ def sample_dataset(work: Path, quick: bool, steps: int | None) -> Dataset:
         (folder / "train.json", folder / "train"),
         (folder / "val.json", folder / "val"),
         (folder / "test.json", folder / "test"),
-        steps or (4 if quick else 500),
+        steps or (4 if quick else 300),
     )
 
 
@@ -125,7 +125,7 @@ def rbc_dataset(steps: int | None) -> Dataset:
         return RBC_DIR / name / "_annotations.coco.json", RBC_DIR / name
 
     return Dataset(
-        "rbc", REPO / "configs" / "rbc_cpu.yaml", split("train"), split("valid"), split("test"), steps or 400
+        "rbc", REPO / "configs" / "rbc_cpu.yaml", split("train"), split("valid"), split("test"), steps or 300
     )
 
 
@@ -416,7 +416,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--data", default="sample,rbc", help="datasets: sample, rbc (default both)")
     parser.add_argument("--seeds", default="0,1", help="seeds (default 0,1)")
     parser.add_argument("--sides", default=",".join(SIDES), help="detlit, detectron2 (default both)")
-    parser.add_argument("--steps", type=int, help="training steps (default: sample 500, rbc 400; --quick 4)")
+    parser.add_argument("--steps", type=int, help="training steps (default 300; --quick 4)")
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "bench_learning", help="folder of the units")
     parser.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md", help="markdown file of the section")
     parser.add_argument("--report", action="store_true", help="only write the section from the finished units")
