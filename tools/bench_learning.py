@@ -21,11 +21,12 @@ to the model's test threshold; detlit's resize for detlit's model, detectron2's 
 detectron2's, each as it trained) and scored by pycocotools' ``COCOeval`` against the json files.
 
 Every run is a unit (dataset, seed, side) with its own folder under ``--work``; a finished unit
-is not run again, and an interrupted one resumes from its last checkpoint (both sides save every
-``--checkpoint-every`` steps). ``--data``, ``--seeds`` and ``--sides`` select units, so one side or
-seed can run at a time; ``--report`` only writes the table of the finished units. The section of
-``--out`` (BENCHMARKS.md by default) between ``<!-- bench-learning:start -->`` and
-``<!-- bench-learning:end -->`` is rewritten with every finished unit after each run.
+is not run again, and an interrupted one resumes from its last checkpoint (both sides save one
+every 50 steps). ``--data``, ``--seeds`` and ``--sides`` select units, so one side or seed can run
+at a time; ``--report`` only writes the table of the finished units. After every unit, the section
+between ``<!-- bench-learning:start -->`` and ``<!-- bench-learning:end -->`` of ``--out``
+(BENCHMARKS.md by default; with ``--quick`` only where ``--out`` says) is rewritten with every
+finished unit.
 """
 
 from __future__ import annotations
@@ -418,7 +419,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--sides", default=",".join(SIDES), help="detlit, detectron2 (default both)")
     parser.add_argument("--steps", type=int, help="training steps (default 300; --quick 4)")
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "bench_learning", help="folder of the units")
-    parser.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md", help="markdown file of the section")
+    parser.add_argument(
+        "--out", type=Path, help="markdown file to write the section to (default BENCHMARKS.md; --quick: none)"
+    )
     parser.add_argument("--report", action="store_true", help="only write the section from the finished units")
     parser.add_argument("--quick", action="store_true", help="toy model, 12 sample images, 4 steps: a smoke test")
     parser.add_argument("--threads", type=int, default=usable_cores(), help="torch threads")
@@ -455,9 +458,9 @@ def _write(args: argparse.Namespace, work: Path) -> None:
     results = finished(work / "quick" if args.quick else work)
     if not results:
         return
-    section = markdown(results, work)
-    if not args.quick:
-        write_section(args.out, section, MARKERS)
+    out = args.out if args.out is not None or args.quick else REPO / "BENCHMARKS.md"
+    if out is not None:
+        write_section(out, markdown(results, work), MARKERS)
 
 
 if __name__ == "__main__":
