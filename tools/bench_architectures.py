@@ -12,6 +12,9 @@ demo's ResNet-18 FPN (``configs/sample_cpu.yaml``), and measures on the same ima
 * inference: the model in eval mode on the sample's validation images, one at a time (batch 1),
   already decoded and resized (the model's own work only); images per second over all of them.
 
+Both in CPU seconds of the process (``time.process_time``: every thread's, not the time it waited
+for a core, so a shared machine changes them little) and in wall-clock seconds.
+
 It prints a markdown table (``--out`` writes it to a file as well). ``--only`` picks architectures;
 ``--quick`` is a smoke test (R50-FPN, toy sizes).
 """
@@ -32,9 +35,9 @@ import torch
 import yaml
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
-from bench import LightningClock, ServedBatches, prepared_batches, step_seconds  # noqa: E402
+from bench import ServedBatches, prepared_batches, step_seconds  # noqa: E402
 from benchkit import REPO, machine, quiet, set_threads, usable_cores  # noqa: E402
-from lightning.pytorch import Trainer  # noqa: E402
+from lightning.pytorch import Callback, Trainer  # noqa: E402
 
 from detlit.data.sample import write_sample  # noqa: E402
 from detlit.model.config import flatten_overrides  # noqa: E402
@@ -56,6 +59,18 @@ ARCHITECTURES = {
 SIZES = {"min_size_train": [256], "max_size_train": 384, "min_size_test": 256, "max_size_test": 384}
 QUICK_SIZES = {"min_size_train": [128], "max_size_train": 192, "min_size_test": 128, "max_size_test": 192}
 BATCH = 2
+
+
+class Clock(Callback):
+    """Wall and CPU time (this process, all its threads) at the end of every training batch."""
+
+    def __init__(self) -> None:
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+
+    def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
+        self.wall.append(time.perf_counter())
+        self.cpu.append(time.process_time())
 
 
 def build(name: str, labels: Any, sizes: dict[str, Any]) -> DetectionModule:
@@ -90,7 +105,7 @@ def measure(name: str, folder: Path, sizes: dict[str, Any], warmup: int, steps: 
     )
     dm.served = prepared_batches(dm, warmup + steps)
     module = build(name, dm.label_map, sizes)
-    clock = LightningClock(lambda: None)
+    clock = Clock()
     trainer = Trainer(
         accelerator="cpu",
         devices=1,
@@ -104,7 +119,8 @@ def measure(name: str, folder: Path, sizes: dict[str, Any], warmup: int, steps: 
         callbacks=[clock],
     )
     trainer.fit(module, datamodule=dm)
-    step = statistics.median(step_seconds(clock.times, warmup))
+    step = statistics.median(step_seconds(clock.wall, warmup))
+    step_cpu = statistics.median(step_seconds(clock.cpu, warmup))
 
     dm.setup("validate")
     items = [dm.datasets["val"][i] for i in range(len(dm.datasets["val"]))]
@@ -112,16 +128,19 @@ def measure(name: str, folder: Path, sizes: dict[str, Any], warmup: int, steps: 
     with torch.no_grad():
         for item in items[:2]:
             module([item])
-        begun = time.perf_counter()
+        begun, begun_cpu = time.perf_counter(), time.process_time()
         for item in items:
             module([item])
         rate = len(items) / (time.perf_counter() - begun)
+        rate_cpu = len(items) / (time.process_time() - begun_cpu)
     return {
         "name": name,
         "config": ARCHITECTURES[name],
         "parameters": sum(p.numel() for p in module.model.parameters()),
         "step": step,
+        "step_cpu": step_cpu,
         "rate": rate,
+        "rate_cpu": rate_cpu,
     }
 
 
@@ -130,15 +149,17 @@ def markdown(rows: Sequence[dict[str, Any]], args: argparse.Namespace, images: i
     lines = [
         f"Measured on {cpu} ({usable_cores()} cores, {args.threads} torch threads) with "
         f"`python tools/bench_architectures.py`: training steps of {BATCH} images, inference on {images} "
-        "images one at a time, shortest edge 256 (the demo's sizes).",
+        "images one at a time, shortest edge 256 (the demo's sizes). CPU seconds are the process's own "
+        "(all its threads), so other jobs on the machine change them little; wall-clock figures in brackets.",
         "",
-        "| architecture | config | parameters | s / training step | images/s at inference |",
+        "| architecture | config | parameters | CPU s / training step (wall) "
+        "| images per CPU s at inference (per wall s) |",
         "|---|---|---|---|---|",
     ]
     for row in rows:
         lines.append(
-            f"| {row['name']} | `{row['config']}` | {row['parameters'] / 1e6:.1f} M | {row['step']:.2f} | "
-            f"{row['rate']:.1f} |"
+            f"| {row['name']} | `{row['config']}` | {row['parameters'] / 1e6:.1f} M | {row['step_cpu']:.2f} "
+            f"({row['step']:.2f}) | {row['rate_cpu']:.2f} ({row['rate']:.2f}) |"
         )
     return "\n".join(lines) + "\n"
 
@@ -165,7 +186,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_sample(folder, train=BATCH * (warmup + steps) * 2, val=images, seed=0)
         for name in names:
             rows.append(measure(name, folder, sizes, warmup, steps))
-            print(f"{name}: {rows[-1]['step']:.2f} s/step, {rows[-1]['rate']:.1f} img/s", file=sys.stderr, flush=True)
+            row = rows[-1]
+            print(
+                f"{name}: {row['step_cpu']:.2f} CPU s/step, {row['rate_cpu']:.2f} img/CPU s",
+                file=sys.stderr,
+                flush=True,
+            )
     table = markdown(rows, args, images)
     print(table)
     if args.out:
