@@ -7,6 +7,9 @@
   (``tools/bench.py``'s ``train_step`` set-up), the two configs in turns (ABBA), after warm-up;
 * seconds per validation: ``Trainer.validate`` over the 40 validation images;
 
+in CPU seconds of this process (every thread's; a machine shared with other jobs changes them
+little) and in wall-clock seconds,
+
 and the schedule each config runs (steps = epochs x batches per epoch, validations = epochs /
 ``check_val_every_n_epoch``). A training of the old config took ``--old-seconds`` (1300: 10 epochs
 of about 130 s) on the slower 2-core machine kind (AMD EPYC with AVX2 only); the new config's
@@ -28,6 +31,7 @@ import yaml
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 from bench import Spec, TrainSetup, step_seconds  # noqa: E402
+from bench_architectures import Clock  # noqa: E402
 from benchkit import FULL, REPO, abba, collected, machine, quiet, set_threads, usable_cores  # noqa: E402
 from lightning.pytorch import Trainer  # noqa: E402
 
@@ -45,7 +49,26 @@ def schedule(config: Path, dm: CocoDataModule) -> tuple[int, int]:
     return epochs * batches, epochs // every
 
 
-def validation_seconds(setup: TrainSetup, folder: Path) -> float:
+def step_times(setup: TrainSetup, steps: int) -> tuple[float, float]:
+    """Mean (CPU, wall) seconds per training step of one fit, after 2 warm-up steps."""
+    clock = Clock()
+    trainer = Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=2 + steps,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[clock],
+    )
+    trainer.fit(setup.module, datamodule=setup.dm)
+    return statistics.mean(step_seconds(clock.cpu, 2)), statistics.mean(step_seconds(clock.wall, 2))
+
+
+def validation_seconds(setup: TrainSetup, folder: Path) -> tuple[float, float]:
     dm = CocoDataModule(
         train_json=str(folder / "train.json"),
         train_images=str(folder / "train"),
@@ -59,9 +82,9 @@ def validation_seconds(setup: TrainSetup, folder: Path) -> float:
         max_size_test=setup.spec.max_size_test,
     )
     trainer = Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False)
-    begun = time.perf_counter()
+    begun, begun_cpu = time.perf_counter(), time.process_time()
     trainer.validate(setup.module, datamodule=dm, verbose=False)
-    return time.perf_counter() - begun
+    return time.process_time() - begun_cpu, time.perf_counter() - begun
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -82,25 +105,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_sample(folder, train=200, val=40, seed=0)
         setups = {k: TrainSetup.build(Spec.read(p), folder, scale, "cpu", "32-true") for k, p in configs.items()}
         plans = {k: schedule(configs[k], setup.dm) for k, setup in setups.items()}
-        steps: dict[str, list[float]] = {k: [] for k in configs}
+        steps: dict[str, list[tuple[float, float]]] = {k: [] for k in configs}
         for side in abba(range(args.turns), list(configs)):
             collected()
-            steps[side].append(statistics.mean(step_seconds(setups[side].run_detlit(2 + args.steps), 2)))
-            print(f"{side}: {steps[side][-1]:.3f} s/step", file=sys.stderr, flush=True)
+            steps[side].append(step_times(setups[side], args.steps))
+            print(f"{side}: {steps[side][-1][0]:.3f} CPU s/step", file=sys.stderr, flush=True)
         validation = {k: validation_seconds(setup, folder) for k, setup in setups.items()}
-    step = {k: statistics.median(v) for k, v in steps.items()}
-    training = {k: plans[k][0] * step[k] + plans[k][1] * validation[k] for k in configs}
-    ratio = training["new"] / training["old"]
     lines = [f"machine: {machine()['cpu']}, {args.threads} torch threads"]
-    for k in configs:
+    training: dict[str, list[float]] = {}
+    for k, path in configs.items():
+        cpu, wall = (statistics.median(s[i] for s in steps[k]) for i in (0, 1))
+        count, validations = plans[k]
+        training[k] = [count * cpu + validations * validation[k][0], count * wall + validations * validation[k][1]]
         lines.append(
-            f"{k} ({configs[k].relative_to(REPO) if configs[k].is_relative_to(REPO) else configs[k]}): "
-            f"{step[k]:.3f} s/step (turns: {', '.join(f'{s:.3f}' for s in steps[k])}), "
-            f"{validation[k]:.1f} s/validation; {plans[k][0]} steps and {plans[k][1]} validations = "
-            f"{training[k]:.0f} s of training here"
+            f"{k} ({path.relative_to(REPO) if path.is_relative_to(REPO) else path}): {cpu:.3f} CPU s/step "
+            f"(wall {wall:.3f}; turns {', '.join(f'{s[0]:.3f}' for s in steps[k])}), {validation[k][0]:.1f} CPU s "
+            f"per validation (wall {validation[k][1]:.1f}); {count} steps and {validations} validations = "
+            f"{training[k][0]:.0f} CPU s of training here (wall {training[k][1]:.0f})"
         )
+    ratio = training["new"][0] / training["old"][0]
     lines.append(
-        f"new / old: {ratio:.3f}; on the slow machine kind: {args.old_seconds:.0f} s x {ratio:.3f} = "
+        f"new / old (CPU seconds): {ratio:.3f}; on the slow machine kind: {args.old_seconds:.0f} s x {ratio:.3f} = "
         f"{args.old_seconds * ratio:.0f} s of training"
     )
     print("\n".join(lines))

@@ -73,6 +73,7 @@ from detectron2.data.samplers import TrainingSampler  # noqa: E402  # isort: ski
 from detectron2.engine import SimpleTrainer, hooks  # noqa: E402  # isort: skip
 from detectron2.solver import build_lr_scheduler, build_optimizer  # noqa: E402  # isort: skip
 from detectron2.utils.env import seed_all_rng  # noqa: E402  # isort: skip
+from detectron2.utils.events import JSONWriter  # noqa: E402  # isort: skip
 
 log = logging.getLogger("bench_learning")
 
@@ -210,7 +211,42 @@ def train_detlit(dataset: Dataset, spec: Spec, seed: int, init: Path, folder: Pa
     subprocess.run(command, cwd=REPO, env=env, check=True)
     weights = folder / "run" / "version_0" / "model_final.pth"
     state = torch.load(weights, map_location="cpu", weights_only=True)["model"]
-    return {"state": state, "command": shlex.join(["python", *command[1:]]).replace(str(REPO) + "/", "")}
+    return {
+        "state": state,
+        "command": shlex.join(["python", *command[1:]]).replace(str(REPO) + "/", ""),
+        "train_loss": detlit_losses(folder / "run" / "version_0"),
+    }
+
+
+def detlit_losses(run: Path) -> list[list[float]]:
+    """(step, train/loss) as the run logged them to TensorBoard (every 10th step)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    points: dict[int, float] = {}
+    for path in sorted(run.glob("events.out.tfevents.*")):
+        events = EventAccumulator(str(path), size_guidance={"scalars": 0})
+        events.Reload()
+        if "train/loss" in events.Tags()["scalars"]:
+            points.update({e.step: e.value for e in events.Scalars("train/loss")})
+    return [[step, points[step]] for step in sorted(points)]
+
+
+def detectron2_losses(path: Path) -> list[list[float]]:
+    """(iteration, total_loss) of every 10th iteration from detectron2's metrics.json."""
+    points: dict[int, float] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            if "total_loss" in record:
+                points[int(record["iteration"])] = float(record["total_loss"])
+    return [[step, points[step]] for step in sorted(points)]
+
+
+def final_loss(result: dict[str, Any], last: int = 50) -> float | None:
+    """Mean training loss over the last ``last`` steps (None for results without the curve)."""
+    curve = result.get("train_loss") or []
+    tail = [loss for step, loss in curve if step >= result["steps"] - last]
+    return float(np.mean(tail)) if tail else None
 
 
 def detectron2_config(spec: Spec, labels: LabelMap, dataset: Dataset) -> Any:
@@ -265,11 +301,14 @@ def train_detectron2(
             hooks.IterationTimer(),
             hooks.LRScheduler(optimizer, scheduler),
             hooks.PeriodicCheckpointer(checkpointer, 50, max_iter=cfg.SOLVER.MAX_ITER, max_to_keep=1),
+            # The losses of every 10th iteration, as DefaultTrainer writes them (metrics.json).
+            hooks.PeriodicWriter([JSONWriter(str(folder / "metrics.json"), window_size=1)], period=10),
         ]
     )
     trainer.train(start, cfg.SOLVER.MAX_ITER)
     return {
         "state": model.state_dict(),
+        "train_loss": detectron2_losses(folder / "metrics.json"),
         "command": f"{cfg.SOLVER.MAX_ITER} iterations of SimpleTrainer (this script, side detectron2)",
         "kept_images": len(dicts),
         "train_images": len(records.images),
@@ -366,7 +405,11 @@ def markdown(results: Sequence[dict[str, Any]], work: Path) -> str:
             if r["dataset"] == name and r["side"] == "detlit":
                 lines.append(f"    - detlit, seed {r['seed']}: `{r['command']}`")
                 break
-    lines += ["", "| data | split | side | seed | AP | AP50 | AP75 | training |", "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| data | split | side | seed | AP | AP50 | AP75 | training | final train loss |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     verdicts = []
     for name in sorted({r["dataset"] for r in results}):
         for split in ("val", "test"):
@@ -378,15 +421,16 @@ def markdown(results: Sequence[dict[str, Any]], work: Path) -> str:
                 for r in rows:
                     ap, ap50, ap75 = r["stats"][split][:3]
                     minutes = r["train_seconds"] / 60
+                    loss = final_loss(r)
                     lines.append(
                         f"| {name} | {split} | {side} | {r['seed']} | {ap:.3f} | {ap50:.3f} | {ap75:.3f} | "
-                        f"{minutes:.1f} min |"
+                        f"{minutes:.1f} min | {'' if loss is None else f'{loss:.3f}'} |"
                     )
                 if rows:
                     means[side] = [float(np.mean([r["stats"][split][i] for r in rows])) for i in range(3)]
                     lines.append(
                         f"| {name} | {split} | **{side} mean** | | **{means[side][0]:.3f}** | "
-                        f"{means[side][1]:.3f} | {means[side][2]:.3f} | |"
+                        f"{means[side][1]:.3f} | {means[side][2]:.3f} | | |"
                     )
             if len(means) == 2:
                 gap = means["detlit"][0] - means["detectron2"][0]
