@@ -53,6 +53,7 @@ from detlit.inference.predictor import Prediction, Predictor
 log = logging.getLogger(__name__)
 
 API_PATH = "/predict"
+DISCARD_FACTOR = 8  # a refused body is read (and dropped) up to 8 times --max-image-bytes before the answer
 HOSTS = ("127.0.0.1", "0.0.0.0", "::")  # the addresses LitServe listens on
 DEFAULT_MAX_BYTES = 20 * 2**20
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -105,6 +106,18 @@ class ImageBodies:
         self.app = app
         self.max_bytes = max_bytes
 
+    async def _discard(self, receive: Receive) -> None:
+        """Read the rest of a refused body without keeping it, up to :data:`DISCARD_FACTOR` times the
+        limit: a client that is still sending when the answer comes would otherwise see its
+        connection reset instead of the answer. Beyond that the connection closes."""
+        size, more = 0, True
+        while more and size <= DISCARD_FACTOR * self.max_bytes:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            size += len(message.get("body", b""))
+            more = message.get("more_body", False)
+
     def _too_large(self, size: str) -> str:
         return f"the request body is {size}, more than the limit of {self.max_bytes} bytes; send a smaller image"
 
@@ -115,6 +128,7 @@ class ImageBodies:
         headers = {key.lower(): value for key, value in scope["headers"]}
         declared = headers.get(b"content-length", b"").decode("latin-1")
         if declared.isdigit() and int(declared) > self.max_bytes:
+            await self._discard(receive)
             await answer(send, 413, self._too_large(f"{int(declared)} bytes"))
             return
         chunks, size, more = [], 0, True
@@ -124,11 +138,13 @@ class ImageBodies:
                 return
             chunk = message.get("body", b"")
             size += len(chunk)
+            more = message.get("more_body", False)
             if size > self.max_bytes:
+                if more:
+                    await self._discard(receive)
                 await answer(send, 413, self._too_large(f"over {self.max_bytes} bytes"))
                 return
             chunks.append(chunk)
-            more = message.get("more_body", False)
         body = b"".join(chunks)
         if not body:
             await answer(send, 400, f"the request has no body; {HOW_TO_POST}")
