@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.detlit-installed
 SAMPLE := data/sample
 
-.PHONY: install demo sample test test-fast lint format bench bench-gpu clean
+.PHONY: install demo sample test test-fast lint format bench bench-gpu bench-learning clean
 
 install: $(STAMP)
 
@@ -23,8 +23,9 @@ $(SAMPLE)/train.json: | $(STAMP)
 
 sample: $(SAMPLE)/train.json
 
-# Trains on the sample data, evaluates the last checkpoint on the validation images and writes
-# the run's report; the last lines printed name the checkpoint, the metrics and the report.
+# Trains on the sample data (on a GPU when there is one), evaluates the last checkpoint on the
+# validation images and writes the run's report; the last lines printed name the checkpoint, the
+# metrics and the report.
 demo: install sample
 	$(PY) -m detlit.fit --config configs/sample_cpu.yaml
 	run=$$(ls -d runs/sample/version_* | sort -t_ -k2 -n | tail -n 1); \
@@ -55,6 +56,12 @@ bench: install
 # The same on a CUDA GPU (R50-FPN, 800 pixels, mixed precision; a few minutes).
 bench-gpu: install
 	$(PY) tools/bench.py --gpu
+
+# detlit's training against detectron2's own training loop, the same model, weights, schedule and
+# seeds, scored by pycocotools (hours on 2 CPU cores; run it again to continue where it stopped);
+# rewrites its section of BENCHMARKS.md.
+bench-learning: install
+	$(PY) tools/bench_learning.py
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -130,6 +130,20 @@ def one_image_head(model: Any) -> Iterator[None]:
         del predictor.predict_boxes, predictor.predict_probs
 
 
+def require_exportable(module: Any) -> None:
+    """Raise one sentence for architectures of the menu that export cannot trace.
+
+    Export traces one Faster R-CNN: a region proposal network and one standard box head. RetinaNet
+    (no ROI heads) and Cascade R-CNN (three box heads) run from their checkpoints instead.
+    """
+    name = module.hparams["config_name"]
+    fix = "predict, evaluate and serve it from its checkpoint (--ckpt) instead"
+    if module.is_dense:
+        raise ConfigError(f"{name} is a RetinaNet: export traces Faster R-CNN models only; {fix}")
+    if isinstance(module.model.roi_heads.box_predictor, torch.nn.ModuleList):
+        raise ConfigError(f"{name} is a Cascade R-CNN: export traces Faster R-CNN's one box head only; {fix}")
+
+
 @torch.no_grad()
 def write_model(model: torch.nn.Module, example: torch.Tensor, kind: Format) -> bytes:
     """Trace ``model`` (a ``GeneralizedRCNN`` in eval mode, on the CPU) on ``example``; the ``kind`` file's bytes.
@@ -308,6 +322,7 @@ def export(
     data = _read_checkpoint_data(ckpt)
     chosen, image_source = parity_images(ckpt, data, images, eager)
     module = eager.runtime.module  # type: ignore[attr-defined]
+    require_exportable(module)
     example = eager.preprocess(chosen[0])["image"]
     with atomic_write(model_path) as handle:
         temporary = Path(handle.name)  # moved into place when the block ends without an error

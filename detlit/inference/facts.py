@@ -32,7 +32,7 @@ class ModelFacts:
         image_format: channel order of the model's input, ``BGR`` or ``RGB``.
         min_size: shortest-edge size images are resized to.
         max_size: cap on the longest edge after resizing.
-        score_floor: the model's own test threshold (``MODEL.ROI_HEADS.SCORE_THRESH_TEST``):
+        score_floor: the model's own test threshold (``SCORE_THRESH_TEST`` of its ROI heads or RetinaNet):
             detections scoring at most this are dropped before NMS.
         detections_per_image: at most this many detections per image (``TEST.DETECTIONS_PER_IMAGE``).
     """
@@ -62,7 +62,7 @@ class ModelFacts:
             image_format=str(cfg.INPUT.FORMAT),
             min_size=int(hp["min_size_test"]),
             max_size=int(hp["max_size_test"]),
-            score_floor=float(cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST),
+            score_floor=module.test_score_threshold,
             detections_per_image=int(cfg.TEST.DETECTIONS_PER_IMAGE),
         )
 

@@ -25,8 +25,8 @@ from __future__ import annotations
 import json
 import logging
 import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, TypeAlias, runtime_checkable
 
@@ -76,19 +76,6 @@ class Runtime(Protocol):
 # --- a checkpoint, in PyTorch ---------------------------------------------------------------------
 
 
-@contextmanager
-def score_floor(model: Any, floor: float) -> Iterator[None]:
-    """Let the box head keep detections down to ``floor`` (detectron2 drops those below its
-    ``SCORE_THRESH_TEST``, 0.05 in the model zoo, before NMS); restore it afterwards."""
-    predictor = model.roi_heads.box_predictor
-    saved = predictor.test_score_thresh
-    predictor.test_score_thresh = min(saved, floor)
-    try:
-        yield
-    finally:
-        predictor.test_score_thresh = saved
-
-
 def check_precision(device: torch.device, precision: str) -> None:
     if precision == "32":
         return
@@ -124,9 +111,8 @@ class EagerRuntime:
 
     @torch.no_grad()
     def __call__(self, images: Sequence[torch.Tensor], floor: float) -> list[Detections]:
-        model = self.module.model
-        with score_floor(model, floor), self._autocast():
-            results = model.inference([{"image": image} for image in images], do_postprocess=False)
+        with self.module.score_floor(floor), self._autocast():
+            results = self.module.detect(images)
         return [
             Detections(r.pred_boxes.tensor.to("cpu"), r.scores.to("cpu"), r.pred_classes.to("cpu")) for r in results
         ]

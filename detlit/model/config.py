@@ -10,11 +10,34 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from detlit.compat import CfgNode, get_cfg, model_zoo_config_path
+from detlit.compat import HAS_COMPILED_OPS, INSTALL_GIT_HINT, CfgNode, get_cfg, model_zoo_config_path
 from detlit.errors import ConfigError
 from detlit.model.heads import CrowdIgnoringROIHeads, CrowdIgnoringRPN
 
 DEFAULT_CONFIG = "COCO-Detection/faster_rcnn_R_50_FPN_3x.yaml"
+
+MENU = (
+    "COCO-Detection/faster_rcnn_R_50_C4_1x.yaml",
+    "COCO-Detection/faster_rcnn_R_50_C4_3x.yaml",
+    "COCO-Detection/faster_rcnn_R_50_DC5_1x.yaml",
+    "COCO-Detection/faster_rcnn_R_50_DC5_3x.yaml",
+    "COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml",
+    "COCO-Detection/faster_rcnn_R_50_FPN_3x.yaml",
+    "COCO-Detection/faster_rcnn_R_101_C4_3x.yaml",
+    "COCO-Detection/faster_rcnn_R_101_DC5_3x.yaml",
+    "COCO-Detection/faster_rcnn_R_101_FPN_3x.yaml",
+    "COCO-Detection/faster_rcnn_X_101_32x8d_FPN_3x.yaml",
+    "Misc/cascade_mask_rcnn_R_50_FPN_1x.yaml",
+    "Misc/cascade_mask_rcnn_R_50_FPN_3x.yaml",
+    "COCO-Detection/retinanet_R_50_FPN_1x.yaml",
+    "COCO-Detection/retinanet_R_50_FPN_3x.yaml",
+    "COCO-Detection/retinanet_R_101_FPN_3x.yaml",
+)
+"""The model-zoo box detectors detlit trains: Faster R-CNN (C4, DC5, FPN heads; R50, R101,
+X101-32x8d), Cascade R-CNN (its mask head switched off) and RetinaNet. 1x and 3x differ in
+detectron2's schedule only; detlit's schedule is its own, so both name the same architecture."""
+
+META_ARCHITECTURES = ("GeneralizedRCNN", "RetinaNet")
 CROWD_IGNORING_HEADS = {"RPN": CrowdIgnoringRPN.__name__, "StandardROIHeads": CrowdIgnoringROIHeads.__name__}
 
 
@@ -50,6 +73,11 @@ def build_d2_config(
     Raises:
         ConfigError: an override names a key detectron2 does not have, or has a wrong type.
     """
+    if not config_name.endswith(".yaml"):
+        raise ConfigError(
+            f"model.config_name {config_name} is not a .yaml config (detlit reads detectron2's yaml configs, not "
+            "its Python LazyConfigs); pick a .yaml file such as " + DEFAULT_CONFIG
+        )
     cfg = get_cfg()
     cfg.merge_from_file(str(model_zoo_config_path(config_name)))
     # Lightning places the model on its device; weights are loaded by detlit (module.py).
@@ -66,12 +94,46 @@ def build_d2_config(
         _set_key(cfg, key, value)
     if freeze_at is not None:
         cfg.MODEL.BACKBONE.FREEZE_AT = freeze_at
+    check_box_detector(cfg, config_name)
+    # A mask (or keypoint) R-CNN is used as the box detector it contains: detlit's data has boxes only.
+    cfg.MODEL.MASK_ON = False
+    cfg.MODEL.KEYPOINT_ON = False
     # The same heads, with crowd regions as ignore regions (detlit.model.heads).
     for node, standard in ((cfg.MODEL.PROPOSAL_GENERATOR, "RPN"), (cfg.MODEL.ROI_HEADS, "StandardROIHeads")):
         if standard == node.NAME:
             node.NAME = CROWD_IGNORING_HEADS[standard]
     cfg.freeze()
     return cfg
+
+
+def check_box_detector(cfg: CfgNode, config_name: str) -> None:
+    """Refuse, in one sentence, a config that is not a box detector detlit can train.
+
+    Raises:
+        ConfigError: another meta-architecture (region proposals only, segmentation), precomputed
+            proposals, rotated boxes, or deformable convolutions without detectron2's compiled ops.
+    """
+    model = cfg.MODEL
+    where = f"model.config_name {config_name}"
+    menu = "pick a Faster R-CNN, Cascade R-CNN or RetinaNet config (docs/architecture.md lists them)"
+    if model.META_ARCHITECTURE not in META_ARCHITECTURES:
+        raise ConfigError(
+            f"{where} is a {model.META_ARCHITECTURE}, not a box detector detlit trains (it needs "
+            f"{' or '.join(META_ARCHITECTURES)}); {menu}"
+        )
+    if model.LOAD_PROPOSALS or model.PROPOSAL_GENERATOR.NAME == "PrecomputedProposals":
+        raise ConfigError(f"{where} reads precomputed proposal files, which detlit does not make; {menu}")
+    if "Rotated" in model.ANCHOR_GENERATOR.NAME or model.PROPOSAL_GENERATOR.NAME == "RRPN":
+        raise ConfigError(f"{where} detects rotated boxes; detlit trains axis-aligned COCO boxes: {menu}")
+    if any(model.RESNETS.DEFORM_ON_PER_STAGE) and not HAS_COMPILED_OPS:
+        raise ConfigError(
+            f"{where} uses deformable convolutions, which need detectron2's compiled ops ({INSTALL_GIT_HINT}); {menu}"
+        )
+
+
+def uses_frozen_batchnorm(cfg: CfgNode) -> bool:
+    """Whether the backbone's norm layers are frozen BatchNorm (fixed statistics from pretraining)."""
+    return bool(cfg.MODEL.RESNETS.NORM == "FrozenBN")
 
 
 def portable_config(cfg: CfgNode) -> CfgNode:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -20,11 +20,11 @@ from torch import nn
 from detlit.compat import EventStorage, GeneralizedRCNN, Instances, build_model
 from detlit.data.coco import LabelMap
 from detlit.data.images import read_image
-from detlit.errors import DetlitError
+from detlit.errors import ConfigError, DetlitError
 from detlit.evaluation.drawing import draw_comparison, montage
 from detlit.evaluation.metric import DetectionMetrics
 from detlit.evaluation.result import Evaluation
-from detlit.model.config import DEFAULT_CONFIG, build_d2_config, ignores_crowd
+from detlit.model.config import DEFAULT_CONFIG, build_d2_config, ignores_crowd, uses_frozen_batchnorm
 from detlit.model.heads import split_crowd
 from detlit.model.schedule import Schedule, build_scheduler
 from detlit.model.weights import load_pretrained
@@ -36,7 +36,34 @@ NORM_TYPES = (nn.GroupNorm, nn.LayerNorm, nn.BatchNorm2d, nn.SyncBatchNorm)
 
 
 class NonFiniteLossError(DetlitError):
-    """A training loss became NaN or infinite."""
+    """A training loss became NaN or infinite, or the model's outputs did (the model diverged)."""
+
+
+# A state a dense detector keeps outside its parameters and buffers: RetinaNet's moving average of
+# the number of foreground anchors, which divides its losses.
+DENSE_DETECTOR_STATE = ("loss_normalizer",)
+
+FROZEN_BN_WARNING = (
+    "model.config_name %s keeps its backbone's BatchNorm frozen (MODEL.RESNETS.NORM: FrozenBN), whose fixed "
+    "statistics only make sense on pretrained weights, and model.weights is null: set model.weights to pretrained "
+    "weights (e.g. detectron2://ImageNetPretrained/MSRA/R-50.pkl), or train from scratch with GroupNorm "
+    "(model.overrides MODEL.RESNETS.NORM: GN, and MODEL.FPN.NORM: GN with an FPN, as configs/sample_cpu.yaml does)"
+)
+
+
+@contextmanager
+def kept_attributes(model: nn.Module, names: tuple[str, ...]) -> Iterator[None]:
+    """Restore plain attributes of ``model`` (present or not) afterwards: validation must not move
+    a training statistic such as RetinaNet's loss normaliser."""
+    saved = {name: model.__dict__[name] for name in names if name in model.__dict__}
+    try:
+        yield
+    finally:
+        for name in names:
+            if name in saved:
+                setattr(model, name, saved[name])
+            else:
+                model.__dict__.pop(name, None)
 
 
 @contextmanager
@@ -71,6 +98,18 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
+def _build(cfg: Any, config_name: str) -> GeneralizedRCNN:
+    """detectron2's model of ``cfg``; a combination detectron2 cannot build is one sentence."""
+    try:
+        model: GeneralizedRCNN = build_model(cfg)
+    except (AssertionError, ValueError, KeyError, TypeError, NotImplementedError) as err:
+        raise ConfigError(
+            f"model.config_name {config_name} cannot be built with these model.overrides ({type(err).__name__}: "
+            f"{str(err).strip() or 'an assertion failed'}); change the overrides that conflict with the architecture"
+        ) from err
+    return model
+
+
 def as_prediction(instances: Instances) -> dict[str, torch.Tensor]:
     """detectron2 ``Instances`` (original pixels) -> the metric's prediction dict."""
     return {
@@ -88,7 +127,7 @@ def render_table(table: Any, width: int = 120) -> str:
 
 
 class DetectionModule(LightningModule):
-    """A detectron2 Faster R-CNN trained by Lightning.
+    """A detectron2 box detector (Faster R-CNN, Cascade R-CNN or RetinaNet) trained by Lightning.
 
     Batches are lists of detectron2 input dicts (see ``detlit.data.dataset``). Training returns the
     sum of detectron2's losses and logs each of them (``train/...``). Validation and test compute
@@ -102,7 +141,9 @@ class DetectionModule(LightningModule):
         num_classes: number of object classes (linked from the data by the CLI).
         class_names: class name of each contiguous label (linked from the data).
         category_ids: original COCO category id of each contiguous label (linked from the data).
-        config_name: detectron2 model-zoo config the architecture comes from.
+        config_name: detectron2 model-zoo config the architecture comes from (see
+            ``detlit.model.config.MENU``); configs with masks are used as box detectors, others
+            that are not box detectors are refused.
         weights: pretrained weights: a model-zoo URL, a ``.pkl``/``.pth`` file, a detlit ``.ckpt``,
             or None to train from scratch.
         freeze_at: backbone stages to freeze (0 none, 1 the stem, 2 stem and res2, ...); None
@@ -169,7 +210,7 @@ class DetectionModule(LightningModule):
             overrides,
             freeze_at=freeze_at,
         )
-        self.model: GeneralizedRCNN = build_model(self.cfg)
+        self.model: GeneralizedRCNN = _build(self.cfg, config_name)
         self.ignores_crowd = ignores_crowd(self.cfg)
         # One metric object per stage, as Lightning recommends: validation and test never share state.
         self.val_metrics = DetectionMetrics(self.label_map.names)
@@ -187,6 +228,54 @@ class DetectionModule(LightningModule):
         if self.hparams["weights"] and not self._pretrained_loaded:
             load_pretrained(self.model, self.hparams["weights"])
             self._pretrained_loaded = True
+        if stage == "fit" and not self.hparams["weights"] and uses_frozen_batchnorm(self.cfg):
+            log.warning(FROZEN_BN_WARNING, self.hparams["config_name"])
+
+    @property
+    def is_dense(self) -> bool:
+        """Whether the model is a one-stage dense detector (RetinaNet) rather than an R-CNN."""
+        return not isinstance(self.model, GeneralizedRCNN)
+
+    def _score_holders(self) -> list[Any]:
+        """The parts of the model that hold its test score threshold (``test_score_thresh``): the
+        box predictor of an R-CNN (each stage's, in Cascade R-CNN), or the model itself (RetinaNet)."""
+        if self.is_dense:
+            return [self.model]
+        predictor = self.model.roi_heads.box_predictor
+        return list(predictor) if isinstance(predictor, nn.ModuleList) else [predictor]
+
+    @property
+    def test_score_threshold(self) -> float:
+        """The model's own score threshold at inference (detectron2's ``SCORE_THRESH_TEST``)."""
+        return float(self._score_holders()[-1].test_score_thresh)
+
+    @contextmanager
+    def score_floor(self, floor: float) -> Iterator[None]:
+        """Let the model keep detections down to ``floor`` (detectron2 drops those below its test
+        threshold, 0.05 in the model zoo, before NMS), whatever the architecture; restore it afterwards."""
+        holders = self._score_holders()
+        saved = [holder.test_score_thresh for holder in holders]
+        try:
+            for holder, threshold in zip(holders, saved, strict=True):
+                holder.test_score_thresh = min(threshold, floor)
+            yield
+        finally:
+            for holder, threshold in zip(holders, saved, strict=True):
+                holder.test_score_thresh = threshold
+
+    def detect(self, images: Sequence[torch.Tensor]) -> list[Instances]:
+        """Detections on model inputs (uint8 CHW images in the model's channel order), in the inputs'
+        pixels, before detectron2's rescaling to original sizes; for every architecture of the menu."""
+        model = self.model
+        inputs = [{"image": image} for image in images]
+        if not self.is_dense:
+            detections: list[Instances] = model.inference(inputs, do_postprocess=False)
+            return detections
+        batched = model.preprocess_image(inputs)
+        features = model.backbone(batched.tensor)
+        levels = [features[name] for name in model.head_in_features]
+        dense: list[Instances] = model.forward_inference(batched, levels, model.head(levels))
+        return dense
 
     def forward(self, batch: Batch) -> list[dict[str, Any]]:
         """Inference: a list of ``{"instances": Instances}`` in original image pixels."""
@@ -202,8 +291,11 @@ class DetectionModule(LightningModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
         inputs = [{**x, "instances": t} for x, t in zip(batch, self._targets(batch), strict=True)]
-        with EventStorage(self.global_step):
-            losses: dict[str, torch.Tensor] = self.model(inputs)
+        try:
+            with EventStorage(self.global_step):
+                losses: dict[str, torch.Tensor] = self.model(inputs)
+        except FloatingPointError as err:  # detectron2's RPN: predicted boxes or scores are not finite
+            return self._nonfinite({}, batch, diverged=str(err))
         total = torch.stack(list(losses.values())).sum()
         size = len(batch)
         if not torch.isfinite(total):
@@ -216,10 +308,15 @@ class DetectionModule(LightningModule):
         self.log("train/skipped_images", float(skipped), on_step=False, on_epoch=True, reduce_fx="sum")
         return total
 
-    def _nonfinite(self, losses: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor | None:
+    def _nonfinite(self, losses: dict[str, torch.Tensor], batch: Batch, diverged: str = "") -> torch.Tensor | None:
+        """Stop with one sentence, or skip the batch, when a loss (or the model, ``diverged``) is not finite."""
         parts = ", ".join(f"{name}={value.item():.4g}" for name, value in losses.items())
         ids = [x.get("image_id") for x in batch]
-        where = f"non-finite loss at step {self.global_step} ({parts}) on images {ids}"
+        if diverged:
+            reason = diverged.split(". ")[0].rstrip(".")
+            where = f"the model diverged at step {self.global_step} ({reason}) on images {ids}"
+        else:
+            where = f"non-finite loss at step {self.global_step} ({parts}) on images {ids}"
         if self.hparams["on_nonfinite_loss"] == "stop":
             raise NonFiniteLossError(
                 f"{where}; lower the learning rate, clip gradients (trainer.gradient_clip_val), check those "
@@ -252,13 +349,30 @@ class DetectionModule(LightningModule):
         images = model.preprocess_image(batch)
         features = model.backbone(images.tensor)
         targets = self._targets(batch)
-        with heads_in_training_mode(model), EventStorage(self.global_step):
-            proposals, rpn_losses = model.proposal_generator(images, features, targets)
-            _, roi_losses = model.roi_heads(images, features, proposals, targets)
-        proposals, _ = model.proposal_generator(images, features, None)
-        results, _ = model.roi_heads(images, features, proposals, None)
+        try:
+            if self.is_dense:
+                # One head over the feature levels: its outputs give both the losses and the detections.
+                levels = [features[name] for name in model.head_in_features]
+                outputs = model.head(levels)
+                with kept_attributes(model, DENSE_DETECTOR_STATE), EventStorage(self.global_step):
+                    losses = model.forward_training(images, levels, outputs, targets)
+                results = model.forward_inference(images, levels, outputs)
+            else:
+                with heads_in_training_mode(model), EventStorage(self.global_step):
+                    proposals, rpn_losses = model.proposal_generator(images, features, targets)
+                    _, roi_losses = model.roi_heads(images, features, proposals, targets)
+                losses = {**rpn_losses, **roi_losses}
+                proposals, _ = model.proposal_generator(images, features, None)
+                results, _ = model.roi_heads(images, features, proposals, None)
+        except FloatingPointError as err:
+            ids = [x.get("image_id") for x in batch]
+            reason = str(err).split(". ")[0].rstrip(".")
+            raise NonFiniteLossError(
+                f"the model diverged: at step {self.global_step} its outputs on images {ids} are not finite "
+                f"({reason}); lower the learning rate or clip gradients (trainer.gradient_clip_val), then train again"
+            ) from err
         predictions = GeneralizedRCNN._postprocess(results, batch, images.image_sizes)
-        return {**rpn_losses, **roi_losses}, predictions
+        return losses, predictions
 
     def _evaluation_step(
         self, batch: Batch, stage: str, metric: DetectionMetrics
@@ -360,10 +474,15 @@ class DetectionModule(LightningModule):
         # the random state (detectron2's anchor and proposal sampling draws from it) makes a
         # resumed run continue exactly as an uninterrupted one would.
         checkpoint["detlit_rng_state"] = rng_state()
+        kept = {name: float(self.model.__dict__[name]) for name in DENSE_DETECTOR_STATE if name in self.model.__dict__}
+        if kept:
+            checkpoint["detlit_model_state"] = kept
         if self.score_thresholds is not None:
             checkpoint["detlit_score_thresholds"] = list(self.score_thresholds)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        for name, value in checkpoint.get("detlit_model_state", {}).items():
+            setattr(self.model, name, float(value))
         if "detlit_score_thresholds" in checkpoint:
             self.score_thresholds = [float(t) for t in checkpoint["detlit_score_thresholds"]]
         if "detlit_rng_state" in checkpoint and self._trainer is not None and self.trainer.training:
