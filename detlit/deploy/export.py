@@ -162,7 +162,7 @@ def write_model(model: torch.nn.Module, example: torch.Tensor, kind: Format) -> 
             torch.onnx.export(
                 traced,
                 (example,),
-                buffer,
+                buffer,  # type: ignore[arg-type]  # the TorchScript-based exporter writes to streams too
                 dynamo=False,
                 opset_version=ONNX_OPSET,
                 input_names=["image"],
