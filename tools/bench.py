@@ -245,10 +245,15 @@ def datamodule(spec: Spec, folder: Path, cls: type[CocoDataModule] = CocoDataMod
 def detection_module(spec: Spec, dm: CocoDataModule) -> DetectionModule:
     """The spec's model for the data module's classes, seeded: every process builds the same weights."""
     torch.manual_seed(0)
+    return spec_module(spec, dm.class_names, dm.category_ids)
+
+
+def spec_module(spec: Spec, class_names: Sequence[str], category_ids: Sequence[int]) -> DetectionModule:
+    """The spec's model for these classes, with the weights of the current random state."""
     return DetectionModule(
-        num_classes=dm.num_classes,
-        class_names=dm.class_names,
-        category_ids=dm.category_ids,
+        num_classes=len(class_names),
+        class_names=list(class_names),
+        category_ids=list(category_ids),
         config_name=spec.config_name,
         weights=None,
         freeze_at=spec.freeze_at,

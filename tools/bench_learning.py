@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import functools
 import io
 import json
 import logging
@@ -52,7 +51,7 @@ import numpy as np
 import torch
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
-from bench import Spec, write_section  # noqa: E402
+from bench import Spec, spec_module, write_section  # noqa: E402
 from benchkit import RBC_DIR, REPO, machine, quiet, set_threads, usable_cores  # noqa: E402
 
 from detlit.compat import build_model  # noqa: E402  (prepares detectron2 before the imports below)
@@ -142,22 +141,7 @@ def spec_of(dataset: Dataset, quick: bool) -> Spec:
 
 def module_for(spec: Spec, labels: LabelMap) -> DetectionModule:
     """detlit's model of the spec for these classes (weights as initialised, or as the caller loads them)."""
-    return DetectionModule(
-        num_classes=labels.num_classes,
-        class_names=list(labels.names),
-        category_ids=list(labels.category_ids),
-        config_name=spec.config_name,
-        weights=None,
-        freeze_at=spec.freeze_at,
-        overrides=spec.overrides,
-        min_size_train=spec.min_size_train,
-        max_size_train=spec.max_size_train,
-        min_size_test=spec.min_size_test,
-        max_size_test=spec.max_size_test,
-        optimizer=functools.partial(spec.optimizer, **spec.optimizer_args),
-        lr_schedule=spec.lr_schedule,  # type: ignore[arg-type]
-        warmup_steps=spec.warmup_steps,
-    )
+    return spec_module(spec, labels.names, labels.category_ids)
 
 
 def initial_weights(folder: Path, spec: Spec, labels: LabelMap, seed: int) -> Path:
