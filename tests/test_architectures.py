@@ -18,24 +18,12 @@ from detlit.deploy.parity import BOX_TOLERANCE
 from detlit.errors import ConfigError
 from detlit.inference.predictor import Predictor
 from detlit.inference.runtimes import metadata_path
-from detlit.model.config import MENU, build_d2_config, flatten_overrides
+from detlit.model.config import ARCHITECTURES, MENU, build_d2_config, flatten_overrides
 from detlit.model.module import FROZEN_BN_WARNING, DetectionModule, NonFiniteLossError
 from detlit.training.tune import decode, load_search
 
 from .conftest import REPO, TINY_SIZES, quiet_trainer, tiny_datamodule, tiny_module
 
-# One config per architecture: the menu's 1x and 3x names differ in detectron2's schedule only.
-ARCHITECTURES = {
-    "R50-C4": "COCO-Detection/faster_rcnn_R_50_C4_3x.yaml",
-    "R50-DC5": "COCO-Detection/faster_rcnn_R_50_DC5_3x.yaml",
-    "R50-FPN": "COCO-Detection/faster_rcnn_R_50_FPN_3x.yaml",
-    "R101-C4": "COCO-Detection/faster_rcnn_R_101_C4_3x.yaml",
-    "R101-DC5": "COCO-Detection/faster_rcnn_R_101_DC5_3x.yaml",
-    "R101-FPN": "COCO-Detection/faster_rcnn_R_101_FPN_3x.yaml",
-    "X101-FPN": "COCO-Detection/faster_rcnn_X_101_32x8d_FPN_3x.yaml",
-    "Cascade-R50-FPN": "Misc/cascade_mask_rcnn_R_50_FPN_3x.yaml",
-    "RetinaNet-R50-FPN": "COCO-Detection/retinanet_R_50_FPN_3x.yaml",
-}
 # From scratch at 128 pixels: GroupNorm instead of frozen BatchNorm (what the warning advises), and
 # few proposals, sampled regions and candidates, so a step of the largest model takes seconds.
 SMALL: dict[str, Any] = {

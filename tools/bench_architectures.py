@@ -40,22 +40,12 @@ from benchkit import REPO, machine, quiet, set_threads, usable_cores  # noqa: E4
 from lightning.pytorch import Callback, Trainer  # noqa: E402
 
 from detlit.data.sample import write_sample  # noqa: E402
+from detlit.model.config import ARCHITECTURES as MENU_ARCHITECTURES  # noqa: E402
 from detlit.model.config import flatten_overrides  # noqa: E402
 from detlit.model.module import DetectionModule  # noqa: E402
 
 DEMO = "R18-FPN (demo)"
-ARCHITECTURES = {
-    "R50-C4": "COCO-Detection/faster_rcnn_R_50_C4_3x.yaml",
-    "R50-DC5": "COCO-Detection/faster_rcnn_R_50_DC5_3x.yaml",
-    "R50-FPN": "COCO-Detection/faster_rcnn_R_50_FPN_3x.yaml",
-    "R101-C4": "COCO-Detection/faster_rcnn_R_101_C4_3x.yaml",
-    "R101-DC5": "COCO-Detection/faster_rcnn_R_101_DC5_3x.yaml",
-    "R101-FPN": "COCO-Detection/faster_rcnn_R_101_FPN_3x.yaml",
-    "X101-FPN": "COCO-Detection/faster_rcnn_X_101_32x8d_FPN_3x.yaml",
-    "Cascade R50-FPN": "Misc/cascade_mask_rcnn_R_50_FPN_3x.yaml",
-    "RetinaNet R50-FPN": "COCO-Detection/retinanet_R_50_FPN_3x.yaml",
-    DEMO: "configs/sample_cpu.yaml",
-}
+ARCHITECTURES = {**MENU_ARCHITECTURES, DEMO: "configs/sample_cpu.yaml"}
 SIZES = {"min_size_train": [256], "max_size_train": 384, "min_size_test": 256, "max_size_test": 384}
 QUICK_SIZES = {"min_size_train": [128], "max_size_train": 192, "min_size_test": 128, "max_size_test": 192}
 BATCH = 2

@@ -37,6 +37,19 @@ MENU = (
 X101-32x8d), Cascade R-CNN (its mask head switched off) and RetinaNet. 1x and 3x differ in
 detectron2's schedule only; detlit's schedule is its own, so both name the same architecture."""
 
+ARCHITECTURES = {
+    "R50-C4": "COCO-Detection/faster_rcnn_R_50_C4_3x.yaml",
+    "R50-DC5": "COCO-Detection/faster_rcnn_R_50_DC5_3x.yaml",
+    "R50-FPN": "COCO-Detection/faster_rcnn_R_50_FPN_3x.yaml",
+    "R101-C4": "COCO-Detection/faster_rcnn_R_101_C4_3x.yaml",
+    "R101-DC5": "COCO-Detection/faster_rcnn_R_101_DC5_3x.yaml",
+    "R101-FPN": "COCO-Detection/faster_rcnn_R_101_FPN_3x.yaml",
+    "X101-FPN": "COCO-Detection/faster_rcnn_X_101_32x8d_FPN_3x.yaml",
+    "Cascade-R50-FPN": "Misc/cascade_mask_rcnn_R_50_FPN_3x.yaml",
+    "RetinaNet-R50-FPN": "COCO-Detection/retinanet_R_50_FPN_3x.yaml",
+}
+"""One config of the menu per architecture, by a short name (RetinaNet R101 aside)."""
+
 META_ARCHITECTURES = ("GeneralizedRCNN", "RetinaNet")
 CROWD_IGNORING_HEADS = {"RPN": CrowdIgnoringRPN.__name__, "StandardROIHeads": CrowdIgnoringROIHeads.__name__}
 
