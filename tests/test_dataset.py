@@ -117,6 +117,28 @@ def test_empty_image_has_no_instances(tmp_path: Path) -> None:
     assert "target" not in lean[0] and len(lean[0]["instances"]) == 0  # training items carry no metric targets
 
 
+def test_images_without_objects_can_be_left_out_of_training(tmp_path: Path) -> None:
+    for name in "abcd":
+        Image.new("RGB", (64, 48)).save(tmp_path / f"{name}.jpg")
+    coco = {
+        "images": [{"id": i, "file_name": f"{n}.jpg", "width": 64, "height": 48} for i, n in enumerate("abcd", 1)],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 10, 10]},
+            {"id": 2, "image_id": 3, "category_id": 1, "bbox": [20, 20, 30, 20], "iscrowd": 1},
+            {"id": 3, "image_id": 4, "category_id": 1, "bbox": [2, 2, 10, 10]},
+        ],
+        "categories": [{"id": 1, "name": "x"}],
+    }
+    (tmp_path / "t.json").write_text(json.dumps(coco))
+    args = {"train_json": str(tmp_path / "t.json"), "train_images": str(tmp_path), "num_workers": 0}
+    assert [r.id for r in CocoDataModule(**args).train_data.images] == [1, 2, 3, 4]  # kept by default
+    dm = CocoDataModule(**args, val_json=str(tmp_path / "t.json"), train_empty_images=False)
+    assert [r.id for r in dm.train_data.images] == [1, 4]  # image 3 holds only a crowd region
+    assert [r.id for r in dm.val_data.images] == [1, 2, 3, 4]  # evaluation keeps every image
+    dm.setup("fit")
+    assert len(dm.datasets["train"]) == 2 and len(dm.datasets["train"][1]["instances"]) == 1
+
+
 def test_crowd_regions_are_flagged_ignore_regions(tmp_path: Path) -> None:
     Image.new("RGB", (64, 48)).save(tmp_path / "c.jpg")
     coco = {

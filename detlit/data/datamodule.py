@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -50,6 +51,19 @@ def check_numbers(
             raise ConfigError(f"data.{name} is {size}; image sizes are whole numbers of pixels above 0")
 
 
+def without_empty_images(data: CocoDataset) -> CocoDataset:
+    """The training set without its images that have no object (crowd regions do not count)."""
+    kept = data.images.with_objects()
+    left_out = len(data.images) - len(kept)
+    log.info(
+        "data.train_empty_images=false: %d of %d training images have no object and are left out", left_out,
+        len(data.images),
+    )
+    if not len(kept):
+        raise DataError(f"{data.json_path} has no image with an object to train on")
+    return dataclasses.replace(data, images=data.images.take(kept))
+
+
 class CocoDataModule(LightningDataModule):
     """COCO json files and image folders, served as detectron2 input dicts.
 
@@ -90,6 +104,9 @@ class CocoDataModule(LightningDataModule):
         repeat_factor_threshold: show training images of categories found in fewer than this
             fraction of the images more often (detectron2 uses 0.001); ``None`` shows each once.
         seed: seed of the training order (and of the repeats), a new order each epoch.
+        train_empty_images: train on images without objects too (as background only); ``False``
+            leaves them out of training, as detectron2 does by default
+            (``DATALOADER.FILTER_EMPTY_ANNOTATIONS``). Validation and test keep every image.
     """
 
     def __init__(
@@ -113,6 +130,7 @@ class CocoDataModule(LightningDataModule):
         group_by_aspect_ratio: bool = True,
         repeat_factor_threshold: float | None = None,
         seed: int = 0,
+        train_empty_images: bool = True,
     ):
         super().__init__()
         check_numbers(batch_size, num_workers, min_size_train, max_size_train, min_size_test, max_size_test)
@@ -129,6 +147,8 @@ class CocoDataModule(LightningDataModule):
             )
         self.train_data = load_checked(train_json, train_images, "data.train_images", check_files)
         self.label_map: LabelMap = self.train_data.label_map()
+        if not train_empty_images:
+            self.train_data = without_empty_images(self.train_data)
         log.info("label map (COCO id -> label): %s", self.label_map.describe())
         self.val_data = self._load_like_train(val_json, val_images or train_images, "data.val_images")
         if self.val_data is not None:

@@ -248,6 +248,11 @@ class Records(Sequence[ImageRecord]):
         """The image (0-based position) of every object."""
         return np.repeat(np.arange(len(self)), self.counts)
 
+    def with_objects(self) -> np.ndarray:
+        """Positions of the images that have at least one object that is not a crowd region."""
+        counts = np.bincount(self.owners[~self.crowd], minlength=len(self))
+        return np.flatnonzero(counts > 0)
+
     def take(self, indices: Sequence[int] | np.ndarray) -> Records:
         """The records of some images, in the order given."""
         chosen = np.asarray(indices, np.int64).reshape(-1)
