@@ -159,6 +159,7 @@ def initial_weights(folder: Path, spec: Spec, labels: LabelMap, seed: int) -> Pa
 def detlit_command(dataset: Dataset, spec: Spec, seed: int, init: Path, folder: Path, quick: bool) -> list[str]:
     """``python -m detlit.fit`` for this unit: the dataset's config with the shared schedule and weights."""
     (train_json, train_images), (val_json, val_images) = dataset.train, dataset.val
+    test_json, test_images = dataset.test
     args = [
         "--config",
         str(dataset.config.relative_to(REPO)),
@@ -166,6 +167,8 @@ def detlit_command(dataset: Dataset, spec: Spec, seed: int, init: Path, folder: 
         f"--data.train_images={train_images}",
         f"--data.val_json={val_json}",
         f"--data.val_images={val_images}",
+        f"--data.test_json={test_json}",
+        f"--data.test_images={test_images}",
         f"--model.weights={init}",
         f"--seed_everything={seed}",
         f"--data.seed={seed}",
