@@ -178,13 +178,15 @@ def test_bad_arguments_end_in_one_sentence(
 
 
 def test_not_a_checkpoint_is_one_sentence(tmp_path: Path, capsys: pytest.CaptureFixture[str], sample_dir: Path) -> None:
-    checkpoint = tmp_path / "fake.ckpt"
-    checkpoint.write_bytes(b"not a checkpoint")
     image = sorted((sample_dir / "val").glob("*.jpg"))[0]
-    with pytest.raises(SystemExit) as exit_info:
-        main(["--ckpt", str(checkpoint), str(image), "--out", str(tmp_path / "out")])
-    assert exit_info.value.code == 2
-    assert "is not a detlit checkpoint" in capsys.readouterr().err
+    text, other = tmp_path / "text.ckpt", tmp_path / "other.ckpt"
+    text.write_bytes(b"not a checkpoint")
+    torch.save({"model": {"w": torch.zeros(2)}}, other)  # a whole archive, but not a detlit checkpoint
+    for checkpoint, sentence in ((text, "is not a whole checkpoint"), (other, "is not a detlit checkpoint")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--ckpt", str(checkpoint), str(image), "--out", str(tmp_path / "out")])
+        assert exit_info.value.code == 2
+        assert sentence in capsys.readouterr().err
 
 
 def test_outputs_never_replace_inputs(checkpoint: Path, image_folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
