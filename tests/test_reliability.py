@@ -336,7 +336,14 @@ def test_ctrl_c_saves_last_checkpoint_and_exits_130(sample_dir: Path, tmp_path: 
     args = [f"--config={REPO / 'configs' / 'sample_cpu.yaml'}", *tiny_cli_args(sample_dir)]
     args += [f"--trainer.logger.init_args.save_dir={tmp_path}", "--trainer.max_epochs=50"]
     args += ["--trainer.enable_progress_bar=false", "--trainer.limit_val_batches=0", "--trainer.log_every_n_steps=1"]
-    process = subprocess.Popen([sys.executable, "-m", "detlit.fit", *args], cwd=REPO, stderr=subprocess.PIPE, text=True)
+    # As from a terminal: a shell's background job (how CI may run) starts with SIGINT ignored.
+    process = subprocess.Popen(
+        [sys.executable, "-m", "detlit.fit", *args],
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     assert process.stderr is not None
     for line in process.stderr:  # wait for the first optimizer steps
         if "epoch 0 (step" in line or "epoch 1 (step" in line:
