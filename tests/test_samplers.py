@@ -23,6 +23,8 @@ from detlit.data.samplers import (
     repeat_factors,
 )
 
+from .conftest import tiny_datamodule
+
 
 def _records(sizes: list[tuple[int, int]], categories: list[list[int]] | None = None) -> list[ImageRecord]:
     """Image records of the given (width, height), with one box per listed category."""
@@ -74,6 +76,13 @@ def test_drop_last_keeps_only_full_batches() -> None:
     batches = list(sampler)
     assert [len(b) for b in batches] == [4] * 5 and len(sampler) == 5
     assert all(len({GROUPS[i] for i in batch}) == 1 for batch in batches)
+
+
+def test_drop_last_never_leaves_an_empty_epoch() -> None:
+    sampler = TrainingBatchSampler(range(3), batch_size=4, drop_last=True)
+    assert [len(b) for b in sampler] == [3]  # no full batch: the smaller one stays
+    two = [TrainingBatchSampler(range(6), batch_size=4, num_replicas=2, rank=r, drop_last=True) for r in (0, 1)]
+    assert [len(s) for s in two] == [1, 1]  # one full batch for two processes: both train on one
 
 
 def test_order_depends_on_seed_and_epoch_only() -> None:
@@ -263,3 +272,13 @@ def test_overfitting_gets_an_ordinary_sequential_loader(sample_dir: Path) -> Non
     loader = dm.train_dataloader()
     assert isinstance(loader.sampler, SequentialSampler) and loader.batch_size == 2
     assert [item["image_id"] for item in next(iter(loader))] == [r.id for r in dm.datasets["train"].records[:2]]
+
+
+def test_the_data_module_trains_on_full_batches_with_drop_last(sample_dir: Path) -> None:
+    sizes = {}
+    for drop in (False, True):
+        dm = tiny_datamodule(sample_dir, batch_size=5, drop_last=drop)
+        dm.setup("fit")
+        sizes[drop] = [len(batch) for batch in dm.train_dataloader()]
+    assert sum(sizes[False]) == 12 and min(sizes[False]) < 5  # every image, in some smaller batches
+    assert sizes[True] and set(sizes[True]) == {5}

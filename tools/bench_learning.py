@@ -7,8 +7,9 @@ and seed:
 * detlit: ``python -m detlit.fit`` with the dataset's config (``configs/sample_cpu.yaml``,
   ``configs/rbc_cpu.yaml``), as a user runs it: ``CocoDataModule`` (Albumentations resize and
   flip, crowd regions as ignore regions, aspect-ratio batches), ``DetectionModule`` (its optimizer
-  groups and per-step schedule), Lightning's ``Trainer``; with ``data.train_empty_images=false``,
-  so both sides train on the same images (detectron2 leaves out images without objects);
+  groups and per-step schedule), Lightning's ``Trainer``; with ``data.train_empty_images=false``
+  and ``data.drop_last=true``, so both sides train on the same images in full batches (detectron2
+  leaves out images without objects, and its loader never makes a smaller batch);
 * detectron2: its own loop as ``DefaultTrainer`` builds it, without the trainer class:
   ``DatasetMapper`` (``ResizeShortestEdge`` + ``RandomFlip``, crowd regions dropped) over the
   dataset dicts without images that have no objects (``DATALOADER.FILTER_EMPTY_ANNOTATIONS``),
@@ -178,6 +179,7 @@ def detlit_command(dataset: Dataset, spec: Spec, seed: int, init: Path, folder: 
         "--trainer.enable_progress_bar=false",
         "--test_after_fit=false",
         "--data.train_empty_images=false",  # the images detectron2 trains on
+        "--data.drop_last=true",  # and only full batches, as its loader makes them
         f"--trainer.logger.init_args.save_dir={folder}",
         "--trainer.logger.init_args.name=run",
         "--trainer.logger.init_args.version=0",

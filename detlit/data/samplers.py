@@ -100,7 +100,7 @@ class TrainingBatchSampler(DistributedSampler[list[int]]):
         rank: this process, ``0..num_replicas-1``.
         seed: shuffling seed, the same on every process.
         drop_last: drop the smaller batches, and the batches that do not divide evenly among the
-            processes, instead of repeating some.
+            processes, instead of repeating some (unless no full batch would be left for a process).
     """
 
     def __init__(
@@ -162,8 +162,11 @@ class TrainingBatchSampler(DistributedSampler[list[int]]):
                     pending[self.groups[index]] = []
             batches += [bucket for _, bucket in sorted(pending.items()) if bucket]
         if self.drop_last:
-            batches = [batch for batch in batches if len(batch) == self.batch_size]
-            return batches[: len(batches) - len(batches) % self.num_replicas]
+            full = [batch for batch in batches if len(batch) == self.batch_size]
+            full = full[: len(full) - len(full) % self.num_replicas]
+            if full:
+                return full
+            # Fewer full batches than processes: the smaller ones stay rather than an empty epoch.
         if batches and len(batches) % self.num_replicas:
             padding = self.num_replicas - len(batches) % self.num_replicas
             batches += (batches * math.ceil(padding / len(batches)))[:padding]
