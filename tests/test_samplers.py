@@ -208,7 +208,7 @@ def _fake_trainer(world_size: int, rank: int, epoch: int = 0) -> Any:
 
 
 def test_single_process_training_loader_serves_every_image_once_in_batches(sample_dir: Path) -> None:
-    dm = _datamodule(sample_dir)
+    dm = _datamodule(sample_dir, drop_last=False)
     loader = dm.train_dataloader()
     records = dm.datasets["train"].records
     sizes = {r.id: (r.width >= r.height) for r in records}
@@ -282,3 +282,4 @@ def test_the_data_module_trains_on_full_batches_with_drop_last(sample_dir: Path)
         sizes[drop] = [len(batch) for batch in dm.train_dataloader()]
     assert sum(sizes[False]) == 12 and min(sizes[False]) < 5  # every image, in some smaller batches
     assert sizes[True] and set(sizes[True]) == {5}
+    assert tiny_datamodule(sample_dir).hparams["drop_last"], "full batches only, unless asked otherwise"

@@ -8,7 +8,7 @@ and seed:
   ``configs/rbc_cpu.yaml``), as a user runs it: ``CocoDataModule`` (Albumentations resize and
   flip, crowd regions as ignore regions, aspect-ratio batches), ``DetectionModule`` (its optimizer
   groups and per-step schedule), Lightning's ``Trainer``; with ``data.train_empty_images=false``
-  and ``data.drop_last=true``, so both sides train on the same images in full batches (detectron2
+  and ``data.drop_last=true`` (the default), so both sides train on the same images in full batches (detectron2
   leaves out images without objects, and its loader never makes a smaller batch);
 * detectron2: its own loop as ``DefaultTrainer`` builds it, without the trainer class:
   ``DatasetMapper`` (``ResizeShortestEdge`` + ``RandomFlip``, crowd regions dropped) over the

@@ -107,9 +107,11 @@ class CocoDataModule(LightningDataModule):
         train_empty_images: train on images without objects too (as background only); ``False``
             leaves them out of training, as detectron2 does by default
             (``DATALOADER.FILTER_EMPTY_ANNOTATIONS``). Validation and test keep every image.
-        drop_last: train on full batches only: each epoch's smaller batches (the images left over
-            in each orientation group, different ones each epoch) are left out, as detectron2's
-            loader never makes one; with fewer full batches than processes the smaller ones stay.
+        drop_last: train on full batches only (the default): each epoch's smaller batches (the
+            images left over in each orientation group, different ones each epoch) are left out,
+            as detectron2's loader never makes one; with fewer full batches than processes the
+            smaller ones stay. ``False`` trains on every image every epoch, the smaller batches
+            included, as detlit 0.1 did.
     """
 
     def __init__(
@@ -134,7 +136,7 @@ class CocoDataModule(LightningDataModule):
         repeat_factor_threshold: float | None = None,
         seed: int = 0,
         train_empty_images: bool = True,
-        drop_last: bool = False,
+        drop_last: bool = True,
     ):
         super().__init__()
         check_numbers(batch_size, num_workers, min_size_train, max_size_train, min_size_test, max_size_test)
@@ -252,7 +254,7 @@ class CocoDataModule(LightningDataModule):
             num_replicas=num_replicas,
             rank=rank,
             seed=hp["seed"],
-            drop_last=hp.get("drop_last", False),
+            drop_last=hp.get("drop_last", False),  # data modules loaded from 0.1 checkpoints: as they trained
         )
         if self.trainer is not None:
             # Lightning creates the loader's iterator (and workers draw their first batches) before
