@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -225,12 +226,19 @@ def test_the_example_search_over_architectures_builds_every_choice() -> None:
     space = load_search(REPO / "configs" / "search_architecture.yaml")
     choices = space.params["model.config_name"].choices  # type: ignore[attr-defined]
     assert len(choices) >= 3
-    base = yaml.safe_load((REPO / "configs" / "sample_cpu.yaml").read_text())["model"]
+    # The search file's command gives every trial the backbone overrides it names (SMALL='{...}').
+    text = (REPO / "configs" / "search_architecture.yaml").read_text()
+    small = json.loads(re.search(r"SMALL='(\{.*\})'", text).group(1))  # type: ignore[union-attr]
+    assert '--model.overrides="$SMALL"' in text
     for choice in choices:
-        module = DetectionModule(
-            **CLASSES, config_name=decode(choice), overrides=flatten_overrides(base["overrides"]), freeze_at=0
-        )
+        module = DetectionModule(**CLASSES, config_name=decode(choice), overrides=small, freeze_at=0)
         assert module.cfg.MODEL.RESNETS.DEPTH == 18 and module.cfg.MODEL.RESNETS.NORM == "GN"
+    # The demo's own overrides (no P2) fit the FPN Faster R-CNN and are refused by the others in one sentence.
+    demo = flatten_overrides(yaml.safe_load((REPO / "configs" / "sample_cpu.yaml").read_text())["model"]["overrides"])
+    build = partial(DetectionModule, **CLASSES, overrides=demo, freeze_at=0)
+    build(config_name="COCO-Detection/faster_rcnn_R_50_FPN_3x.yaml")
+    with pytest.raises(ConfigError, match="cannot be built with these model.overrides"):
+        build(config_name="COCO-Detection/faster_rcnn_R_50_C4_3x.yaml")
 
 
 @pytest.mark.slow

@@ -118,6 +118,25 @@ def test_sample_search_space_loads_and_applies() -> None:
     assert base["model"]["optimizer"]["init_args"]["lr"] == 0.02  # the base config is not modified
 
 
+def test_every_anchor_choice_of_the_sample_search_fits_the_demo_model() -> None:
+    from detlit.model.config import flatten_overrides
+    from detlit.model.module import DetectionModule
+
+    base = yaml.safe_load((REPO / "configs" / "sample_cpu.yaml").read_text())
+    key = "model.overrides.MODEL.ANCHOR_GENERATOR.SIZES"
+    for choice in load_search(REPO / "configs" / "search_sample.yaml").params[key].choices:  # type: ignore[attr-defined]
+        model = with_params(base, {key: choice})["model"]
+        module = DetectionModule(
+            num_classes=3,
+            class_names=["a", "b", "c"],
+            category_ids=[1, 2, 3],
+            config_name=model["config_name"],
+            overrides=flatten_overrides(model["overrides"]),
+            freeze_at=0,
+        )
+        assert [list(sizes) for sizes in module.cfg.MODEL.ANCHOR_GENERATOR.SIZES] == yaml.safe_load(choice)
+
+
 def test_trial_table_cells_are_short() -> None:
     names = ["model.optimizer.init_args.lr", "model.warmup_steps", "data.augment", "a.size", "b.size"]
     assert short_names(names) == ["lr", "warmup_steps", "augment", "a.size", "b.size"]
