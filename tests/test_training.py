@@ -17,6 +17,7 @@ from detlit.errors import WeightsError
 from detlit.model.module import DetectionModule, NonFiniteLossError
 from detlit.model.schedule import lr_factor
 from detlit.model.weights import load_pretrained
+from detlit.training.callbacks import ValidateLastEpoch
 
 from .conftest import TINY_OVERRIDES, quiet_trainer, tiny_datamodule, tiny_module
 
@@ -246,6 +247,31 @@ def test_early_stopping_stops(sample_dir: Path) -> None:
     trainer = quiet_trainer(max_epochs=5, limit_train_batches=1, limit_val_batches=1, callbacks=[stopper])
     trainer.fit(tiny_module(), datamodule=tiny_datamodule(sample_dir))
     assert trainer.current_epoch == 2 and stopper.stopped_epoch == 1
+
+
+class _ValidatedEpochs(Callback):
+    def __init__(self) -> None:
+        self.epochs: list[int] = []
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.epochs.append(trainer.current_epoch)
+
+
+@pytest.mark.parametrize(("max_epochs", "validated"), [(3, [1, 2]), (4, [1, 3])])
+def test_the_last_epoch_is_validated_whatever_check_val_every_n_epoch(
+    sample_dir: Path, max_epochs: int, validated: list[int]
+) -> None:
+    seen = _ValidatedEpochs()
+    trainer = quiet_trainer(
+        max_epochs=max_epochs,
+        check_val_every_n_epoch=2,
+        limit_train_batches=1,
+        limit_val_batches=1,
+        callbacks=[ValidateLastEpoch(), seen],
+    )
+    trainer.fit(tiny_module(), datamodule=tiny_datamodule(sample_dir))
+    assert seen.epochs == validated and "val/map" in trainer.callback_metrics
+    assert trainer.check_val_every_n_epoch == 2  # restored
 
 
 def test_resume_equals_an_uninterrupted_run(sample_dir: Path, tmp_path: Path) -> None:

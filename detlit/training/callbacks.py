@@ -43,6 +43,31 @@ class RunFolderCallback(Callback):
         self.folder = Path(log_dir) if log_dir is not None else None
 
 
+class ValidateLastEpoch(Callback):
+    """Validates the last epoch of a run even where ``trainer.check_val_every_n_epoch`` skips it.
+
+    A config that validates every few epochs (the demo: every 5) still ends with validation
+    numbers, a best checkpoint and a final summary when ``--trainer.max_epochs`` is not a multiple
+    of it. Lightning reads ``check_val_every_n_epoch`` at the end of each epoch; for the last one
+    it is set to 1, and restored when training ends.
+    """
+
+    def __init__(self) -> None:
+        self.saved: int | None = None
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        every, last = trainer.check_val_every_n_epoch, trainer.max_epochs
+        if every is None or every == 1 or last is None or last < 1 or trainer.current_epoch != last - 1:
+            return
+        if last % every:
+            self.saved, trainer.check_val_every_n_epoch = every, 1
+            log.info("validating the last epoch (%d) too: trainer.check_val_every_n_epoch is %d", last, every)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.saved is not None:
+            trainer.check_val_every_n_epoch, self.saved = self.saved, None
+
+
 class Detectron2Export(RunFolderCallback):
     """At the end of training, writes ``model_final.pth`` and ``detectron2_config.yaml`` in the run
     folder: the weights and config that detectron2's own ``DetectionCheckpointer`` and

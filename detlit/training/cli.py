@@ -38,7 +38,7 @@ from detlit.data.datamodule import CocoDataModule
 from detlit.errors import ConfigError, DetlitError
 from detlit.model.checkpoints import check_optimizer, check_resume, read_checkpoint
 from detlit.model.module import DetectionModule
-from detlit.training.callbacks import Detectron2Export, RunLog
+from detlit.training.callbacks import Detectron2Export, RunLog, ValidateLastEpoch
 from detlit.training.checkpointing import AtomicCheckpointIO, SaveOnSigterm
 
 log = logging.getLogger(__name__)
@@ -134,7 +134,7 @@ class DetlitCLI(LightningCLI):
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
         # Callbacks every run gets, minus those a switched-off trainer feature would reject:
         # `--trainer.enable_checkpointing=false` or `--trainer.logger=false` just work.
-        callbacks = [*callbacks, RunLog(), Detectron2Export(), SaveOnSigterm()]
+        callbacks = [*callbacks, RunLog(), Detectron2Export(), SaveOnSigterm(), ValidateLastEpoch()]
         if config.get("enable_checkpointing") is False:
             callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
         if config.get("logger") is not False:
