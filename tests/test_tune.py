@@ -62,6 +62,8 @@ def test_three_trials(sample_dir: Path, tmp_path: Path) -> None:
     assert all(s in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for s in states)
     for number in range(3):
         assert list((tmp_path / "out" / f"trial_{number:03d}").glob("events.out.tfevents.*"))
+        trial = yaml.safe_load((tmp_path / "out" / f"trial_{number:03d}" / "trial.yaml").read_text())
+        assert trial["trainer"]["check_val_every_n_epoch"] == 1  # pruned on a validation per epoch
     best = tmp_path / "out" / "best.yaml"
     assert best.is_file() and (tmp_path / "out" / "trials.csv").is_file()
     # the base config's logger, not a trial's: a run of the best config logs where the user's config says

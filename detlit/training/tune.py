@@ -206,6 +206,8 @@ def run_trial(
         "init_args": {"save_dir": str(folder.parent), "name": folder.name, "version": ""},
     }
     config.setdefault("trainer", {})["logger"] = logger
+    # Trials are pruned on their validations: one after every epoch, whatever the base config says.
+    config["trainer"]["check_val_every_n_epoch"] = 1
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "trial.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     callback = {
