@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -87,8 +88,8 @@ def tiny_cli_args(sample: Path) -> list[str]:
         "--model.weights=null",
         "--model.freeze_at=0",
     ]
-    args += [f"--model.overrides.{key}={value}" for key, value in TINY_OVERRIDES.items()]
-    return args
+    # The config's overrides replaced as a whole: the run builds exactly tiny_module()'s model.
+    return [*args, f"--model.overrides={json.dumps(TINY_OVERRIDES)}"]
 
 
 def tiny_module(**kwargs: Any) -> Any:

@@ -393,7 +393,7 @@ def _files(argv: list[str]) -> dict[Path, str]:
     for arg in argv:
         value = arg.split("=", 1)[-1]
         path = Path(value)
-        if not value or not path.exists():
+        if not value or value.startswith(("{", "[")) or not path.exists():  # JSON values name no file
             continue
         for file in [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]:
             found[file] = hashlib.sha256(file.read_bytes()).hexdigest()
