@@ -254,7 +254,7 @@ class CocoDataModule(LightningDataModule):
             num_replicas=num_replicas,
             rank=rank,
             seed=hp["seed"],
-            drop_last=hp.get("drop_last", False),  # data modules loaded from 0.1 checkpoints: as they trained
+            drop_last=hp["drop_last"],
         )
         if self.trainer is not None:
             # Lightning creates the loader's iterator (and workers draw their first batches) before

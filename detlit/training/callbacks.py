@@ -57,7 +57,7 @@ class ValidateLastEpoch(Callback):
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         every, last = trainer.check_val_every_n_epoch, trainer.max_epochs
-        if every is None or every == 1 or last is None or last < 1 or trainer.current_epoch != last - 1:
+        if every is None or last is None or last < 1 or trainer.current_epoch != last - 1:
             return
         if last % every:
             self.saved, trainer.check_val_every_n_epoch = every, 1
