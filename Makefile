@@ -57,9 +57,9 @@ bench: install
 bench-gpu: install
 	$(PY) tools/bench.py --gpu
 
-# detlit's training against detectron2's own training loop, the same model, weights, schedule and
-# seeds, scored by pycocotools (hours on 2 CPU cores; run it again to continue where it stopped);
-# rewrites its section of BENCHMARKS.md.
+# detlit's training against detectron2's own training loop, the same model, weights, solver
+# settings and seeds, scored by pycocotools (about 45 minutes on 2 quiet CPU cores; run it again to
+# continue where it stopped); rewrites its section of BENCHMARKS.md.
 bench-learning: install
 	$(PY) tools/bench_learning.py
 

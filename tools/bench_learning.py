@@ -18,6 +18,12 @@ and seed:
   ``LRScheduler`` and ``PeriodicCheckpointer`` hooks; the model is built from detectron2's own
   head names (``portable_config``).
 
+A third side, ``detectron2-detlit-lr``, run only when ``--sides`` names it, is detectron2's loop
+with detlit's learning-rate schedule (:func:`detlit.model.schedule.build_scheduler`) in place of
+``build_lr_scheduler``: the two schedules differ during warm-up (detlit ramps to the full rate
+times the cosine, detectron2 0.6 to the cosine's value at the warm-up's end), and this side
+measures what that difference does.
+
 Both final models are then run on the val and test images by ``Predictor`` (every detection down
 to the model's test threshold; detlit's resize for detlit's model, detectron2's PIL resize for
 detectron2's, each as it trained) and scored by pycocotools' ``COCOeval`` against the json files.
@@ -65,6 +71,7 @@ from detlit.evaluation.results import coco_results  # noqa: E402
 from detlit.inference.predictor import Predictor  # noqa: E402
 from detlit.model.config import portable_config  # noqa: E402
 from detlit.model.module import DetectionModule  # noqa: E402
+from detlit.model.schedule import build_scheduler  # noqa: E402
 
 # detectron2's own training loop, the baseline: imported here, never by detlit.
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402  # isort: skip
@@ -79,7 +86,9 @@ from detectron2.utils.events import JSONWriter  # noqa: E402  # isort: skip
 log = logging.getLogger("bench_learning")
 
 MARKERS = ("<!-- bench-learning:start -->", "<!-- bench-learning:end -->")
-SIDES = ("detlit", "detectron2")
+SIDES = ("detlit", "detectron2")  # the comparison; the default of --sides
+DETLIT_LR = "detectron2-detlit-lr"  # detectron2's loop with detlit's learning-rate schedule
+ALL_SIDES = (*SIDES, DETLIT_LR)
 TARGET = 0.01  # detlit's AP may be at most this far below detectron2's, on each dataset and split
 STATS = ("AP", "AP50", "AP75")
 
@@ -263,7 +272,14 @@ def detectron2_config(spec: Spec, labels: LabelMap, dataset: Dataset) -> Any:
 
 
 def train_detectron2(
-    dataset: Dataset, spec: Spec, labels: LabelMap, records: CocoDataset, seed: int, init: Path, folder: Path
+    dataset: Dataset,
+    spec: Spec,
+    labels: LabelMap,
+    records: CocoDataset,
+    seed: int,
+    init: Path,
+    folder: Path,
+    detlit_lr: bool = False,
 ) -> dict[str, Any]:
     cfg = detectron2_config(spec, labels, dataset)
     seed_all_rng(seed)
@@ -271,7 +287,12 @@ def train_detectron2(
     model.load_state_dict(torch.load(init, map_location="cpu", weights_only=True)["model"])
     model.train()
     optimizer = build_optimizer(cfg, model)
-    scheduler = build_lr_scheduler(cfg, optimizer)
+    if detlit_lr:  # DetectionModule's schedule with its defaults (warmup_factor, milestones, gamma)
+        scheduler: Any = build_scheduler(
+            optimizer, cfg.SOLVER.MAX_ITER, spec.warmup_steps, cfg.SOLVER.WARMUP_FACTOR, "cosine", (0.78, 0.93), 0.1
+        )
+    else:
+        scheduler = build_lr_scheduler(cfg, optimizer)
     dicts = filter_images_with_only_crowd_annotations(to_detectron2_dicts(records, labels))
     loader = build_detection_train_loader(
         dicts,
@@ -300,7 +321,7 @@ def train_detectron2(
     return {
         "state": model.state_dict(),
         "train_loss": detectron2_losses(folder / "metrics.json"),
-        "command": f"{cfg.SOLVER.MAX_ITER} iterations of SimpleTrainer (this script, side detectron2)",
+        "command": f"{cfg.SOLVER.MAX_ITER} iterations of SimpleTrainer (this script, side {folder.name})",
         "kept_images": len(dicts),
         "train_images": len(records.images),
     }
@@ -359,7 +380,7 @@ def run_unit(dataset: Dataset, seed: int, side: str, work: Path, quick: bool) ->
     if side == "detlit":
         trained = train_detlit(dataset, spec, seed, init, folder, quick)
     else:
-        trained = train_detectron2(dataset, spec, labels, records, seed, init, folder)
+        trained = train_detectron2(dataset, spec, labels, records, seed, init, folder, side == DETLIT_LR)
     seconds = time.perf_counter() - begun
     stats = evaluate(spec, labels, trained.pop("state"), side, dataset.splits)
     result = {
@@ -405,7 +426,7 @@ def markdown(results: Sequence[dict[str, Any]], work: Path) -> str:
     for name in sorted({r["dataset"] for r in results}):
         for split in ("val", "test"):
             means: dict[str, list[float]] = {}
-            for side in SIDES:
+            for side in ALL_SIDES:
                 rows = sorted(
                     (r for r in results if r["dataset"] == name and r["side"] == side), key=lambda r: r["seed"]
                 )
@@ -423,12 +444,18 @@ def markdown(results: Sequence[dict[str, Any]], work: Path) -> str:
                         f"| {name} | {split} | **{side} mean** | | **{means[side][0]:.3f}** | "
                         f"{means[side][1]:.3f} | {means[side][2]:.3f} | | |"
                     )
-            if len(means) == 2:
+            if "detlit" in means and "detectron2" in means:
                 gap = means["detlit"][0] - means["detectron2"][0]
                 met = "met" if gap >= -TARGET else "MISSED"
                 verdicts.append(
                     f"- {name} {split}: detlit AP - detectron2 AP = {gap:+.3f} (target >= -{TARGET}): {met}"
                 )
+                if DETLIT_LR in means:
+                    moved = means[DETLIT_LR][0] - means["detectron2"][0]
+                    verdicts.append(
+                        f"    - detectron2 with detlit's learning-rate schedule - detectron2 = {moved:+.3f}; "
+                        f"detlit - that = {means['detlit'][0] - means[DETLIT_LR][0]:+.3f}"
+                    )
     lines += ["", *verdicts]
     return "\n".join(lines) + "\n"
 
@@ -451,7 +478,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--data", default="sample,rbc", help="datasets: sample, rbc (default both)")
     parser.add_argument("--seeds", default="0,1", help="seeds (default 0,1)")
-    parser.add_argument("--sides", default=",".join(SIDES), help="detlit, detectron2 (default both)")
+    parser.add_argument(
+        "--sides",
+        default=",".join(SIDES),
+        help=f"detlit, detectron2 (default both), {DETLIT_LR} (detectron2's loop, detlit's lr schedule)",
+    )
     parser.add_argument("--steps", type=int, help="training steps (default 300; --quick 4)")
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "bench_learning", help="folder of the units")
     parser.add_argument(
@@ -473,7 +504,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.report:
         names = [n.strip() for n in args.data.split(",") if n.strip()]
         sides = [s.strip() for s in args.sides.split(",") if s.strip()]
-        unknown = [n for n in names if n not in ("sample", "rbc")] + [s for s in sides if s not in SIDES]
+        unknown = [n for n in names if n not in ("sample", "rbc")] + [s for s in sides if s not in ALL_SIDES]
         if unknown:
             print(f"unknown dataset or side {', '.join(unknown)}", file=sys.stderr)
             return 2
