@@ -144,10 +144,40 @@ def test_accumulation_equals_one_larger_batch(sample_dir: Path) -> None:
 
 def test_clipping_bounds_the_gradient_norm_and_the_norm_is_logged(sample_dir: Path) -> None:
     probe = GradientProbe()
-    trainer = quiet_trainer(max_steps=2, limit_val_batches=0, gradient_clip_val=0.01, callbacks=[probe])
+    trainer = quiet_trainer(
+        max_steps=2, limit_val_batches=0, gradient_clip_val=0.01, log_every_n_steps=1, callbacks=[probe]
+    )
     trainer.fit(tiny_module(), datamodule=tiny_datamodule(sample_dir))
     assert all(norm <= 0.01 * (1 + 1e-4) for norm in probe.after_clip)
-    assert float(trainer.callback_metrics["train/grad_norm"]) > 0.01  # logged before clipping
+    before_clip = float(torch.stack([g.norm() for g in probe.grads[-1].values()]).norm())
+    assert float(trainer.callback_metrics["train/grad_norm"]) == pytest.approx(before_clip, rel=1e-5)
+    assert before_clip > 0.01
+
+
+def test_gradient_norm_is_computed_on_the_steps_the_logger_writes(
+    sample_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    computed = []
+    total_norm = torch.nn.utils.get_total_norm
+
+    def counted(*args: Any, **kwargs: Any) -> torch.Tensor:
+        computed.append(1)
+        return total_norm(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.utils, "get_total_norm", counted)
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    trainer = quiet_trainer(max_steps=5, limit_val_batches=0, logger=logger, log_every_n_steps=2)
+    trainer.fit(tiny_module(), datamodule=tiny_datamodule(sample_dir))
+    assert len(computed) == 2  # of 5 steps: the pass over the gradients is skipped where nothing is written
+    events = EventAccumulator(str(tmp_path / "tb" / "version_0"), size_guidance={"scalars": 0})
+    events.Reload()
+    loss_steps = [e.step for e in events.Scalars("train/loss")]
+    norms = events.Scalars("train/grad_norm")
+    assert loss_steps == [1, 3] and [e.step for e in norms] == loss_steps
+    assert all(math.isfinite(e.value) and e.value > 0 for e in norms)
 
 
 # --- precision, EMA, non-finite losses ---------------------------------------------------
