@@ -6,9 +6,9 @@ exactly as the model zoo defines it (frozen BatchNorm, 256-channel FPN, 1024-wid
 demo's ResNet-18 FPN (``configs/sample_cpu.yaml``), and measures on the same images:
 
 * a training step: Lightning's ``Trainer`` fitting the ``DetectionModule`` on the same batches of 2
-  sample images (shortest edge 256, as the demo), SGD with learning rate 0, so the weights stay at
-  their initialisation and no model diverges (from scratch, frozen BatchNorm would; see
-  docs/architecture.md); the median of the timed steps after warm-up;
+  sample images (shortest edge 256, the previous demo's size), SGD with learning rate 0, so the
+  weights stay at their initialisation and no model diverges (from scratch, frozen BatchNorm
+  would; see docs/architecture.md); the median of the timed steps after warm-up;
 * inference: the model in eval mode on the sample's validation images, one at a time (batch 1),
   already decoded and resized (the model's own work only); images per second over all of them.
 
@@ -139,7 +139,7 @@ def markdown(rows: Sequence[dict[str, Any]], args: argparse.Namespace, images: i
     lines = [
         f"Measured on {cpu} ({usable_cores()} cores, {args.threads} torch threads) with "
         f"`python tools/bench_architectures.py`: training steps of {BATCH} images, inference on {images} "
-        "images one at a time, shortest edge 256 (the demo's sizes). CPU seconds are the process's own "
+        "images one at a time, shortest edge 256 (the previous demo's size). CPU seconds are the process's own "
         "(all its threads), so other jobs on the machine change them little; wall-clock figures in brackets.",
         "",
         "| architecture | config | parameters | CPU s / training step (wall) "
