@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import torch
 import yaml
+from lightning.pytorch import seed_everything
 
 from detlit.deploy.export import export
 from detlit.deploy.parity import BOX_TOLERANCE
@@ -158,6 +159,10 @@ def test_divergence_inside_the_model_can_skip_the_batch(sample_dir: Path) -> Non
 def test_architecture_trains_validates_and_round_trips(name: str, sample_dir: Path, tmp_path: Path) -> None:
     module = menu_module(ARCHITECTURES[name])
     trainer = quiet_trainer(max_steps=2, limit_train_batches=2, limit_val_batches=2, enable_checkpointing=False)
+    # Seeded training (flips, proposal sampling): the same weights whatever ran before in the
+    # process. Two steps from scratch leave the frozen-BN models' activations large, and their
+    # ONNX Runtime rounding differences grow with them (R50-DC5 near the parity tolerance).
+    seed_everything(0, verbose=False)
     trainer.fit(module, datamodule=tiny_datamodule(sample_dir))
     metrics = trainer.callback_metrics
     losses = [k for k in metrics if k.startswith("train/loss_")]
