@@ -287,9 +287,9 @@ def train_detectron2(
     model.load_state_dict(torch.load(init, map_location="cpu", weights_only=True)["model"])
     model.train()
     optimizer = build_optimizer(cfg, model)
-    if detlit_lr:  # DetectionModule's schedule with its defaults (warmup_factor, milestones, gamma)
+    if detlit_lr:  # DetectionModule's schedule; milestones and gamma are for multistep only (refused above)
         scheduler: Any = build_scheduler(
-            optimizer, cfg.SOLVER.MAX_ITER, spec.warmup_steps, cfg.SOLVER.WARMUP_FACTOR, "cosine", (0.78, 0.93), 0.1
+            optimizer, cfg.SOLVER.MAX_ITER, spec.warmup_steps, cfg.SOLVER.WARMUP_FACTOR, spec.lr_schedule, (), 1.0
         )
     else:
         scheduler = build_lr_scheduler(cfg, optimizer)
