@@ -1,9 +1,12 @@
-"""The corpus of bad inputs: every mistake a user can make ends in one sentence, a non-zero exit
-status and no traceback, and no input file changes.
+"""The corpus of bad inputs: every mistake a user can make, and every file crafted to attack
+detlit, ends in one sentence, a non-zero exit status and no traceback; no input file changes and
+no crafted file runs code (no marker file appears).
 
 Each case names a mistake (``what``, listed in docs/errors.md with the answer), the command, its
 arguments in a prepared workspace, the sentence expected (a regular expression) and the exit
-status. Commands run in this process (their ``main``), so the corpus stays fast.
+status (:mod:`tests.corpus`). The general cases are listed here; the areas of the security and
+reliability work (``tests/corpus_*.py``) add theirs and the files they need. Commands run in this
+process (their ``main``), so the corpus stays fast.
 """
 
 from __future__ import annotations
@@ -14,8 +17,7 @@ import json
 import re
 import shutil
 import socket
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,22 +25,11 @@ import torch
 
 from detlit.data.sample import write_sample
 
-from .conftest import REPO, quiet_trainer, tiny_cli_args, tiny_datamodule, tiny_module
+from . import corpus_options, corpus_outputs, corpus_resources, corpus_service, corpus_untrusted
+from .conftest import REPO, quiet_trainer, tiny_datamodule, tiny_module
+from .corpus import Case, Workspace, args, fit
 
-
-@dataclass(frozen=True)
-class Workspace:
-    root: Path
-    sample: Path  # train.json, val.json, train/, val/
-    ckpt: Path  # a tiny model after a few steps (2 epochs max, not finished)
-    finished: Path  # the same run's checkpoint after its last epoch (max_epochs 1)
-    runs: Path  # a runs folder holding runs/sample/version_0
-    taken_port: int  # a port on 127.0.0.1 that another socket listens on
-
-    def fit_args(self, *extra: str) -> list[str]:
-        args = [f"--config={REPO / 'configs' / 'sample_cpu.yaml'}", *tiny_cli_args(self.sample)]
-        args += [f"--trainer.logger.init_args.save_dir={self.runs}", "--trainer.max_steps=1"]
-        return [*args, "--trainer.enable_progress_bar=false", *extra]
+AREAS = (corpus_untrusted, corpus_resources, corpus_outputs, corpus_options, corpus_service)
 
 
 @pytest.fixture(scope="module")
@@ -110,148 +101,132 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen()
-        yield Workspace(root, sample, ckpt, finished, runs, listener.getsockname()[1])
-
-
-@dataclass(frozen=True)
-class Case:
-    """One mistake: ``what`` (as docs/errors.md lists it), the command and its arguments, the answer."""
-
-    what: str
-    command: str
-    argv: Callable[[Workspace], list[str]]
-    expect: str  # a regular expression the one error sentence matches
-    status: int = 2
-
-
-def _fit(*extra: str) -> Callable[[Workspace], list[str]]:
-    return lambda w: w.fit_args(*(e.format(root=w.root, sample=w.sample, ckpt=w.ckpt) for e in extra))
-
-
-def _args(*parts: str) -> Callable[[Workspace], list[str]]:
-    return lambda w: [p.format(root=w.root, sample=w.sample, ckpt=w.ckpt, port=w.taken_port) for p in parts]
+        made = Workspace(root, sample, ckpt, finished, runs, listener.getsockname()[1])
+        for area in AREAS:
+            area.prepare(made)
+        yield made
 
 
 CASES = [
     # --- check ----------------------------------------------------------------------------------
-    Case("json file missing", "check", _args("{root}/missing.json", "--images", "{sample}/train"), "does not exist"),
-    Case("json path is a folder", "check", _args("{root}/some-folder", "--images", "{sample}/train"), "is a folder"),
-    Case("json is not valid JSON", "check", _args("{root}/not.json", "--images", "{sample}/train"), "not valid JSON"),
-    Case("json top level is a list", "check", _args("{root}/list.json", "--images", "{sample}/train"), "top level"),
-    Case("json is empty", "check", _args("{root}/empty.json", "--images", "{sample}/train"), "the file is empty"),
-    Case("json is not COCO", "check", _args("{root}/no-coco.json", "--images", "{sample}/train"), "not a COCO"),
-    Case("json is binary", "check", _args("{root}/binary.json", "--images", "{sample}/train"), "not a text file"),
+    Case("json file missing", "check", args("{root}/missing.json", "--images", "{sample}/train"), "does not exist"),
+    Case("json path is a folder", "check", args("{root}/some-folder", "--images", "{sample}/train"), "is a folder"),
+    Case("json is not valid JSON", "check", args("{root}/not.json", "--images", "{sample}/train"), "not valid JSON"),
+    Case("json top level is a list", "check", args("{root}/list.json", "--images", "{sample}/train"), "top level"),
+    Case("json is empty", "check", args("{root}/empty.json", "--images", "{sample}/train"), "the file is empty"),
+    Case("json is not COCO", "check", args("{root}/no-coco.json", "--images", "{sample}/train"), "not a COCO"),
+    Case("json is binary", "check", args("{root}/binary.json", "--images", "{sample}/train"), "not a text file"),
     Case(
         "report written over the json",
         "check",
-        _args("{sample}/train.json", "--images", "{sample}/train", "--report", "{sample}/train.json", "--overwrite"),
+        args("{sample}/train.json", "--images", "{sample}/train", "--report", "{sample}/train.json", "--overwrite"),
         "which is an input of this command",
     ),
     Case(
         "repaired copy written over the json",
         "check",
-        _args("{sample}/train.json", "--images", "{sample}/train", "--fix", "{sample}/train.json", "--overwrite"),
+        args("{sample}/train.json", "--images", "{sample}/train", "--fix", "{sample}/train.json", "--overwrite"),
         "which is an input of this command",
     ),
     Case(
         "repaired copy over an existing file",
         "check",
-        _args("{sample}/train.json", "--images", "{sample}/train", "--fix", "{root}/search.yaml"),
+        args("{sample}/train.json", "--images", "{sample}/train", "--fix", "{root}/search.yaml"),
         "already exists",
     ),
     # --- split ----------------------------------------------------------------------------------
     Case(
         "split written over its input",
         "split",
-        _args("{sample}/train.json", "--images", "{sample}/train", "--out", "{sample}", "--overwrite"),
+        args("{sample}/train.json", "--images", "{sample}/train", "--out", "{sample}", "--overwrite"),
         "which is an input of this command",
     ),
     Case(
         "split without a validation image",
         "split",
-        _args("{root}/one-image.json", "--images", "{sample}/train", "--out", "{root}/split-one"),
+        args("{root}/one-image.json", "--images", "{sample}/train", "--out", "{root}/split-one"),
         "validation",
     ),
     Case(
         "split fraction out of range",
         "split",
-        _args("{sample}/train.json", "--images", "{sample}/train", "--out", "{root}/s", "--val-fraction", "1.5"),
+        args("{sample}/train.json", "--images", "{sample}/train", "--out", "{root}/s", "--val-fraction", "1.5"),
         "--val-fraction",
     ),
     Case(
         "split with fewer image folders than jsons",
         "split",
-        _args("{sample}/train.json", "{sample}/val.json", "--images", "{sample}/train", "--out", "{root}/s2"),
+        args("{sample}/train.json", "{sample}/val.json", "--images", "{sample}/train", "--out", "{root}/s2"),
         "give one folder per json",
     ),
     # --- fit ------------------------------------------------------------------------------------
-    Case("train json missing", "fit", _fit("--data.train_json={root}/missing.json"), "does not exist"),
-    Case("train json is a folder", "fit", _fit("--data.train_json={root}/some-folder"), "is a folder"),
-    Case("train json is not JSON", "fit", _fit("--data.train_json={root}/not.json"), "not valid JSON"),
-    Case("image folder without the images", "fit", _fit("--data.train_images={root}/some-folder"), "none of the"),
+    Case("train json missing", "fit", fit("--data.train_json={root}/missing.json"), "does not exist"),
+    Case("train json is a folder", "fit", fit("--data.train_json={root}/some-folder"), "is a folder"),
+    Case("train json is not JSON", "fit", fit("--data.train_json={root}/not.json"), "not valid JSON"),
+    Case("image folder without the images", "fit", fit("--data.train_images={root}/some-folder"), "none of the"),
     Case(
-        "unknown detectron2 key", "fit", _fit("--model.overrides.MODEL.NO_SUCH_KEY=1"), "unknown detectron2 config key"
+        "unknown detectron2 key", "fit", fit("--model.overrides.MODEL.NO_SUCH_KEY=1"), "unknown detectron2 config key"
     ),
-    Case("unknown augmentation preset", "fit", _fit("--data.augment=stronk"), "unknown augmentation preset"),
+    Case("unknown augmentation preset", "fit", fit("--data.augment=stronk"), "unknown augmentation preset"),
     Case(
         "augmentation list with an unknown transform",
         "fit",
-        _fit('--data.augment=[{{"class_path": "albumentations.NoSuchFlip"}}]'),
+        fit('--data.augment=[{{"class_path": "albumentations.NoSuchFlip"}}]'),
         "albumentations.NoSuchFlip does not exist",
     ),
-    Case("validation json without images", "fit", _fit("--data.val_json={root}/no-images.json"), "holds no image"),
-    Case("batch size 0", "fit", _fit("--data.batch_size=0"), "data.batch_size"),
-    Case("negative batch size", "fit", _fit("--data.batch_size=-2"), "data.batch_size"),
-    Case("negative worker count", "fit", _fit("--data.num_workers=-1"), "data.num_workers"),
-    Case("image size 0", "fit", _fit("--data.min_size_train=[0]"), "data.min_size_train"),
-    Case("negative image size", "fit", _fit("--data.min_size_train=[-5]"), "data.min_size_train"),
-    Case("longest edge 0", "fit", _fit("--data.max_size_train=0"), "data.max_size_train"),
-    Case("checkpoint truncated", "fit", _fit("--ckpt={root}/truncated.ckpt"), "not a whole checkpoint"),
-    Case("checkpoint is a text file", "fit", _fit("--ckpt={root}/text.ckpt"), "not a whole checkpoint"),
-    Case("checkpoint damaged inside", "fit", _fit("--ckpt={root}/zeroed.ckpt"), "is damaged"),
-    Case("checkpoint of other classes", "fit", _fit("--ckpt={root}/other-classes.ckpt"), "was trained on classes"),
+    Case("validation json without images", "fit", fit("--data.val_json={root}/no-images.json"), "holds no image"),
+    Case("batch size 0", "fit", fit("--data.batch_size=0"), "data.batch_size"),
+    Case("negative batch size", "fit", fit("--data.batch_size=-2"), "data.batch_size"),
+    Case("negative worker count", "fit", fit("--data.num_workers=-1"), "data.num_workers"),
+    Case("image size 0", "fit", fit("--data.min_size_train=[0]"), "data.min_size_train"),
+    Case("negative image size", "fit", fit("--data.min_size_train=[-5]"), "data.min_size_train"),
+    Case("longest edge 0", "fit", fit("--data.max_size_train=0"), "data.max_size_train"),
+    Case("checkpoint truncated", "fit", fit("--ckpt={root}/truncated.ckpt"), "not a whole checkpoint"),
+    Case("checkpoint is a text file", "fit", fit("--ckpt={root}/text.ckpt"), "not a whole checkpoint"),
+    Case("checkpoint damaged inside", "fit", fit("--ckpt={root}/zeroed.ckpt"), "is damaged"),
+    Case("checkpoint of other classes", "fit", fit("--ckpt={root}/other-classes.ckpt"), "was trained on classes"),
     Case(
         "checkpoint of a finished run",
         "fit",
-        _fit("--ckpt={root}/finished.ckpt", "--trainer.max_epochs=1", "--trainer.max_steps=-1"),
+        fit("--ckpt={root}/finished.ckpt", "--trainer.max_epochs=1", "--trainer.max_steps=-1"),
         "already finished its run",
     ),
     Case(
         "checkpoint of another optimizer",
         "fit",
-        _fit("--ckpt={ckpt}", "--trainer.max_steps=9", "--model.optimizer=torch.optim.AdamW"),
+        fit("--ckpt={ckpt}", "--trainer.max_steps=9", "--model.optimizer=torch.optim.AdamW"),
         "was trained with another optimizer than AdamW",
     ),
     Case(
         "checkpoint of other trainable parameters",
         "fit",
-        _fit("--ckpt={ckpt}", "--trainer.max_steps=9", "--model.freeze_at=2"),
+        fit("--ckpt={ckpt}", "--trainer.max_steps=9", "--model.freeze_at=2"),
         "optimizer state for parameter groups",
     ),
-    Case("checkpoint is a folder", "fit", _fit("--ckpt={root}/folder.ckpt"), "is a folder"),
-    Case("checkpoint missing", "fit", _fit("--ckpt={root}/missing.ckpt"), "does not exist"),
+    Case("checkpoint is a folder", "fit", fit("--ckpt={root}/folder.ckpt"), "is a folder"),
+    Case("checkpoint missing", "fit", fit("--ckpt={root}/missing.ckpt"), "does not exist"),
     Case(
-        "last checkpoint without runs", "fit", _fit("--ckpt=last", "--trainer.logger.init_args.name=none"), "no .*last"
+        "last checkpoint without runs", "fit", fit("--ckpt=last", "--trainer.logger.init_args.name=none"), "no .*last"
     ),
     Case(
         "run folder of another run",
         "fit",
-        _fit("--trainer.logger.init_args.version=0"),
+        fit("--trainer.logger.init_args.version=0"),
         "already holds a run",
     ),
     Case(
         "run folder under a file",
         "fit",
-        _fit("--trainer.logger.init_args.save_dir={root}/a-file/runs"),
+        fit("--trainer.logger.init_args.save_dir={root}/a-file/runs"),
         "cannot write the run folder",
     ),
-    Case("weights file missing", "fit", _fit("--model.weights={root}/missing.pkl"), "does not exist"),
-    Case("weights of another architecture", "fit", _fit("--model.weights={root}/unrelated.pth"), "fits this model"),
-    Case("weights that are not a checkpoint", "fit", _fit("--model.weights={root}/text.ckpt"), "not a whole"),
+    Case("weights file missing", "fit", fit("--model.weights={root}/missing.pkl"), "does not exist"),
+    Case("weights of another architecture", "fit", fit("--model.weights={root}/unrelated.pth"), "fits this model"),
+    Case("weights that are not a checkpoint", "fit", fit("--model.weights={root}/text.ckpt"), "not a whole"),
     Case(
         "validation category unknown to training",
         "fit",
-        _fit("--data.val_json={root}/val-unknown-category.json"),
+        fit("--data.val_json={root}/val-unknown-category.json"),
         "does not define",
     ),
     Case("validate without a checkpoint", "fit", lambda w: ["validate", *w.fit_args()], "needs a checkpoint"),
@@ -265,126 +240,127 @@ CASES = [
     Case(
         "IoU threshold above 1",
         "evaluate",
-        _args("--results", "{root}/nan-results.json", "--json", "{sample}/val.json", "--iou-threshold", "2"),
+        args("--results", "{root}/nan-results.json", "--json", "{sample}/val.json", "--iou-threshold", "2"),
         "--iou-threshold",
     ),
     Case(
         "evaluation folder is a file",
         "evaluate",
-        _args("--results", "{root}/nan-results.json", "--json", "{sample}/val.json", "--out", "{root}/a-file"),
+        args("--results", "{root}/nan-results.json", "--json", "{sample}/val.json", "--out", "{root}/a-file"),
         "is a file",
     ),
     Case(
         "results with a NaN score",
         "evaluate",
-        _args("--results", "{root}/nan-results.json", "--json", "{sample}/val.json", "--out", "{root}/e1"),
+        args("--results", "{root}/nan-results.json", "--json", "{sample}/val.json", "--out", "{root}/e1"),
         "finite numbers",
     ),
     Case(
         "results that are not a list",
         "evaluate",
-        _args("--results", "{root}/dict-results.json", "--json", "{sample}/val.json", "--out", "{root}/e2"),
+        args("--results", "{root}/dict-results.json", "--json", "{sample}/val.json", "--out", "{root}/e2"),
         "not a list of results",
     ),
     Case(
         "results of unknown images",
         "evaluate",
-        _args("--results", "{root}/unknown-image-results.json", "--json", "{sample}/val.json", "--out", "{root}/e3"),
+        args("--results", "{root}/unknown-image-results.json", "--json", "{sample}/val.json", "--out", "{root}/e3"),
         "not in the ground truth",
     ),
     Case(
         "evaluate a missing checkpoint",
         "evaluate",
-        _args("--ckpt", "{root}/missing.ckpt", "--json", "{sample}/val.json", "--images", "{sample}/val"),
+        args("--ckpt", "{root}/missing.ckpt", "--json", "{sample}/val.json", "--images", "{sample}/val"),
         "does not exist",
     ),
     Case(
         "evaluate a text file as a checkpoint",
         "evaluate",
-        _args("--ckpt", "{root}/text.ckpt", "--json", "{sample}/val.json", "--images", "{sample}/val"),
+        args("--ckpt", "{root}/text.ckpt", "--json", "{sample}/val.json", "--images", "{sample}/val"),
         "not a whole checkpoint",
     ),
     Case(
         "evaluate a model without the images",
         "evaluate",
-        _args("--ckpt", "{ckpt}", "--json", "{sample}/val.json"),
+        args("--ckpt", "{ckpt}", "--json", "{sample}/val.json"),
         "give --images",
     ),
     Case(
         "image ids beyond 64 bits",
         "evaluate",
-        _args("--ckpt", "{ckpt}", "--json", "{root}/huge-ids.json", "--images", "{sample}/val", "--out", "{root}/e4"),
+        args("--ckpt", "{ckpt}", "--json", "{root}/huge-ids.json", "--images", "{sample}/val", "--out", "{root}/e4"),
         "beyond the 64-bit integers",
     ),
     # --- predict --------------------------------------------------------------------------------
-    Case("predict with nothing to read", "predict", _args("--ckpt", "{ckpt}", "{root}/some-folder"), "no images found"),
+    Case("predict with nothing to read", "predict", args("--ckpt", "{ckpt}", "{root}/some-folder"), "no images found"),
     Case(
         "predict into the input folder",
         "predict",
-        _args("--ckpt", "{ckpt}", "{sample}/val", "--out", "{sample}/val"),
+        args("--ckpt", "{ckpt}", "{sample}/val", "--out", "{sample}/val"),
         "holds the input folder",
     ),
-    Case("predict a missing input", "predict", _args("--ckpt", "{ckpt}", "{root}/missing-folder"), "does not exist"),
+    Case("predict a missing input", "predict", args("--ckpt", "{ckpt}", "{root}/missing-folder"), "does not exist"),
     Case(
         "predict with a missing checkpoint",
         "predict",
-        _args("--ckpt", "{root}/missing.ckpt", "{sample}/val"),
+        args("--ckpt", "{root}/missing.ckpt", "{sample}/val"),
         "does not exist",
     ),
     Case(
         "predict with a damaged checkpoint",
         "predict",
-        _args("--ckpt", "{root}/zeroed.ckpt", "{sample}/val", "--out", "{root}/p1"),
+        args("--ckpt", "{root}/zeroed.ckpt", "{sample}/val", "--out", "{root}/p1"),
         "is damaged",
     ),
     Case(
         "score threshold above 1",
         "predict",
-        _args("--ckpt", "{ckpt}", "{sample}/val", "--score-threshold", "1.5"),
+        args("--ckpt", "{ckpt}", "{sample}/val", "--score-threshold", "1.5"),
         "1.5",
     ),
-    Case("batch size 0 for prediction", "predict", _args("--ckpt", "{ckpt}", "{sample}/val", "--batch-size", "0"), "0"),
+    Case("batch size 0 for prediction", "predict", args("--ckpt", "{ckpt}", "{sample}/val", "--batch-size", "0"), "0"),
     # --- export, serve -------------------------------------------------------------------------
     Case(
-        "export a missing checkpoint", "export", _args("--ckpt", "{root}/missing.ckpt", "--format", "onnx"), "not exist"
+        "export a missing checkpoint", "export", args("--ckpt", "{root}/missing.ckpt", "--format", "onnx"), "not exist"
     ),
-    Case("export a damaged checkpoint", "export", _args("--ckpt", "{root}/zeroed.ckpt", "--format", "onnx"), "damaged"),
-    Case("export a text file", "export", _args("--ckpt", "{root}/text.ckpt", "--format", "torchscript"), "not a whole"),
-    Case("export to an unknown format", "export", _args("--ckpt", "{ckpt}", "--format", "tflite"), "invalid choice"),
+    Case("export a damaged checkpoint", "export", args("--ckpt", "{root}/zeroed.ckpt", "--format", "onnx"), "damaged"),
+    Case("export a text file", "export", args("--ckpt", "{root}/text.ckpt", "--format", "torchscript"), "not a whole"),
+    Case("export to an unknown format", "export", args("--ckpt", "{ckpt}", "--format", "tflite"), "invalid choice"),
     Case(
         "export with parity images that are a file",
         "export",
-        _args("--ckpt", "{ckpt}", "--format", "onnx", "--images", "{root}/a-file", "--out", "{root}/x1"),
+        args("--ckpt", "{ckpt}", "--format", "onnx", "--images", "{root}/a-file", "--out", "{root}/x1"),
         "is not a folder",
     ),
-    Case("serve a missing model", "serve", _args("--model", "{root}/none.onnx"), "does not exist"),
-    Case("serve a damaged checkpoint", "serve", _args("--ckpt", "{root}/zeroed.ckpt", "--port", "18765"), "damaged"),
-    Case("serve a model without its metadata", "serve", _args("--model", "{root}/alone.onnx"), "alone.onnx.json"),
-    Case("serve both a checkpoint and a model", "serve", _args("--ckpt", "{ckpt}", "--model", "x.onnx"), "not allowed"),
-    Case("serve on a port below 1024", "serve", _args("--ckpt", "{ckpt}", "--port", "80"), "outside 1024..65535"),
-    Case("serve on a port that is taken", "serve", _args("--ckpt", "{ckpt}", "--port", "{port}"), "is taken"),
-    Case("serve on an address of another machine", "serve", _args("--ckpt", "{ckpt}", "--host", "10.9.8.7"), "--host"),
+    Case("serve a missing model", "serve", args("--model", "{root}/none.onnx"), "does not exist"),
+    Case("serve a damaged checkpoint", "serve", args("--ckpt", "{root}/zeroed.ckpt", "--port", "18765"), "damaged"),
+    Case("serve a model without its metadata", "serve", args("--model", "{root}/alone.onnx"), "alone.onnx.json"),
+    Case("serve both a checkpoint and a model", "serve", args("--ckpt", "{ckpt}", "--model", "x.onnx"), "not allowed"),
+    Case("serve on a port below 1024", "serve", args("--ckpt", "{ckpt}", "--port", "80"), "outside 1024..65535"),
+    Case("serve on a port that is taken", "serve", args("--ckpt", "{ckpt}", "--port", "{port}"), "is taken"),
+    Case("serve on an address of another machine", "serve", args("--ckpt", "{ckpt}", "--host", "10.9.8.7"), "--host"),
     # --- report, browse, tune, sample -----------------------------------------------------------
-    Case("report of a folder that is no run", "report", _args("--run", "{root}/some-folder"), "not a detlit run"),
-    Case("report of a missing folder", "report", _args("--run", "{root}/missing-run"), "is not a folder"),
-    Case("browse into a file", "browse", _args("--config", "x.yaml", "--out", "{root}/a-file"), "is a file"),
-    Case("browse without a config", "browse", _args("--n", "2"), "--config is missing"),
-    Case("browse with a tiny grid cell", "browse", _args("--config", "x.yaml", "--cell", "3"), "too small"),
-    Case("tune with no trials", "tune", _args("--config", "x", "--search", "{root}/search.yaml", "--trials", "0"), "0"),
+    Case("report of a folder that is no run", "report", args("--run", "{root}/some-folder"), "not a detlit run"),
+    Case("report of a missing folder", "report", args("--run", "{root}/missing-run"), "is not a folder"),
+    Case("browse into a file", "browse", args("--config", "x.yaml", "--out", "{root}/a-file"), "is a file"),
+    Case("browse without a config", "browse", args("--n", "2"), "--config is missing"),
+    Case("browse with a tiny grid cell", "browse", args("--config", "x.yaml", "--cell", "3"), "too small"),
+    Case("tune with no trials", "tune", args("--config", "x", "--search", "{root}/search.yaml", "--trials", "0"), "0"),
     Case(
         "tune search space missing",
         "tune",
-        _args("--config", "{root}/search.yaml", "--search", "{root}/missing.yaml", "--trials", "1"),
+        args("--config", "{root}/search.yaml", "--search", "{root}/missing.yaml", "--trials", "1"),
         "does not exist",
     ),
     Case(
         "tune search space not YAML",
         "tune",
-        _args("--config", "{root}/search.yaml", "--search", "{root}/bad-search.yaml", "--trials", "1"),
+        args("--config", "{root}/search.yaml", "--search", "{root}/bad-search.yaml", "--trials", "1"),
         "not valid YAML",
     ),
-    Case("sample over an existing one", "sample", _args("--out", "{sample}"), "already exists"),
+    Case("sample over an existing one", "sample", args("--out", "{sample}"), "already exists"),
 ]
+CASES += [case for area in AREAS for case in area.CASES]
 
 
 def _files(argv: list[str]) -> dict[Path, str]:
@@ -420,6 +396,7 @@ def test_every_mistake_is_one_sentence(case: Case, workspace: Workspace, capsys:
     assert len(sentence) == 1, err[-3000:]
     assert re.search(case.expect, sentence[0]), sentence[0]
     assert _files(argv) == before, "an input file changed"
+    assert not workspace.marker.exists(), "a crafted file ran code"
 
 
 def test_the_corpus_is_large_and_documented() -> None:
