@@ -17,6 +17,8 @@ import argparse
 from detlit.common import command
 
 CELL = 384  # pixels: larger images are scaled down to fit their grid cell before drawing
+MIN_CELL, MAX_CELL = 32, 1024  # smaller shows nothing; at most 100 cells of 1024 pixels hold 300 MB
+MAX_N = 100
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,10 +30,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--split", choices=("train", "val"), default="train", help="loader to draw from (default: train)"
     )
-    parser.add_argument("--n", type=command.positive_int, default=16, help="number of images (default: 16)")
+    parser.add_argument(
+        "--n",
+        type=command.whole_number(1, MAX_N, " (a grid of more is not readable)"),
+        default=16,
+        help=f"number of images (default: 16, at most {MAX_N})",
+    )
     command.add_out(parser, "browse", "output folder (default: browse)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the augmentations (default: 0)")
-    parser.add_argument("--cell", type=int, default=CELL, help=f"grid cell size in pixels (default: {CELL})")
+    parser.add_argument("--seed", type=command.seed, default=0, help="seed of the augmentations (default: 0)")
+    parser.add_argument(
+        "--cell",
+        type=command.whole_number(
+            MIN_CELL, MAX_CELL, " (a grid of such cells takes gigabytes)", "too small to show anything"
+        ),
+        default=CELL,
+        help=f"grid cell size in pixels (default: {CELL}, {MIN_CELL} to {MAX_CELL})",
+    )
     command.add_overwrite(parser)
     return parser
 

@@ -11,7 +11,8 @@ detectron2 module is loaded:
 * Pillow 10 removed ``Image.LINEAR``, which detectron2 reads at import time; it is restored as
   the alias of ``Image.BILINEAR`` that it always was.
 * ``detectron2.model_zoo`` imports ``pkg_resources`` (gone from setuptools >= 82), so model-zoo
-  yaml files are found by path (:func:`model_zoo_config_path`).
+  yaml files are found by path (:func:`model_zoo_config_path`), and only inside the model zoo's
+  folder: an absolute path or a ``..`` that leaves it is not a model-zoo name.
 
 With upstream detectron2 (compiled ops present, current Pillow constants) nothing is changed.
 """
@@ -82,6 +83,7 @@ with warnings.catch_warnings():
     import detectron2.layers.nms
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.config import CfgNode, get_cfg
+    from detectron2.config.compat import downgrade_config, guess_version, upgrade_config
     from detectron2.data import DatasetCatalog, MetadataCatalog
     from detectron2.data.transforms import ResizeShortestEdge as D2ResizeShortestEdge
     from detectron2.modeling import GeneralizedRCNN, build_model
@@ -102,14 +104,39 @@ if not HAS_COMPILED_OPS:
 DETECTRON2_VERSION: str = detectron2.__version__
 
 
+MODEL_ZOO_CONFIGS = Path(detectron2.__file__).parent / "model_zoo" / "configs"
+"""The folder of detectron2's model-zoo yaml configs."""
+
+
+def find_model_zoo_config(name: str) -> Path | None:
+    """The model-zoo config ``name`` names (relative to :data:`MODEL_ZOO_CONFIGS`), or None.
+
+    A name is a model-zoo name only when it is relative and leads to a file inside the folder:
+    an absolute path, or a ``..`` that leaves the folder, is not one.
+    """
+    if not name or Path(name).is_absolute():
+        return None
+    configs = MODEL_ZOO_CONFIGS.resolve()
+    path = (configs / name).resolve()
+    return path if path.is_relative_to(configs) and path.is_file() else None
+
+
+def model_zoo_detection_configs() -> list[str]:
+    """The names of the model zoo's COCO detection configs, for messages."""
+    return sorted(str(p.relative_to(MODEL_ZOO_CONFIGS)) for p in MODEL_ZOO_CONFIGS.glob("COCO-Detection/*.yaml"))
+
+
 def model_zoo_config_path(name: str) -> Path:
-    """Path of a model-zoo config such as ``COCO-Detection/faster_rcnn_R_50_FPN_3x.yaml``."""
-    configs = Path(detectron2.__file__).parent / "model_zoo" / "configs"
-    path = configs / name
-    if not path.is_file():
-        known = sorted(str(p.relative_to(configs)) for p in configs.glob("COCO-Detection/*.yaml"))
+    """Path of a model-zoo config such as ``COCO-Detection/faster_rcnn_R_50_FPN_3x.yaml``.
+
+    Raises:
+        ConfigError: ``name`` is no model-zoo config (see :func:`find_model_zoo_config`).
+    """
+    path = find_model_zoo_config(name)
+    if path is None:
         raise ConfigError(
-            f"no detectron2 model-zoo config '{name}' under {configs}; detection configs are: {', '.join(known)}"
+            f"no detectron2 model-zoo config '{name}' under {MODEL_ZOO_CONFIGS}; detection configs are: "
+            + ", ".join(model_zoo_detection_configs())
         )
     return path
 
@@ -117,6 +144,7 @@ def model_zoo_config_path(name: str) -> Path:
 __all__ = [
     "DETECTRON2_VERSION",
     "HAS_COMPILED_OPS",
+    "MODEL_ZOO_CONFIGS",
     "PROPOSAL_GENERATOR_REGISTRY",
     "ROI_HEADS_REGISTRY",
     "RPN",
@@ -134,7 +162,12 @@ __all__ = [
     "PathManager",
     "StandardROIHeads",
     "build_model",
+    "downgrade_config",
+    "find_model_zoo_config",
     "get_cfg",
+    "guess_version",
     "model_zoo_config_path",
+    "model_zoo_detection_configs",
     "pairwise_ioa",
+    "upgrade_config",
 ]

@@ -31,7 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
     command.add_device(parser)
     command.add_batch_size(parser)
     parser.add_argument(
-        "--max-images", type=int, default=100, metavar="N", help="validation images to run the model on (0: none)"
+        "--max-images",
+        type=command.whole_number(0),
+        default=100,
+        metavar="N",
+        help="validation images to run the model on (0: none)",
     )
     return parser
 

@@ -15,14 +15,17 @@ from pathlib import Path
 
 from detlit.common import command
 
+MAX_IMAGES = 100_000  # per split: about 2 GB of images
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = command.parser("sample", "Write detlit's synthetic sample COCO dataset.")
     parser.add_argument("folder", nargs="?", type=Path, help=argparse.SUPPRESS)  # detlit 0.1: the folder came first
     command.add_out(parser, None, "output folder (default: data/sample)")
-    parser.add_argument("--train", type=command.positive_int, default=200, help="number of training images")
-    parser.add_argument("--val", type=command.positive_int, default=40, help="number of validation images")
-    parser.add_argument("--seed", type=int, default=0)
+    images = command.whole_number(1, MAX_IMAGES, " (the sample is for trying detlit out)")
+    parser.add_argument("--train", type=images, default=200, help="number of training images")
+    parser.add_argument("--val", type=images, default=40, help="number of validation images")
+    parser.add_argument("--seed", type=command.seed, default=0)
     command.add_overwrite(parser)
     return parser
 

@@ -26,50 +26,48 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
     command.add_device(parser)
     command.add_batch_size(parser)
-    parser.add_argument(
-        "--batch-timeout",
-        type=float,
-        default=0.01,
-        metavar="SECONDS",
-        help="longest wait for concurrent requests to fill a batch (default: 0.01)",
-    )
+    numbers = [  # option, type, default, metavar, help; the ranges are checked by detlit.deploy.serve.Limits
+        ("--batch-timeout", float, 0.01, "SECONDS", "longest wait for requests to fill a batch (0..60; default: 0.01)"),
+        ("--max-image-bytes", int, 20 * 2**20, "N", "largest request body accepted (up to 1 GiB; default: 20 MiB)"),
+        ("--max-image-pixels", int, 40_000_000, "N", "largest image accepted, width x height (default: 40 million)"),
+        (
+            "--body-timeout",
+            float,
+            30.0,
+            "SECONDS",
+            "a request body must arrive within it, else 408 (1..600; default: 30)",
+        ),
+        (
+            "--max-pending-bodies",
+            int,
+            16,
+            "N",
+            "most requests read or answered at once, then 503 (1..1024; default: 16)",
+        ),
+    ]
+    for option, kind, default, metavar, text in numbers:
+        parser.add_argument(option, type=kind, default=default, metavar=metavar, help=text)
     parser.add_argument(
         "--score-threshold",
         type=command.fraction,
         metavar="T",
         help="keep detections scoring at least T in every class (default: the model's per-class thresholds, else 0.5)",
     )
-    parser.add_argument(
-        "--max-image-bytes",
-        type=command.positive_int,
-        default=20 * 2**20,
-        metavar="N",
-        help="largest request body accepted (default: 20 MiB)",
-    )
-    parser.add_argument(
-        "--max-image-pixels",
-        type=command.positive_int,
-        default=40_000_000,
-        metavar="N",
-        help="largest image accepted, width x height (default: 40 million)",
-    )
     return parser
 
 
 def run(args: argparse.Namespace) -> None:
-    from detlit.deploy.serve import serve
+    from detlit.deploy.serve import Limits, serve
 
-    serve(
-        args.ckpt or args.model,
-        args.host,
-        args.port,
-        args.device,
+    limits = Limits(
         args.batch_size,
         args.batch_timeout,
-        args.score_threshold,
         args.max_image_bytes,
         args.max_image_pixels,
+        args.body_timeout,
+        args.max_pending_bodies,
     )
+    serve(args.ckpt or args.model, args.host, args.port, args.device, args.score_threshold, limits)
 
 
 def main(argv: list[str] | None = None) -> None:

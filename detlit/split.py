@@ -6,15 +6,20 @@ Examples::
     python -m detlit.split export/train.json export/valid.json --images export/train export/valid \\
         --out data/split --val-fraction 0.15 --group-pattern '(.+)\\.rf\\.'
 
-Writes ``--out/train.json`` and ``--out/val.json`` (see :mod:`detlit.data.split`).
+Writes ``--out/train.json`` and ``--out/val.json`` together, both or neither (see
+:mod:`detlit.data.split`). Ctrl-C stops it with exit status 130 and one line, before or after
+the pair is written, never between.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from detlit.common import command
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 
 
 def val_fraction(text: str) -> float:
@@ -34,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--val-fraction", type=val_fraction, default=0.1, help="share of the images in val (default 0.1)"
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
+    parser.add_argument("--seed", type=command.seed, default=0, help="seed of the split (default 0)")
     parser.add_argument("--group-by", metavar="FIELD", help="image field whose equal values stay together")
     parser.add_argument(
         "--group-pattern",
@@ -46,19 +51,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from detlit.data.split import split
+    try:
+        from detlit.data.split import split
 
-    return split(
-        args.json,
-        args.images,
-        args.out,
-        args.val_fraction,
-        args.seed,
-        args.group_by,
-        args.group_pattern,
-        args.overwrite,
-        args.quiet,
-    )
+        return split(
+            args.json,
+            args.images,
+            args.out,
+            args.val_fraction,
+            args.seed,
+            args.group_by,
+            args.group_pattern,
+            args.overwrite,
+            args.quiet,
+        )
+    except KeyboardInterrupt:
+        print("stopped by Ctrl-C; split writes train.json and val.json together or not at all", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -25,14 +25,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--trials", type=command.positive_int, required=True, help="trials in the study in total (resumed ones count)"
     )
-    parser.add_argument("--timeout", type=float, help="start no new trial after this many seconds")
+    parser.add_argument("--timeout", type=command.seconds, help="start no new trial after this many seconds")
     parser.add_argument(
         "--storage", help="Optuna storage URL (default: sqlite:///OUT/study.db, the study beside its trials)"
     )
     parser.add_argument("--study", default="detlit", help="study name in the storage")
     command.add_out(parser, None, "folder for the trials' runs and results (default: runs/tune/STUDY)")
     parser.add_argument("--pruner", choices=("median", "halving"), default="median")
-    parser.add_argument("--seed", type=int, default=0, help="sampler seed")
+    parser.add_argument("--seed", type=command.seed, default=0, help="sampler seed")
     parser.add_argument("fit_args", nargs="*", help="extra arguments for every trial's fit, after --")
     return parser
 

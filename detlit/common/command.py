@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,7 +31,9 @@ from pathlib import Path
 from typing import NoReturn, TypeAlias, TypeVar
 
 from detlit.common.outputs import write_failure
-from detlit.errors import DetlitError
+from detlit.common.paths import name_failure, name_message, printable, too_long, undecodable
+from detlit.common.ranges import MAX_BATCH_SIZE, MAX_SEED
+from detlit.errors import ConfigError, DetlitError
 
 EXIT_OK = 0
 EXIT_FINDINGS = 1
@@ -52,20 +55,30 @@ def one_sentence() -> Iterator[None]:
     try:
         yield
     except DetlitError as err:
-        print(f"error: {err}", file=sys.stderr)
+        say(str(err))
         sys.exit(EXIT_USAGE)
     except (OSError, RuntimeError) as err:
+        too_long = name_failure(err)
         failed = write_failure(err)
-        if failed is None:
+        if too_long is not None:
+            say(name_message(too_long))
+        elif failed is not None:
+            say(write_message(failed))
+        else:
             raise
-        print(f"error: {write_message(failed)}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
+
+
+def say(sentence: str) -> None:
+    """Print the one sentence of a failed command; a path's undecodable bytes print as ``\\xff``."""
+    print(f"error: {printable(sentence)}", file=sys.stderr)
 
 
 def run_cli(main: Callable[[list[str] | None], T], args: list[str] | None = None) -> T:
     """Run an entry point; a user error ends in one sentence and exit status 2, not a traceback."""
     configure_logging()
     with one_sentence():
+        refuse_undecodable(sys.argv[1:] if args is None else args)
         return main(args)
 
 
@@ -80,16 +93,51 @@ def run(
     With ``passthrough``, arguments the parser does not know are handed on in ``args.passthrough``
     (``browse`` gives them to the fit parser).
     """
+    with one_sentence():
+        refuse_undecodable(sys.argv[1:] if argv is None else argv)
     if passthrough:
         args, rest = parser.parse_known_args(argv)
         args.passthrough = rest
     else:
         args = parser.parse_args(argv)
+    with one_sentence():
+        refuse_long_names(parser, args)
     quiet, verbose = getattr(args, "quiet", False), getattr(args, "verbose", False)
     configure_logging(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
     with one_sentence():
         status = job(args)
     sys.exit(EXIT_OK if status is None else status)
+
+
+def refuse_undecodable(argv: list[str]) -> None:
+    """Refuse an argument holding bytes that are not UTF-8 (a file name from another system, kept
+    by Python as surrogate escapes): detlit writes the names it is given into UTF-8 json, yaml and
+    log files, which cannot hold them, so the run would fail at its first such write.
+
+    Raises:
+        ConfigError: one sentence quoting the argument with its bytes as ``\\xff``.
+    """
+    for arg in argv:
+        if undecodable(arg):
+            raise ConfigError(
+                f"the argument {printable(arg)} holds bytes that are not UTF-8 text; rename that file or folder "
+                "(detlit writes the names it is given into json, yaml and log files)"
+            )
+
+
+def refuse_long_names(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse a path option with a name the filesystem cannot hold (over 255 bytes), before any
+    work: a command must not fail on it half-way, after creating the folders before it.
+
+    Raises:
+        ConfigError: one sentence naming the option, the name and its length.
+    """
+    options = {action.dest: (action.option_strings or [action.dest])[-1] for action in parser._actions}
+    for dest, value in vars(args).items():
+        for path in value if isinstance(value, list) else [value]:
+            problem = too_long(path) if isinstance(path, Path) else None
+            if problem is not None:
+                raise ConfigError(f"{options.get(dest, dest)}: {problem}; choose a shorter name")
 
 
 def write_message(err: OSError) -> str:
@@ -109,6 +157,42 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} is below 1; give 1 or more")
+    return value
+
+
+def whole_number(low: int, high: int | None = None, why: str = "", small: str = "") -> Callable[[str], int]:
+    """An argparse type: a whole number from ``low`` to ``high``; ``why`` says where the upper bound
+    comes from, ``small`` what a value below ``low`` is (``too small to show anything``)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is {small or f'below {low}'}; give {low} or more")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"{value} is above {high}{why}; give {high} or less")
+        return value
+
+    return parse
+
+
+seed = whole_number(0, MAX_SEED, " (seeds are 32-bit)")
+"""An argparse type: a seed, 0 to 2**32 - 1 (what numpy's and Optuna's generators take)."""
+
+batch_size = whole_number(1, MAX_BATCH_SIZE, " (far more images than fit in memory at once)")
+"""An argparse type: images per forward pass."""
+
+
+def seconds(text: str) -> float:
+    """An argparse type: a time in seconds above 0 (not NaN, not infinity: leave the option out for no limit)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{value} is not a time above 0 seconds; give one, or leave the option out")
     return value
 
 
@@ -194,7 +278,7 @@ def add_device(parser: argparse.ArgumentParser) -> None:
 def add_batch_size(parser: argparse.ArgumentParser, default: int = 4) -> None:
     parser.add_argument(
         "--batch-size",
-        type=positive_int,
+        type=batch_size,
         default=default,
         metavar="N",
         help=f"images per forward pass (default: {default})",

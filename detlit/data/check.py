@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from collections import Counter
+from contextlib import ExitStack
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from detlit.common.outputs import check_outputs, write_text
-from detlit.data.checks import compare_splits, Report, apply_repairs, check_file
+from detlit.common.outputs import check_outputs, write_lock, write_text, write_together
+from detlit.data.checks import Report, apply_repairs, check_dataset, check_file, compare_splits
 from detlit.data.coco import read_coco, read_json
 from detlit.data.findings import Severity, log_summary
+from detlit.data.split import check_pair
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +73,13 @@ def write_fixed(report: Report, out: Path) -> Report:
     uses): the copy keeps what the repairs do not touch.
     """
     fixed, changes = apply_repairs(read_json(report.json_path), report.repairs())
-    write_text(out, json.dumps(fixed, indent=1))
     changes_path = repairs_path(out)
-    write_text(changes_path, "".join(f"{line}\n" for line in changes))
+    write_together(
+        {
+            out: json.dumps(fixed, indent=1).encode("utf-8"),
+            changes_path: "".join(f"{line}\n" for line in changes).encode("utf-8"),
+        }
+    )
     log.info("wrote %s with %d repairs (listed in %s)", out, len(changes), changes_path)
     fixed_report, _ = check_file(out, report.image_root, decode=False, unlisted=False)
     return fixed_report
@@ -99,27 +106,46 @@ def check(
     and a repaired copy on request. With ``val`` (the validation json of this training json), also
     the classes that one of the two has no object of.
 
+    The folders of ``fix`` and ``report_path`` are held against other commands while it runs; no
+    output may be the json, ``val``, one of the dataset's images, or the other output.
+
     Returns:
         1 while errors remain (in the repaired copy, with ``fix``), else 0.
     """
+    outputs = {"--fix": [fix, repairs_path(fix)]} if fix is not None else {}
     if report_path is not None:
-        check_outputs([report_path], inputs=[json_path], overwrite=overwrite, option="--report")
-    if fix is not None:
-        check_outputs([fix, repairs_path(fix)], inputs=[json_path], overwrite=overwrite, option="--fix")
-    report, dataset = check_file(json_path, images, decode=decode)
-    if val is not None:
-        other, _ = read_coco(val, val_images or images)
-        report.findings += compare_splits(dataset, other)
-    log_summary(report.findings, log, str(json_path), examples=len(report.findings) if verbose else 0)
-    if not quiet:
-        print_report(report, Console(stderr=False))
-    if report_path:
-        write_text(report_path, json.dumps(report.as_dict(), indent=1))
-        log.info("wrote %s", report_path)
-    remaining = report.errors
-    if fix:
-        remaining = write_fixed(report, fix).errors
-        log.info("%s: %d error(s) remain after repair", fix, len(remaining))
-    elif report.errors:
-        log.error("%d error(s); repair what can be repaired with --fix OUT.json", len(report.errors))
+        outputs["--report"] = [report_path]
+    with ExitStack() as held:
+        locked: list[Path] = []
+        for option, paths in outputs.items():
+            folder = paths[0].parent
+            if not any(folder.resolve() == other.resolve() for other in locked):
+                held.enter_context(write_lock(folder, option))
+                locked.append(folder)
+        dataset, structure = read_coco(json_path, images)
+        inputs = [json_path, *([val] if val is not None else [])]
+        check_outputs(outputs, inputs=inputs, overwrite=overwrite, images=[(images, dataset.images.file_names())])
+        if val is not None:
+            check_pair(json_path, val)
+        report = check_dataset(dataset, structure, decode=decode)
+        if val is not None:
+            other, _ = read_coco(val, val_images or images)
+            report.findings += compare_splits(dataset, other)
+        log_summary(report.findings, log, str(json_path), examples=len(report.findings) if verbose else 0)
+        if not quiet:
+            print_report(report, Console(stderr=False))
+        if report_path:
+            write_text(report_path, json.dumps(report.as_dict(), indent=1))
+            log.info("wrote %s", report_path)
+        remaining = report.errors
+        if fix:
+            remaining = write_fixed(report, fix).errors
+            log.info("%s: %d error(s) remain after repair", fix, len(remaining))
+        elif report.errors:
+            first = report.errors[0].message
+            print(
+                f"error: {json_path}: {len(report.errors)} error(s), the first: {first}; repair what can be "
+                "repaired with --fix OUT.json",
+                file=sys.stderr,
+            )
     return 1 if remaining else 0

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from detlit.common.paths import not_a_file
 from detlit.data.coco import Annotation, CocoDataset, ImageRecord, raise_on_errors, read_coco, require_images
 from detlit.data.findings import Finding, Repair, Severity, errors, log_summary
 from detlit.data.headers import FileInfo, Headers, inspect_file, read_headers
@@ -82,6 +83,17 @@ def escapes_root(file_name: str) -> bool:
     return path.is_absolute() or ".." in path.parts or (len(file_name) > 1 and file_name[1] == ":")
 
 
+def path_escapes_root(image_id: Any, file_name: str, image_root: Path) -> Finding:
+    """The error of a file name that :func:`escapes_root` (split refuses it as fit does)."""
+    return _finding(
+        Severity.ERROR,
+        "path_escapes_root",
+        f"image {image_id} has file_name {file_name!r}, which points outside the image "
+        f"folder {image_root}; file names must be relative paths inside it",
+        image_id=image_id,
+    )
+
+
 def inspect_files(dataset: CocoDataset, decode: bool, workers: int | None = None) -> Headers:
     """The header of every image whose path stays inside the root (:func:`detlit.data.headers.read_headers`)."""
     names = dataset.images.file_names()
@@ -121,23 +133,27 @@ def check_files(dataset: CocoDataset, headers: Headers) -> list[Finding]:
         drop = Repair("images", image.index, "drop")
         where = {"image_id": image.id}
         if escapes_root(image.file_name):
-            findings.append(
-                _finding(
-                    Severity.ERROR,
-                    "path_escapes_root",
-                    f"image {image.id} has file_name {image.file_name!r}, which points outside the image "
-                    f"folder {dataset.image_root}; file names must be relative paths inside it",
-                    **where,
-                )
-            )
+            findings.append(path_escapes_root(image.id, image.file_name, dataset.image_root))
             continue
         info = headers.info(index)
         if not info.exists:
+            path = dataset.image_root / image.file_name  # missing, or a pipe or device that is never read
             findings.append(
                 _finding(
                     Severity.ERROR,
                     "missing_file",
-                    f"image {image.id}: {dataset.image_root / image.file_name} does not exist",
+                    f"image {image.id}: {path} {not_a_file(path) or 'does not exist'}",
+                    fix="drop the image and its annotations",
+                    repairs=(drop,),
+                    **where,
+                )
+            )
+        elif info.too_large:
+            findings.append(
+                _finding(
+                    Severity.ERROR,
+                    "image_too_large",
+                    f"image {image.id}: {info.error}",
                     fix="drop the image and its annotations",
                     repairs=(drop,),
                     **where,

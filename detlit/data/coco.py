@@ -28,6 +28,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
+from detlit.common.paths import not_a_file
 from detlit.data.findings import Finding, Repair, Severity, errors
 from detlit.data.records import Annotation, ImageRecord, Records
 from detlit.errors import DataError
@@ -178,11 +179,11 @@ def read_json(path: Path) -> dict[str, Any]:
 
 
 def require_file(path: Path) -> None:
-    """Raise one sentence unless ``path`` is an existing file (not a folder)."""
-    if path.is_dir():
-        raise DataError(f"{path} is a folder, not a file; pass the path of your COCO annotation json")
-    if not path.is_file():
-        raise DataError(f"{path} does not exist; pass the path of your COCO annotation json")
+    """Raise one sentence unless ``path`` is a regular file: not missing, not a folder, and not a
+    named pipe or a device (reading one blocks, or never ends)."""
+    problem = not_a_file(path)
+    if problem is not None:
+        raise DataError(f"{path} {problem}; pass the path of your COCO annotation json")
 
 
 def _read_json_text(path: Path) -> Any:

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import numpy as np
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
+from detlit.common import ranges
+from detlit.common.ranges import MAX_BATCH_SIZE, MAX_SEED, MAX_WORKERS
 from detlit.data.checks import compare_splits, load_checked
 from detlit.data.coco import CocoDataset, LabelMap
-from detlit.data.findings import log_summary
 from detlit.data.dataset import DetectionDataset, collate
+from detlit.data.findings import log_summary
+from detlit.data.images import CHANNEL_ORDERS
 from detlit.data.samplers import (
     BatchDataset,
     EvaluationBatchSampler,
@@ -22,33 +25,48 @@ from detlit.data.samplers import (
     orientation_groups,
     repeat_factors,
 )
+from detlit.data.split import check_pair
 from detlit.data.transforms import Step, describe_augment, eval_transform, resized_shape, train_transform
 from detlit.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
 
-def check_numbers(
-    batch_size: int,
-    num_workers: int,
-    min_size_train: Sequence[int],
-    max_size_train: int,
-    min_size_test: int,
-    max_size_test: int,
-) -> None:
-    """Raise one sentence naming the setting when a count or an image size cannot work."""
-    if batch_size < 1:
-        raise ConfigError(f"data.batch_size is {batch_size}; use 1 or more images per batch")
-    if num_workers < 0:
-        raise ConfigError(f"data.num_workers is {num_workers}; use 0 (load in the main process) or more")
-    if not min_size_train:
-        raise ConfigError("data.min_size_train is empty; give one or more image sizes, e.g. [640, 800]")
-    for size in min_size_train:
-        if size < 1:
-            raise ConfigError(f"data.min_size_train holds {size}; image sizes are whole numbers of pixels above 0")
-    for name, size in (("max_size_train", max_size_train), ("min_size_test", min_size_test), ("max_size_test", max_size_test)):
-        if size < 1:
-            raise ConfigError(f"data.{name} is {size}; image sizes are whole numbers of pixels above 0")
+def check_numbers(hp: Mapping[str, Any]) -> None:
+    """Raise one sentence naming the setting when a count, an image size, a seed or a channel
+    order of the data module's arguments ``hp`` cannot work (see :mod:`detlit.common.ranges`)."""
+    ranges.whole(
+        "data.batch_size",
+        hp["batch_size"],
+        1,
+        MAX_BATCH_SIZE,
+        f"use 1 or more images per batch (at most {MAX_BATCH_SIZE})",
+    )
+    ranges.whole(
+        "data.num_workers",
+        hp["num_workers"],
+        0,
+        MAX_WORKERS,
+        f"use 0 (load in the main process) or more (at most {MAX_WORKERS})",
+    )
+    ranges.check_image_sizes(
+        "data.", hp["min_size_train"], hp["max_size_train"], hp["min_size_test"], hp["max_size_test"]
+    )
+    threshold = hp["repeat_factor_threshold"]
+    if threshold is not None:
+        ranges.real(
+            "data.repeat_factor_threshold",
+            threshold,
+            0.0,
+            1.0,
+            above=True,
+            fix="use a fraction of the images in (0, 1] such as 0.001, or null to switch repeats off",
+        )
+    ranges.whole("data.seed", hp["seed"], 0, MAX_SEED)
+    if hp["image_format"] not in CHANNEL_ORDERS:
+        raise ConfigError(
+            f"data.image_format is {hp['image_format']!r}; use BGR (detectron2's model-zoo configs) or RGB"
+        )
 
 
 def without_empty_images(data: CocoDataset) -> CocoDataset:
@@ -56,7 +74,8 @@ def without_empty_images(data: CocoDataset) -> CocoDataset:
     kept = data.images.with_objects()
     left_out = len(data.images) - len(kept)
     log.info(
-        "data.train_empty_images=false: %d of %d training images have no object and are left out", left_out,
+        "data.train_empty_images=false: %d of %d training images have no object and are left out",
+        left_out,
         len(data.images),
     )
     if not len(kept):
@@ -139,18 +158,13 @@ class CocoDataModule(LightningDataModule):
         drop_last: bool = True,
     ):
         super().__init__()
-        check_numbers(batch_size, num_workers, min_size_train, max_size_train, min_size_test, max_size_test)
         self.save_hyperparameters()
+        check_numbers(self.hparams)
         # hparams end up in checkpoints and hparams.yaml, which cannot hold transform objects:
         # they keep a plain description, and the transforms themselves live here.
         self.augment = augment
         self.save_hyperparameters({**self.hparams, "augment": describe_augment(augment)})
         train_transform(augment, min_size_train, max_size_train)  # fail fast on a bad preset
-        if repeat_factor_threshold is not None and not 0.0 < repeat_factor_threshold <= 1.0:
-            raise ConfigError(
-                f"data.repeat_factor_threshold is {repeat_factor_threshold}; use a fraction of the images "
-                "in (0, 1] such as 0.001, or null to switch repeats off"
-            )
         self.train_data = load_checked(train_json, train_images, "data.train_images", check_files)
         self.label_map: LabelMap = self.train_data.label_map()
         if not train_empty_images:
@@ -163,6 +177,7 @@ class CocoDataModule(LightningDataModule):
                     f"data.val_json {val_json} holds no image; give a validation set with images, or leave "
                     "data.val_json out to train without validation"
                 )
+            check_pair(train_json, self.val_data.json_path)
             log_summary(compare_splits(self.train_data, self.val_data), log, "train / val")
         self.test_data = self._load_like_train(test_json, test_images or val_images or train_images, "data.test_images")
         self.datasets: dict[str, DetectionDataset] = {}

@@ -36,10 +36,10 @@ from torch.utils.data import Dataset
 
 from detlit.compat import Boxes, Instances
 from detlit.data.coco import ImageRecord, LabelMap
-from detlit.data.images import CHANNEL_ORDERS, READ_ERRORS, read_image, to_model_image
+from detlit.data.images import CHANNEL_ORDERS, READ_ERRORS, ImageTooLarge, read_image, to_model_image
 from detlit.data.records import as_records
 from detlit.data.targets import eval_target
-from detlit.errors import DataError
+from detlit.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,8 @@ class DetectionDataset(Dataset[dict[str, Any]]):
         label_map: COCO category id <-> contiguous label.
         transform: Albumentations pipeline with ``pascal_voc`` boxes and ``labels`` and ``crowd`` fields.
         image_format: channel order the model expects (``BGR`` or ``RGB``).
-        on_unreadable: what an image file that cannot be read (missing, corrupt) becomes:
+        on_unreadable: what an image file that cannot be read (missing, corrupt, or of more pixels
+            than :func:`~detlit.data.images.max_image_pixels`) becomes:
             ``replace`` - the next readable image takes its place (training: batches keep their
             size, and every process its number of steps), ``mark`` - a ``{"skipped": path}`` dict
             that evaluation leaves out, or ``raise`` - a DataError naming the file.
@@ -113,13 +114,19 @@ class DetectionDataset(Dataset[dict[str, Any]]):
             path = self.image_root / record.file_name
             try:
                 image = read_image(path)
+            except ConfigError:
+                raise
             except READ_ERRORS as err:
+                # An image of too many pixels is refused before it is decoded, and treated as an unreadable one.
+                large = isinstance(err, ImageTooLarge)
                 if self.on_unreadable == "raise":
-                    raise DataError(
-                        f"image {path} cannot be read ({type(err).__name__}: {err}); repair or remove it "
-                        "(python -m detlit.check --fix), or set data.strict_images=false to skip such files"
-                    ) from err
-                log.warning("skipping unreadable image %s (%s: %s)", path, type(err).__name__, err)
+                    fix = "" if large else "; repair or remove it (python -m detlit.check --fix)"
+                    why = str(err) if large else f"image {path} cannot be read ({type(err).__name__}: {err})"
+                    raise DataError(f"{why}{fix}, or set data.strict_images=false to skip such files") from err
+                if large:
+                    log.warning("skipping %s", err)
+                else:
+                    log.warning("skipping unreadable image %s (%s: %s)", path, type(err).__name__, err)
                 skipped.append(str(path))
                 if self.on_unreadable == "mark":
                     return {"skipped": str(path), "image_id": record.id}

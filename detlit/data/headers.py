@@ -7,7 +7,9 @@ on one core, bound by Python), which a run would pay at every start, on every pr
 datasets of :data:`CACHE_MIN_IMAGES` images or more, the headers read are kept in a cache file,
 one per image folder, and a later read only takes ``stat`` of each file: an entry is used while
 the file's size and modification time are those it was read with, and read again otherwise.
-Files that are missing or cannot be read are never cached. The cache lives in
+Files that are missing or cannot be read are never cached. Headers are read through
+:func:`detlit.data.images.open_image`: a file of more pixels than detlit decodes is marked
+``too_large`` (with the sentence that says so) and never decoded. The cache lives in
 ``$DETLIT_CACHE_DIR`` (default ``$XDG_CACHE_HOME/detlit``, else ``~/.cache/detlit``); delete it at
 any time. ``DETLIT_CACHE_DIR=off`` switches it off.
 """
@@ -26,9 +28,11 @@ from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 
 from detlit.common.outputs import atomic_write
+from detlit.data.images import ImageTooLarge, open_image
+from detlit.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -52,17 +56,21 @@ class FileInfo:
     mode: str = ""
     sha1: str = ""
     error: str = ""
+    too_large: bool = False  # more pixels than detlit decodes; ``error`` says so in one sentence
 
 
 def inspect_file(path: Path, decode: bool) -> FileInfo:
-    """Read one image's header (and decode and hash it when ``decode``), never raising."""
+    """Read one image's header (and decode and hash it when ``decode``), never raising for the file.
+
+    Raises:
+        ConfigError: ``$DETLIT_MAX_IMAGE_PIXELS`` is not a number (a setting, not a file's fault).
+    """
     info = FileInfo()
     if not path.is_file():
         return info
     info.exists = True
     try:
-        data = path.read_bytes() if decode else b""
-        with Image.open(path) as image:
+        with open_image(path) as image:
             info.mode = image.mode
             info.orientation = int(image.getexif().get(0x0112, 1) or 1)
             width, height = image.size
@@ -72,7 +80,11 @@ def inspect_file(path: Path, decode: bool) -> FileInfo:
             if decode:
                 image.load()
         if decode:
-            info.sha1 = hashlib.sha1(data).hexdigest()
+            info.sha1 = hashlib.sha1(path.read_bytes()).hexdigest()
+    except ImageTooLarge as err:
+        info.error, info.too_large = str(err), True
+    except ConfigError:
+        raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         info.error = f"{type(err).__name__}: {err}"
     return info
@@ -93,6 +105,7 @@ class Headers:
     mode: list[str]
     sha1: list[str]
     errors: dict[int, str] = field(default_factory=dict)
+    too_large: set[int] = field(default_factory=set)  # files of more pixels than detlit decodes (in ``errors`` too)
     cached: int = 0  # entries taken from the cache
 
     @classmethod
@@ -123,6 +136,7 @@ class Headers:
             self.mode[index],
             self.sha1[index],
             self.errors.get(index, ""),
+            index in self.too_large,
         )
 
     def set(self, index: int, info: FileInfo) -> None:
@@ -132,6 +146,8 @@ class Headers:
         self.mode[index], self.sha1[index] = info.mode, info.sha1
         if info.error:
             self.errors[index] = info.error
+        if info.too_large:
+            self.too_large.add(index)
 
 
 def cache_dir() -> Path | None:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from detlit.common.outputs import check_outputs, write_text
+from detlit.common.outputs import check_outputs, write_image, write_lock, write_text
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ def write_split(out_dir: Path, split: str, count: int, rng: np.random.Generator,
     for index in range(count):
         image, shapes = make_image(rng)
         file_name = f"{split}_{index:04d}.jpg"
-        image.save(image_dir / file_name, quality=92)
+        write_image(image_dir / file_name, image, "JPEG", quality=92)  # whole, or not there at all
         image_id = index + 1
         images.append({"id": image_id, "file_name": file_name, "width": image.width, "height": image.height})
         for shape in shapes:
@@ -200,7 +200,9 @@ def write_sample(out_dir: Path, train: int = 200, val: int = 40, seed: int = 0) 
 
 
 def sample(out_dir: Path, train: int = 200, val: int = 40, seed: int = 0, overwrite: bool = False) -> int:
-    """``python -m detlit.sample``: write the dataset unless that would replace files (``overwrite``)."""
-    check_outputs(sample_outputs(out_dir), overwrite=overwrite)
-    write_sample(out_dir, train, val, seed)
+    """``python -m detlit.sample``: write the dataset unless that would replace files (``overwrite``),
+    holding ``out_dir`` against other commands meanwhile."""
+    with write_lock(out_dir):
+        check_outputs(sample_outputs(out_dir), overwrite=overwrite)
+        write_sample(out_dir, train, val, seed)
     return 0

@@ -9,6 +9,12 @@ identical file content, and images of one group (``--group-by FIELD`` or ``--gro
 always land on the same side. Every original id and field is kept, and the same inputs and
 seed give byte-identical files.
 
+The two files are one result: both are written in full before either replaces a file, and each
+carries the pair's marker (``"detlit_split": {"id": ..., "part": "train"}``, the id a digest of
+both parts), so a train.json and a val.json of one folder from two different runs (an
+interrupted run, two runs at once) are refused where they are read together (:func:`check_pair`).
+File names that point outside their image folder are refused, as training refuses them.
+
 Several json files (each with its ``--images`` folder) are merged before splitting, e.g. an
 export's train and valid parts; file names are then made relative to the folders' common
 parent, and ids of a later file are shifted when they collide with an earlier one.
@@ -27,15 +33,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from detlit.common.outputs import check_outputs, write_text
+from detlit.common.outputs import check_outputs, same_file, write_lock, write_together
+from detlit.data.checks import escapes_root, path_escapes_root
 from detlit.data.coco import CocoDataset, parse_coco, raise_on_errors, read_json
-from detlit.errors import DataError
+from detlit.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
+
+MARKER = "detlit_split"  # the top-level key of the pair marker in both files
 
 
 @dataclass
@@ -52,13 +62,17 @@ class Split:
 
 
 def merge_inputs(inputs: list[tuple[Path, Path]]) -> tuple[dict[str, Any], Path]:
-    """Read one or more (json, image folder) pairs as one raw COCO dict and its image root."""
+    """Read one or more (json, image folder) pairs as one raw COCO dict and its image root.
+
+    Raises:
+        DataError: a json is unusable, or names an image outside its folder (as fit refuses it).
+    """
     if len(inputs) == 1:
-        return read_json(inputs[0][0]), inputs[0][1]
+        return read_inside(*inputs[0]), inputs[0][1]
     root = Path(os.path.commonpath([str(images.resolve()) for _, images in inputs]))
     merged: dict[str, Any] | None = None
     for json_path, images in inputs:
-        raw = read_json(json_path)
+        raw = read_inside(json_path, images)
         prefix = os.path.relpath(images.resolve(), root)
         for image in raw["images"]:
             if isinstance(image, dict) and isinstance(image.get("file_name"), str):
@@ -89,6 +103,19 @@ def merge_inputs(inputs: list[tuple[Path, Path]]) -> tuple[dict[str, Any], Path]
         merged["annotations"] += raw["annotations"]
     assert merged is not None
     return merged, root
+
+
+def read_inside(json_path: Path, images: Path) -> dict[str, Any]:
+    """A raw COCO dict whose file names all stay inside ``images``: split reads and writes nothing
+    outside the folders it is given."""
+    raw = read_json(json_path)
+    escaping = [
+        path_escapes_root(image.get("id"), image["file_name"], images)
+        for image in raw["images"]
+        if isinstance(image, dict) and isinstance(image.get("file_name"), str) and escapes_root(image["file_name"])
+    ]
+    raise_on_errors(escaping, json_path, images)
+    return raw
 
 
 def _category_key(raw: dict[str, Any]) -> list[tuple[Any, Any]]:
@@ -155,8 +182,8 @@ def group_images(
     union_by(hashes)
     if group_by:
         union_by({iid: _hashable(raw_images[iid].get(group_by)) for iid in parent})
-    if group_pattern:
-        pattern = re.compile(group_pattern)
+    pattern = group_regex(group_pattern)
+    if pattern is not None:
         keys: dict[int, Any] = {}
         for image_id, name in zip(ids, names, strict=True):
             match = pattern.search(name)
@@ -166,6 +193,23 @@ def group_images(
     for image_id in ids:
         groups[find(image_id)].append(image_id)
     return list(groups.values())
+
+
+def group_regex(text: str | None) -> re.Pattern[str] | None:
+    """``--group-pattern`` compiled, or one sentence with the regular expression's error.
+
+    Raises:
+        ConfigError: ``text`` is not a valid regular expression.
+    """
+    if not text:
+        return None
+    try:
+        return re.compile(text)
+    except re.error as err:
+        raise ConfigError(
+            f"--group-pattern {text!r} is not a valid regular expression ({err}); give a Python regular "
+            "expression whose first group names the group, e.g. '(.+)\\.rf\\.'"
+        ) from None
 
 
 def _hashable(value: Any) -> Any:
@@ -306,12 +350,79 @@ def split_dataset(
 
 
 def subset(raw: dict[str, Any], image_ids: list[int]) -> dict[str, Any]:
-    """The raw COCO dict restricted to some images (their annotations, every other key kept)."""
+    """The raw COCO dict restricted to some images (their annotations, every other key kept but an
+    earlier split's pair marker)."""
     keep = set(image_ids)
     out = {key: value for key, value in raw.items() if key not in ("images", "annotations")}
     out["images"] = [image for image in raw["images"] if image["id"] in keep]
     out["annotations"] = [a for a in raw["annotations"] if a["image_id"] in keep]
-    return {key: out[key] for key in raw}  # the input's key order
+    return {key: out[key] for key in raw if key != MARKER}  # the input's key order
+
+
+# --- the pair ------------------------------------------------------------------------------
+
+
+def encode_pair(train: dict[str, Any], val: dict[str, Any]) -> tuple[bytes, bytes]:
+    """Both parts as json, each with the pair's marker first: ``{"id": ..., "part": "train"}``.
+
+    The id is a digest of both parts' content, so a train.json and a val.json of one run of split
+    carry the same id, and the same inputs and seed give the same bytes.
+    """
+    texts = [json.dumps(part, indent=1) for part in (train, val)]
+    pair_id = hashlib.sha256("\0".join(texts).encode("utf-8")).hexdigest()[:16]
+    train_doc, val_doc = (
+        {MARKER: {"id": pair_id, "part": name}, **part} for name, part in (("train", train), ("val", val))
+    )
+    return json.dumps(train_doc, indent=1).encode("utf-8"), json.dumps(val_doc, indent=1).encode("utf-8")
+
+
+class _Marked(msgspec.Struct):
+    detlit_split: Any = None
+
+
+def split_marker(json_path: Path) -> dict[str, Any] | None:
+    """The pair marker that split wrote into a json; None for a json from elsewhere.
+
+    The whole file is scanned (fast: every other field is skipped unread), so the marker is found
+    wherever a tool that rewrote the file put it.
+    """
+    try:
+        data = json_path.read_bytes()
+    except OSError:
+        return None
+    try:
+        marker = msgspec.json.decode(data, type=_Marked).detlit_split
+    except msgspec.ValidationError:
+        return None  # not a JSON object
+    except msgspec.DecodeError:
+        try:  # not strict JSON (NaN), as json.dumps writes it
+            document = json.loads(data)
+        except ValueError:
+            return None
+        marker = document.get(MARKER) if isinstance(document, dict) else None
+    return marker if isinstance(marker, dict) else None
+
+
+def check_pair(train_json: str | Path, val_json: str | Path) -> None:
+    """Refuse a train.json and a val.json of one folder that two runs of split wrote.
+
+    That pair is what an interrupted ``split --overwrite`` (or two splits into one folder at once)
+    would leave: the images of one part may be in the other too. Files of different folders are a
+    choice (a test set carved out first, say) and pass, as do files without a marker.
+
+    Raises:
+        DataError: both files carry markers of different splits.
+    """
+    train_json, val_json = Path(train_json), Path(val_json)
+    if not same_file(train_json.parent, val_json.parent):
+        return
+    train, val = split_marker(train_json), split_marker(val_json)
+    if train is None or val is None or train.get("id") == val.get("id"):
+        return
+    raise DataError(
+        f"{train_json} and {val_json} come from two different splits (marked {train.get('id')} and "
+        f"{val.get('id')}): an interrupted split or two splits into one folder; run python -m detlit.split again"
+    )
 
 
 def print_split(split: Split, console: Console) -> None:
@@ -337,36 +448,40 @@ def split(
     overwrite: bool = False,
     quiet: bool = False,
 ) -> int:
-    """``python -m detlit.split``: merge the inputs, split them, write ``train.json`` and ``val.json``."""
+    """``python -m detlit.split``: merge the inputs, split them, write ``train.json`` and ``val.json``
+    together (both or neither), holding ``out`` against other commands meanwhile."""
     if len(images) != len(jsons):
         raise DataError(f"{len(jsons)} json file(s) but {len(images)} --images folder(s); give one folder per json")
+    group_regex(group_pattern)  # a bad pattern stops the command before any work
     outputs = [out / "train.json", out / "val.json"]
-    check_outputs(outputs, inputs=jsons, overwrite=overwrite)
-    raw, root = merge_inputs(list(zip(jsons, images, strict=True)))
-    source = jsons[0] if len(jsons) == 1 else Path(" + ".join(str(p) for p in jsons))
-    dataset, findings = parse_coco(raw, source, root)
-    raise_on_errors(findings, source, root)
-    log.info("read %d images, %d annotations from %s", len(dataset.images), dataset.num_annotations, source)
-    result = split_dataset(
-        dataset, {image["id"]: image for image in raw["images"]}, val_fraction, seed, group_by, group_pattern
-    )
-    for side, ids in (("validation", result.val_ids), ("training", result.train_ids)):
-        if not ids:
-            raise DataError(
-                f"splitting {source} ({len(dataset.images)} images, --val-fraction {val_fraction:g}) gives the "
-                f"{side} set no image; give more images or another --val-fraction"
-            )
-    parts = [subset(raw, ids) for ids in (result.train_ids, result.val_ids)]
+    with write_lock(out):
+        raw, root = merge_inputs(list(zip(jsons, images, strict=True)))
+        names = [i["file_name"] for i in raw["images"] if isinstance(i, dict) and isinstance(i.get("file_name"), str)]
+        check_outputs(outputs, inputs=jsons, overwrite=overwrite, images=[(root, names)])
+        source = jsons[0] if len(jsons) == 1 else Path(" + ".join(str(p) for p in jsons))
+        dataset, findings = parse_coco(raw, source, root)
+        raise_on_errors(findings, source, root)
+        log.info("read %d images, %d annotations from %s", len(dataset.images), dataset.num_annotations, source)
+        result = split_dataset(
+            dataset, {image["id"]: image for image in raw["images"]}, val_fraction, seed, group_by, group_pattern
+        )
+        for side, ids in (("validation", result.val_ids), ("training", result.train_ids)):
+            if not ids:
+                raise DataError(
+                    f"splitting {source} ({len(dataset.images)} images, --val-fraction {val_fraction:g}) gives "
+                    f"the {side} set no image; give more images or another --val-fraction"
+                )
+        parts = [subset(raw, ids) for ids in (result.train_ids, result.val_ids)]
+        for path, part in zip(outputs, parts, strict=True):
+            unresolved = [i["file_name"] for i in part["images"] if not (root / i["file_name"]).is_file()]
+            if unresolved:
+                raise DataError(
+                    f"{path}: {len(unresolved)} image path(s) do not resolve under {root} (first: {unresolved[0]})"
+                )
+        if not quiet:
+            print_split(result, Console())
+        write_together(dict(zip(outputs, encode_pair(*parts), strict=True)))
     for path, part in zip(outputs, parts, strict=True):
-        unresolved = [i["file_name"] for i in part["images"] if not (root / i["file_name"]).is_file()]
-        if unresolved:
-            raise DataError(
-                f"{path}: {len(unresolved)} image path(s) do not resolve under {root} (first: {unresolved[0]})"
-            )
-    for path, part in zip(outputs, parts, strict=True):
-        write_text(path, json.dumps(part, indent=1))
         log.info("wrote %s: %d images, %d annotations", path, len(part["images"]), len(part["annotations"]))
-    if not quiet:
-        print_split(result, Console())
     log.info("file names in both files are relative to %s: train with --data.train_images=%s", root, root)
     return 0

@@ -32,9 +32,9 @@ from typing import Any, TypeAlias
 import albumentations as A
 import cv2
 import numpy as np
-import yaml
 from albumentations.augmentations.crops.transforms import BaseCrop
 
+from detlit.common.safe_yaml import load_yaml
 from detlit.errors import ConfigError
 
 PRESETS = ("none", "flip", "default", "strong")
@@ -215,18 +215,23 @@ def train_transform(
 def unbuilt_steps(text: str) -> str:
     """Why a list of transforms given as text could not be built (the config parser then keeps the text)."""
     try:
-        steps = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        return f"data.augment {text!r} is not a valid list ({str(err).splitlines()[0]}); check its brackets and quotes"
+        steps = load_yaml(text, f"data.augment {text!r}")
+    except ConfigError as err:
+        return str(err)
     for position, step in enumerate(steps if isinstance(steps, list) else [steps], start=1):
         path = step.get("class_path") if isinstance(step, dict) else None
         if not isinstance(path, str) or "." not in path:
-            return f"data.augment step {position} has no class_path; give each step as {{class_path: ..., init_args: ...}}"
+            return (
+                f"data.augment step {position} has no class_path; give each step as {{class_path: ..., init_args: ...}}"
+            )
         module, _, name = path.rpartition(".")
         try:
             found = getattr(importlib.import_module(module), name)
         except (ImportError, AttributeError):
-            return f"data.augment step {position}: {path} does not exist; name an Albumentations transform such as albumentations.HorizontalFlip"
+            return (
+                f"data.augment step {position}: {path} does not exist; name an Albumentations transform such as "
+                "albumentations.HorizontalFlip"
+            )
         if not (isinstance(found, type) and issubclass(found, (A.BasicTransform, A.BaseCompose))):
             return f"data.augment step {position}: {path} is not an Albumentations transform"
     return (

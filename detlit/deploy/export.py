@@ -21,6 +21,13 @@ against the checkpoint on :data:`PARITY_IMAGES` or more images at two or more in
 checkpoint's validation images when they can be found, else ``--images``, else generated ones.
 The model file is written under a temporary name and moved into place only when parity passes;
 otherwise the export stops with one sentence and leaves no model file behind.
+
+The model and its metadata are one pair: the metadata records the model file's sha256 and size,
+which every loader checks before it loads the model (:func:`detlit.inference.runtimes.check_pair`).
+Both are written in full to temporary files, then the model is renamed into place and the metadata
+last. A reader, or an export interrupted at any point, finds the old pair, the new model beside
+the old metadata (which names another sha256: refused in one sentence), or the new pair; never one
+export's model used with another's metadata.
 """
 
 from __future__ import annotations
@@ -43,7 +50,8 @@ import torch
 from torch.nn import functional as F
 
 from detlit.common.files import locate, sha256_file
-from detlit.common.outputs import atomic_write, check_folder, check_outputs, write_text
+from detlit.common.outputs import atomic_write, check_folder, check_outputs, write_lock
+from detlit.common.paths import not_a_file
 from detlit.data.coco import load_coco
 from detlit.data.images import load_image
 from detlit.data.sample import make_image
@@ -60,6 +68,7 @@ from detlit.inference.runtimes import (
     OnnxRuntime,
     Runtime,
     TorchScriptRuntime,
+    file_facts,
     metadata_path,
 )
 
@@ -290,6 +299,48 @@ def _runtime(kind: Format, path: Path, facts: ModelFacts) -> Runtime:
     return TorchScriptRuntime(path, facts, "cpu") if kind == "torchscript" else OnnxRuntime(path, facts, "cpu")
 
 
+def metadata_document(
+    kind: Format,
+    file_name: str,
+    model: bytes,
+    facts: ModelFacts,
+    ckpt: Path,
+    data: dict[str, Any],
+    parity: Parity,
+    image_source: str,
+) -> dict[str, Any]:
+    """The metadata json of an exported model (``<model file>.json``): what loading and running it
+    needs (:func:`~detlit.inference.runtimes.read_metadata` reads it back), and where it came from."""
+    return {
+        "kind": METADATA_KIND,
+        "version": METADATA_VERSION,
+        "format": kind,
+        "file": file_name,
+        **file_facts(model),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "input": {
+            "name": "image",
+            "dtype": "uint8",
+            "shape": [3, "height", "width"],
+            "channel_order": facts.image_format,
+            "resize": {
+                "rule": "shortest edge to min_size, longest edge at most max_size (detectron2 ResizeShortestEdge)",
+                "min_size": facts.min_size,
+                "max_size": facts.max_size,
+            },
+        },
+        "outputs": {
+            "boxes": "float32 (N, 4) XYXY in the input image's pixels",
+            "scores": "float32 (N,)",
+            "classes": "int64 (N,) contiguous labels: class_names[i], category_ids[i]",
+        },
+        "facts": facts.as_json(),
+        "source": source_document(ckpt, data),
+        "versions": {**_versions(), **({"onnx_opset": str(ONNX_OPSET)} if kind == "onnx" else {})},
+        "parity": {**parity.as_json(), "images_from": image_source},
+    }
+
+
 def export(
     ckpt: Path,
     kind: Format,
@@ -309,65 +360,44 @@ def export(
     """
     if kind not in FORMATS:
         raise ConfigError(f"--format {kind} is unknown; use one of {', '.join(FORMATS)}")
-    if not ckpt.is_file():
-        raise ConfigError(f"--ckpt {ckpt} does not exist; pass a .ckpt file of a training run")
+    problem = not_a_file(ckpt)  # a named pipe or a device would block, or never end
+    if problem is not None:
+        raise ConfigError(f"--ckpt {ckpt} {problem}; pass a .ckpt file of a training run")
     if images is not None and not images.is_dir():
         raise ConfigError(f"--images {images} is not a folder; name a folder of images for the parity check")
     if out is not None:
         check_folder(out)
     model_path, meta_path = output_paths(ckpt, kind, out)
-    check_outputs([model_path, meta_path], inputs=[ckpt], overwrite=overwrite)
-    started = time.perf_counter()
-    eager = Predictor.from_checkpoint(ckpt, device="cpu", all_detections=True, batch_size=1)
-    data = _read_checkpoint_data(ckpt)
-    chosen, image_source = parity_images(ckpt, data, images, eager)
-    module = eager.runtime.module  # type: ignore[attr-defined]
-    require_exportable(module)
-    example = eager.preprocess(chosen[0])["image"]
-    with atomic_write(model_path) as handle:
-        temporary = Path(handle.name)  # moved into place when the block ends without an error
-        handle.write(write_model(module.model, example, kind))
-        handle.flush()
-        exported_at = time.perf_counter()
-        parity = check_parity(eager, _runtime(kind, temporary, eager.facts), chosen)
-        log.info("parity on %s: %s", image_source, parity.describe())
-        if not parity.passed:
-            raise ParityError(
-                f"the exported {kind} model does not match {ckpt} on {image_source} ({parity.describe()}); no model "
-                "was written: report this with python -m detlit.env's output"
-            )
-        document = {
-            "kind": METADATA_KIND,
-            "version": METADATA_VERSION,
-            "format": kind,
-            "file": model_path.name,
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "input": {
-                "name": "image",
-                "dtype": "uint8",
-                "shape": [3, "height", "width"],
-                "channel_order": eager.facts.image_format,
-                "resize": {
-                    "rule": "shortest edge to min_size, longest edge at most max_size (detectron2 ResizeShortestEdge)",
-                    "min_size": eager.facts.min_size,
-                    "max_size": eager.facts.max_size,
-                },
-            },
-            "outputs": {
-                "boxes": "float32 (N, 4) XYXY in the input image's pixels",
-                "scores": "float32 (N,)",
-                "classes": "int64 (N,) contiguous labels: class_names[i], category_ids[i]",
-            },
-            "facts": eager.facts.as_json(),
-            "source": source_document(ckpt, data),
-            "versions": {**_versions(), **({"onnx_opset": str(ONNX_OPSET)} if kind == "onnx" else {})},
-            "parity": {**parity.as_json(), "images_from": image_source},
-            "seconds": {
+    with write_lock(model_path.parent):
+        check_outputs([model_path, meta_path], inputs=[ckpt], overwrite=overwrite)
+        started = time.perf_counter()
+        eager = Predictor.from_checkpoint(ckpt, device="cpu", all_detections=True, batch_size=1)
+        data = _read_checkpoint_data(ckpt)
+        chosen, image_source = parity_images(ckpt, data, images, eager)
+        module = eager.runtime.module  # type: ignore[attr-defined]
+        require_exportable(module)
+        example = eager.preprocess(chosen[0])["image"]
+        written = write_model(module.model, example, kind)
+        # Both files are moved into place when the block ends without an error: the model, then the metadata.
+        with atomic_write(meta_path) as metadata, atomic_write(model_path) as handle:
+            temporary = Path(handle.name)
+            handle.write(written)
+            handle.flush()
+            exported_at = time.perf_counter()
+            parity = check_parity(eager, _runtime(kind, temporary, eager.facts), chosen)
+            log.info("parity on %s: %s", image_source, parity.describe())
+            if not parity.passed:
+                raise ParityError(
+                    f"the exported {kind} model does not match {ckpt} on {image_source} ({parity.describe()}); no "
+                    "model was written: report this with python -m detlit.env's output"
+                )
+            seconds = {
                 "export": round(exported_at - started, 2),
                 "parity": round(time.perf_counter() - exported_at, 2),
-            },
-        }
-        write_text(meta_path, json.dumps(document, indent=1))
-    print(f"parity ({image_source}): {parity.describe()}")
-    print(f"wrote {model_path} and {meta_path} in {time.perf_counter() - started:.1f} s")
-    return model_path
+            }
+            document = metadata_document(kind, model_path.name, written, eager.facts, ckpt, data, parity, image_source)
+            document["seconds"] = seconds
+            metadata.write(json.dumps(document, indent=1).encode("utf-8"))
+        print(f"parity ({image_source}): {parity.describe()}")
+        print(f"wrote {model_path} and {meta_path} in {time.perf_counter() - started:.1f} s")
+        return model_path

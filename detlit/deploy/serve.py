@@ -20,13 +20,22 @@ body or one that is not an image (400), a body over ``--max-image-bytes`` (413, 
 reaches the model's process), an image of more than ``--max-image-pixels`` pixels, a
 decompression bomb among them (413, refused from its header before it is decoded). A bad image in
 a batch never fails the others.
+
+What a client can make the service hold is bounded: a body must arrive within ``--body-timeout``
+seconds (else 408 and the connection closes), at most ``--max-pending-bodies`` requests are read
+or answered at once (beyond them 503 with ``Retry-After``, the body left unread), a JSON body is
+refused from its raw bytes when it holds more arrays, objects or items than a request needs (so
+the parser never recurses or allocates without bound), and request headers are bounded by h11's
+16 KiB. Memory thus stays within about ``--max-pending-bodies`` x ``--max-image-bytes`` times a
+small factor (a body and its base64 form) however clients behave. Every numeric option is
+checked at start, before the model loads (:class:`Limits`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
-import io
 import json
 import logging
 import os
@@ -42,10 +51,10 @@ import litserve
 import numpy as np
 from fastapi import Request
 from fastapi.responses import JSONResponse
-from PIL import Image
 from starlette.datastructures import UploadFile
 
-from detlit.data.images import READ_ERRORS, to_rgb
+from detlit.common import ranges, safe_json
+from detlit.data.images import READ_ERRORS, ImageTooLarge, max_image_pixels, open_image, to_rgb
 from detlit.errors import ConfigError
 from detlit.evaluation.matching import xyxy_to_xywh
 from detlit.inference.predictor import Prediction, Predictor
@@ -58,6 +67,17 @@ HOSTS = ("127.0.0.1", "0.0.0.0", "::")  # the addresses LitServe listens on
 DEFAULT_MAX_BYTES = 20 * 2**20
 DEFAULT_MAX_PIXELS = 40_000_000
 HOW_TO_POST = 'POST an image as the request body, as a multipart file, or as JSON {"image": base64}'
+DEFAULT_BODY_TIMEOUT = 30.0  # seconds: 20 MiB at about 6 Mbit/s
+DEFAULT_MAX_PENDING = 16  # requests read or answered at once: 16 x 20 MiB bounds what bodies hold
+RETRY_AFTER = 1  # seconds a client refused with 503 is asked to wait
+REQUEST_TIMEOUT = 120  # seconds LitServe waits for the model's answer to one request
+# Python's json parser recurses once per nested array or object and makes an object per item; a
+# request needs one object and one string, so these bounds refuse only what is not a request.
+MAX_JSON_CONTAINERS = 64
+MAX_JSON_ITEMS = 1000
+# The web server's settings: h11 bounds a request's line and headers (16 KiB; httptools keeps any
+# amount a client sends).
+SERVER_OPTIONS: dict[str, Any] = {"http": "h11", "h11_max_incomplete_event_size": 16 * 2**10}
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -88,31 +108,156 @@ class Rejected(NamedTuple):
     message: str
 
 
-async def answer(send: Send, status: int, message: str) -> None:
-    """Send ``{"detail": message}`` with ``status``."""
+async def answer(send: Send, status: int, message: str, close: bool = False, retry_after: int | None = None) -> None:
+    """Send ``{"detail": message}`` with ``status``; with ``close``, the connection closes after it
+    (a body left unread cannot be followed by another request)."""
     body = json.dumps({"detail": message}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if close:
+        headers.append((b"connection", b"close"))
+    if retry_after is not None:
+        headers.append((b"retry-after", str(retry_after).encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+async def within(receive: Receive, deadline: float) -> Message:
+    """The next message of a request, or :class:`asyncio.TimeoutError` once ``deadline`` (loop time)
+    has passed: a client that stops sending must not hold its connection and its part of a body."""
+    left = deadline - asyncio.get_running_loop().time()
+    if left <= 0:
+        raise asyncio.TimeoutError
+    return await asyncio.wait_for(receive(), left)
+
+
+def json_document(body: bytes) -> Any:
+    """A JSON request's document, or :class:`Rejected` when its shape is refused or it does not parse
+    (bounded before parsing: :mod:`detlit.common.safe_json`; a request's base64 holds no bracket or
+    comma)."""
+    try:
+        return safe_json.parse(body, MAX_JSON_CONTAINERS, MAX_JSON_ITEMS)
+    except safe_json.JsonBoundsError as err:
+        return Rejected(400, f"the JSON request {err}; {HOW_TO_POST}")
+    except ValueError:
+        return Rejected(400, f"the request body is not valid JSON; {HOW_TO_POST}")
 
 
 class ImageBodies:
     """ASGI middleware of the HTTP process: every ``POST /predict`` reaches the model's process as
     JSON ``{"image": base64}`` (LitServe passes JSON and forms on, and a form's file cannot be read
-    without its parser), or is answered here: an empty, oversized or malformed body never travels
-    to the model."""
+    without its parser), or is answered here: an empty, oversized, malformed or late body never
+    travels to the model.
 
-    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], max_bytes: int):
+    It also bounds what clients can make the process hold: at most ``max_pending`` requests are read
+    or answered at once (each holds its body until its answer is sent), and a body must arrive
+    within ``body_timeout`` seconds. The service runs one event loop in its HTTP process, so the
+    count needs no lock.
+    """
+
+    def __init__(
+        self,
+        app: Callable[[Scope, Receive, Send], Awaitable[None]],
+        max_bytes: int,
+        body_timeout: float = DEFAULT_BODY_TIMEOUT,
+        max_pending: int = DEFAULT_MAX_PENDING,
+    ):
         self.app = app
         self.max_bytes = max_bytes
+        self.body_timeout = body_timeout
+        self.max_pending = max_pending
+        self.pending = 0
 
-    async def _discard(self, receive: Receive) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != API_PATH:
+            await self.app(scope, receive, send)
+            return
+        if self.pending >= self.max_pending:
+            # Refused before a byte of the body is read: an unread body costs the process nothing.
+            message = (
+                f"the service already reads or answers {self.pending} requests, the most it holds at once "
+                "(--max-pending-bodies); retry in a moment"
+            )
+            await answer(send, 503, message, close=True, retry_after=RETRY_AFTER)
+            return
+        self.pending += 1
+        try:
+            await self._predict(scope, receive, send)
+        finally:
+            self.pending -= 1
+
+    async def _predict(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = {key.lower(): value for key, value in scope["headers"]}
+        deadline = asyncio.get_running_loop().time() + self.body_timeout
+        try:
+            body = await self._body(headers, receive, deadline)
+        except asyncio.TimeoutError:
+            message = (
+                f"the request body did not arrive within {self.body_timeout:g} s (--body-timeout); send it faster, "
+                "or start the service with a larger --body-timeout"
+            )
+            await answer(send, 408, message, close=True)
+            return
+        if body is None:  # the client went away
+            return
+        if isinstance(body, Rejected):
+            await answer(send, body.status, body.message, close=True)
+            return
+        if not body:
+            await answer(send, 400, f"the request has no body; {HOW_TO_POST}")
+            return
+        content_type = headers.get(b"content-type", b"").decode("latin-1").split(";")[0].strip().lower()
+        image = await self._image(scope, body, content_type)
+        del body  # the request holds one copy of its image while it waits for the model, not three
+        if isinstance(image, Rejected):
+            await answer(send, image.status, image.message)
+            return
+        payload: bytes | None = json.dumps({"image": image}).encode()
+        del image
+        kept = [(k, v) for k, v in scope["headers"] if k.lower() not in (b"content-type", b"content-length")]
+        kept += [(b"content-type", b"application/json"), (b"content-length", str(len(payload or b"")).encode())]
+
+        async def replay() -> Message:
+            nonlocal payload
+            if payload is None:
+                return await receive()
+            message: Message = {"type": "http.request", "body": payload, "more_body": False}
+            payload = None
+            return message
+
+        await self.app({**scope, "headers": kept}, replay, send)
+
+    async def _body(self, headers: dict[bytes, bytes], receive: Receive, deadline: float) -> bytes | Rejected | None:
+        """The whole request body, or 413 when it is larger than the limit, or None when the client
+        went away; :class:`asyncio.TimeoutError` when it does not arrive by ``deadline``."""
+        declared = headers.get(b"content-length", b"").decode("latin-1")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            await self._discard(receive, deadline)
+            return Rejected(413, self._too_large(f"{int(declared)} bytes"))
+        chunks, size, more = [], 0, True
+        while more:
+            message = await within(receive, deadline)
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            more = message.get("more_body", False)
+            if size > self.max_bytes:
+                if more:
+                    await self._discard(receive, deadline)
+                return Rejected(413, self._too_large(f"over {self.max_bytes} bytes"))
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def _discard(self, receive: Receive, deadline: float) -> None:
         """Read the rest of a refused body without keeping it, up to :data:`DISCARD_FACTOR` times the
-        limit: a client that is still sending when the answer comes would otherwise see its
-        connection reset instead of the answer. Beyond that the connection closes."""
+        limit and until ``deadline``: a client that is still sending when the answer comes would
+        otherwise see its connection reset instead of the answer. Beyond that the connection closes."""
         size, more = 0, True
         while more and size <= DISCARD_FACTOR * self.max_bytes:
-            message = await receive()
+            try:
+                message = await within(receive, deadline)
+            except asyncio.TimeoutError:
+                return
             if message["type"] == "http.disconnect":
                 return
             size += len(message.get("body", b""))
@@ -121,60 +266,12 @@ class ImageBodies:
     def _too_large(self, size: str) -> str:
         return f"the request body is {size}, more than the limit of {self.max_bytes} bytes; send a smaller image"
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != API_PATH:
-            await self.app(scope, receive, send)
-            return
-        headers = {key.lower(): value for key, value in scope["headers"]}
-        declared = headers.get(b"content-length", b"").decode("latin-1")
-        if declared.isdigit() and int(declared) > self.max_bytes:
-            await self._discard(receive)
-            await answer(send, 413, self._too_large(f"{int(declared)} bytes"))
-            return
-        chunks, size, more = [], 0, True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            more = message.get("more_body", False)
-            if size > self.max_bytes:
-                if more:
-                    await self._discard(receive)
-                await answer(send, 413, self._too_large(f"over {self.max_bytes} bytes"))
-                return
-            chunks.append(chunk)
-        body = b"".join(chunks)
-        if not body:
-            await answer(send, 400, f"the request has no body; {HOW_TO_POST}")
-            return
-        content_type = headers.get(b"content-type", b"").decode("latin-1").split(";")[0].strip().lower()
-        image = await self._image(scope, body, content_type)
-        if isinstance(image, Rejected):
-            await answer(send, image.status, image.message)
-            return
-        body = json.dumps({"image": image}).encode()
-        kept = [(k, v) for k, v in scope["headers"] if k.lower() not in (b"content-type", b"content-length")]
-        kept += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if replayed:
-                return await receive()
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        await self.app({**scope, "headers": kept}, replay, send)
-
     async def _image(self, scope: Scope, body: bytes, content_type: str) -> str | Rejected:
         """The body's image as base64 text: the body itself, a form's file, or a JSON's ``image``."""
         if content_type == "application/json":
-            try:
-                document = json.loads(body)
-            except ValueError:
-                return Rejected(400, f"the request body is not valid JSON; {HOW_TO_POST}")
+            document = json_document(body)
+            if isinstance(document, Rejected):
+                return document
             encoded = document.get("image") if isinstance(document, dict) else None
             if not isinstance(encoded, str):
                 return Rejected(400, f'the JSON request has no "image" string; {HOW_TO_POST}')
@@ -215,21 +312,18 @@ def request_bytes(request: Any) -> bytes | Rejected:
 
 def decode_image(data: bytes, max_pixels: int) -> np.ndarray | Rejected:
     """An image's bytes as RGB uint8 (EXIF orientation applied), or why not. The size is checked from
-    the header before any pixel is decoded."""
+    the header before any pixel is decoded (:func:`~detlit.data.images.open_image`)."""
     if not data:
         return Rejected(400, f"the image is empty (0 bytes); {HOW_TO_POST}")
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
-            if width * height > max_pixels:
-                return Rejected(
-                    413,
-                    f"the image is {width} x {height} pixels, more than the limit of {max_pixels}; send a smaller "
-                    "image, or start the service with a larger --max-image-pixels",
-                )
+        with open_image(data, max_pixels) as image:
             return to_rgb(image)
-    except Image.DecompressionBombError as err:
-        return Rejected(413, f"the image is too large to decode safely ({err}); send a smaller image")
+    except ImageTooLarge as err:
+        return Rejected(
+            413,
+            f"the image is {err.size}, more than the limit of {max_pixels}; send a smaller image, or start the "
+            "service with a larger --max-image-pixels",
+        )
     except READ_ERRORS as err:
         reason = re.sub(r" <[^>]* at 0x[0-9a-f]+>", "", str(err))  # PIL names the in-memory file object
         return Rejected(400, f"the request body is not an image that can be read ({reason}); {HOW_TO_POST}")
@@ -313,6 +407,53 @@ def _interrupt(signum: int, frame: Any) -> None:
     signal.raise_signal(signum)
 
 
+def pixel_ceiling() -> int:
+    """The most pixels detlit decodes in any image (:func:`~detlit.data.images.max_image_pixels`): a
+    larger ``--max-image-pixels`` would promise what is never served."""
+    return max_image_pixels()
+
+
+MAX_BATCH = 64  # a batch holds this many decoded images at once, each up to --max-image-pixels x 3 bytes
+MAX_BATCH_TIMEOUT = 60.0  # a request is answered within REQUEST_TIMEOUT; a minute filling a batch serves no one
+MAX_BODY_BYTES = 2**30  # a body is held whole, with its base64 form, by each of --max-pending-bodies requests
+BODY_TIMEOUTS = (1.0, 600.0)  # a slow upload needs time; ten minutes is more than any client of an image needs
+MAX_PENDING = 1024  # each holds a body: together they bound the memory clients can make the service take
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The service's numeric settings: what a batch, a request and all requests together may hold,
+    and how long they may take. :meth:`check` holds each to its range."""
+
+    batch_size: int = 4
+    batch_timeout: float = 0.01
+    max_bytes: int = DEFAULT_MAX_BYTES
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    body_timeout: float = DEFAULT_BODY_TIMEOUT
+    max_pending: int = DEFAULT_MAX_PENDING
+
+    def check(self) -> None:
+        """Raise one sentence for the first setting that is not a finite number in its range (nan and
+        inf included: an infinite batch timeout stopped LitServe, a nan one made it wait forever).
+
+        Raises:
+            ConfigError: naming the option, its value and its range.
+        """
+        low, high = BODY_TIMEOUTS
+        ranges.whole("--batch-size", self.batch_size, 1, MAX_BATCH)
+        ranges.real("--batch-timeout", self.batch_timeout, 0, MAX_BATCH_TIMEOUT, fix=_seconds(0, MAX_BATCH_TIMEOUT))
+        ranges.whole("--max-image-bytes", self.max_bytes, 1, MAX_BODY_BYTES, fix=f"use 1 to {MAX_BODY_BYTES} bytes")
+        ceiling = pixel_ceiling()
+        pixels = f"use 1 to {ceiling} pixels (detlit decodes no larger image; DETLIT_MAX_IMAGE_PIXELS sets that limit)"
+        ranges.whole("--max-image-pixels", self.max_pixels, 1, ceiling, fix=pixels)
+        ranges.real("--body-timeout", self.body_timeout, low, high, fix=_seconds(low, high))
+        ranges.whole("--max-pending-bodies", self.max_pending, 1, MAX_PENDING)
+
+
+def _seconds(low: float, high: float) -> str:
+    return f"use a number of seconds from {ranges.show(low)} to {ranges.show(high)}"
+
+
 def require_free_port(host: str, port: int) -> None:
     """Raise one sentence when another program already listens on ``host:port``.
 
@@ -336,44 +477,42 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 8000,
     device: str = "auto",
-    batch_size: int = 4,
-    batch_timeout: float = 0.01,
     score_threshold: float | None = None,
-    max_bytes: int = DEFAULT_MAX_BYTES,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    limits: Limits | None = None,
 ) -> None:
     """``python -m detlit.serve``: serve ``model`` (a checkpoint or an exported model) until stopped.
 
-    The model is loaded once here first, so a bad file or device ends in one sentence before the
-    service starts.
+    The settings are checked and the model is loaded once here first, so a bad setting, file or
+    device ends in one sentence before the service starts.
 
     Raises:
         ConfigError: a bad setting; WeightsError: the model cannot be loaded.
     """
-    if not model.is_file():
-        raise ConfigError(
-            f"{model} does not exist; pass a .ckpt of a training run or a model of python -m detlit.export"
-        )
+    limits = limits or Limits()
+    limits.check()
     if host not in HOSTS:
         raise ConfigError(f"--host {host} cannot be served by LitServe; use one of {', '.join(HOSTS)}")
     if not 1024 <= port <= 65535:
         raise ConfigError(f"--port {port} is outside 1024..65535; choose a port in that range")
-    if batch_timeout < 0:
-        raise ConfigError(f"--batch-timeout {batch_timeout} is negative; give 0 or more seconds")
+    if not model.is_file():
+        raise ConfigError(
+            f"{model} does not exist; pass a .ckpt of a training run or a model of python -m detlit.export"
+        )
     require_free_port(host, port)
-    settings = ServeSettings(model, device, score_threshold, batch_size, max_pixels)
+    settings = ServeSettings(model, device, score_threshold, limits.batch_size, limits.max_pixels)
     checked = settings.predictor()
     facts = checked.facts
     info = {"model": str(model), "runtime": checked.runtime.name, "device": str(checked.device), **facts.as_json()}
     del checked
+    bodies = {"max_bytes": limits.max_bytes, "body_timeout": limits.body_timeout, "max_pending": limits.max_pending}
     server = litserve.LitServer(
-        DetectionAPI(settings, batch_size, batch_timeout),
+        DetectionAPI(settings, limits.batch_size, limits.batch_timeout),
         accelerator="cpu",  # LitServe's device choice is only handed to setup; the Predictor picks its own
         devices=1,
         workers_per_device=1,
-        timeout=120,
+        timeout=REQUEST_TIMEOUT,
         model_metadata=info,
-        middlewares=[(ImageBodies, {"max_bytes": max_bytes})],
+        middlewares=[(ImageBodies, bodies)],
     )
     # LitServe shuts its processes down on KeyboardInterrupt: SIGTERM (kill, docker stop) and a SIGINT
     # that a shell set to be ignored in background jobs end the service the same way.
@@ -382,4 +521,6 @@ def serve(
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
     log.info("serving %s on http://%s:%d%s (health: /health)", model, host, port, API_PATH)
-    server.run(host=host, port=port, num_api_servers=1, generate_client_file=False, log_level="warning")
+    server.run(
+        host=host, port=port, num_api_servers=1, generate_client_file=False, log_level="warning", **SERVER_OPTIONS
+    )

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from detlit.common.outputs import write_text
+from detlit.common.paths import not_a_file
 from detlit.data.coco import ImageRecord, LabelMap
 from detlit.data.targets import eval_target
 from detlit.errors import DataError
@@ -116,8 +117,9 @@ def _is_number(value: Any) -> bool:
 def _load_results(path: Path, records: Sequence[ImageRecord]) -> list[Any]:
     """The results of a file: a COCO results list, or predict's predictions.json with its image ids
     replaced by those of the ground-truth images of the same file names."""
-    if not path.is_file():
-        raise DataError(f"{path} does not exist; pass the path of a COCO results json")
+    problem = not_a_file(path)  # a named pipe or a device would block, or never end
+    if problem is not None:
+        raise DataError(f"{path} {problem}; pass the path of a COCO results json")
     try:
         data = json.loads(path.read_text(encoding="utf-8-sig"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:

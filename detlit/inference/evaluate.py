@@ -21,7 +21,8 @@ from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
-from detlit.common.outputs import check_folder, check_outputs, write_bytes, write_text
+from detlit.common.outputs import check_folder, check_not_images, check_outputs, write_lock, write_together
+from detlit.common.paths import not_a_file
 from detlit.data.checks import load_checked
 from detlit.data.coco import CocoDataset, LabelMap
 from detlit.data.targets import eval_target
@@ -86,12 +87,17 @@ def per_class_csv(evaluation: Evaluation) -> str:
 
 
 def write_outputs(evaluation: Evaluation, out: Path, meta: dict[str, Any]) -> list[Path]:
-    """metrics.json, per_class.csv and the three pictures; the paths written."""
-    write_text(out / METRICS_FILE, json.dumps(metrics_document(evaluation, meta), indent=1))
-    write_text(out / PER_CLASS_FILE, per_class_csv(evaluation))
+    """metrics.json, per_class.csv and the three pictures, written as one (an interrupted
+    ``--overwrite`` never leaves the numbers of one evaluation beside the pictures of another);
+    the paths written."""
+    contents = {
+        out / METRICS_FILE: json.dumps(metrics_document(evaluation, meta), indent=1).encode("utf-8"),
+        out / PER_CLASS_FILE: per_class_csv(evaluation).encode("utf-8"),
+    }
     for name, draw in zip(PICTURES, (plots.confusion_matrix, plots.pr_curves, plots.f1_curves), strict=True):
-        write_bytes(out / name, draw(evaluation))
-    return [out / METRICS_FILE, out / PER_CLASS_FILE, *(out / name for name in PICTURES)]
+        contents[out / name] = draw(evaluation)
+    write_together(contents)
+    return list(contents)
 
 
 def print_tables(evaluation: Evaluation, console: Console) -> None:
@@ -137,33 +143,36 @@ def evaluate(
     outputs = [out / name for name in (METRICS_FILE, PER_CLASS_FILE, *PICTURES)]
     outputs += [out / RESULTS_FILE] if model is not None else []
     inputs = [p for p in (json_path, model, results) if p is not None]
-    check_outputs(outputs, inputs=inputs, overwrite=overwrite)
-    started = time.perf_counter()
-    written: list[Path] = []
-    if model is not None:
-        if not model.is_file():
-            written_by = "python -m detlit.export" if option == "--model" else "python -m detlit.fit"
-            raise ConfigError(f"{option} {model} does not exist; pass a file written by {written_by}")
-        dataset = load_checked(json_path, images or Path("."), "--images", files=True)
-        (preds, targets), coco, label_map = predict_dataset(dataset, model, device, batch_size)
-        written.append(write_results(coco, out / RESULTS_FILE))
-        log.info("wrote %s (%d detections)", out / RESULTS_FILE, len(coco))
-    else:
-        assert results is not None
-        dataset = load_checked(json_path, images or json_path.parent, "--images", files=False)
-        label_map = dataset.label_map()
-        preds, targets = read_results(results, dataset.images, label_map)
-    metric = DetectionMetrics(label_map.names, score_threshold=score_threshold, iou_threshold=iou_threshold)
-    metric.update(preds, targets)
-    evaluation: Evaluation = metric.compute()
-    meta = {
-        "source": str(model or results),
-        "json": str(json_path),
-        "images": len(targets),
-        "category_ids": list(label_map.category_ids),
-        "seconds": round(time.perf_counter() - started, 2),
-    }
-    written += write_outputs(evaluation, out, meta)
+    with write_lock(out):
+        check_outputs(outputs, inputs=inputs, overwrite=overwrite)
+        started = time.perf_counter()
+        written: list[Path] = []
+        if model is not None:
+            problem = not_a_file(model)  # a named pipe or a device would block, or never end
+            if problem is not None:
+                written_by = "python -m detlit.export" if option == "--model" else "python -m detlit.fit"
+                raise ConfigError(f"{option} {model} {problem}; pass a file written by {written_by}")
+            dataset = load_checked(json_path, images or Path("."), "--images", files=True)
+            check_not_images(outputs, [(dataset.image_root, dataset.images.file_names())])
+            (preds, targets), coco, label_map = predict_dataset(dataset, model, device, batch_size)
+            written.append(write_results(coco, out / RESULTS_FILE))
+            log.info("wrote %s (%d detections)", out / RESULTS_FILE, len(coco))
+        else:
+            assert results is not None
+            dataset = load_checked(json_path, images or json_path.parent, "--images", files=False)
+            label_map = dataset.label_map()
+            preds, targets = read_results(results, dataset.images, label_map)
+        metric = DetectionMetrics(label_map.names, score_threshold=score_threshold, iou_threshold=iou_threshold)
+        metric.update(preds, targets)
+        evaluation: Evaluation = metric.compute()
+        meta = {
+            "source": str(model or results),
+            "json": str(json_path),
+            "images": len(targets),
+            "category_ids": list(label_map.category_ids),
+            "seconds": round(time.perf_counter() - started, 2),
+        }
+        written += write_outputs(evaluation, out, meta)
     print_tables(evaluation, Console())
     log.info("wrote %s", ", ".join(str(p) for p in written))
     return 0

@@ -29,7 +29,8 @@ Nothing existing is replaced without ``--overwrite``: a drawing, ``predictions.j
 ``predictions.csv`` already in ``--out`` stops the run before the model is loaded. With
 ``--overwrite``, files of the same names are replaced and every other file in the folder is left
 alone. An output that would replace one of the inputs always stops the run, and images that a
-folder or pattern finds under ``--out`` are not taken as inputs.
+folder or pattern finds under ``--out`` are not taken as inputs. Every file is written whole (a
+temporary renamed over its name), and ``--out`` is held against other commands during the run.
 
 Unreadable images are logged with their name and skipped; the run goes on and its summary
 counts them. Exit status: 0 when at least one image was predicted, 1 when none could be read,
@@ -53,7 +54,8 @@ from PIL import Image
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from detlit.common.outputs import atomic_write, check_folder, check_outputs, write_text
+from detlit.common.outputs import check_folder, check_outputs, write_image, write_lock, write_text
+from detlit.common.paths import not_a_file
 from detlit.data.coco import LabelMap
 from detlit.data.images import IMAGE_SUFFIXES
 from detlit.errors import ConfigError
@@ -147,7 +149,7 @@ def find_images(inputs: Sequence[str], recursive: bool = False, exclude: Path | 
                 elif _is_image(match):
                     add(match, root)
         else:
-            raise ConfigError(f"input {text} does not exist; pass image files, folders or quoted glob patterns")
+            raise ConfigError(f"input {text} {not_a_file(path)}; pass image files, folders or quoted glob patterns")
     if not found:
         hint = "" if recursive else " (add --recursive to search subfolders)"
         raise ConfigError(f"no images found in {', '.join(inputs)}{hint}; pass image files, folders or glob patterns")
@@ -216,11 +218,11 @@ def write_predictions_csv(path: Path, images: list[dict[str, Any]], predictions:
 
 
 def save_drawing(path: Path, image: np.ndarray) -> None:
-    with atomic_write(path) as handle:
-        if path.suffix.lower() in JPEG_SUFFIXES:
-            Image.fromarray(image).save(handle, format="JPEG", quality=95)
-        else:
-            Image.fromarray(image).save(handle, format="PNG")
+    """Write a drawing whole (JPEG for a ``.jpg`` name, else PNG); a failed write leaves none."""
+    if path.suffix.lower() in JPEG_SUFFIXES:
+        write_image(path, Image.fromarray(image), "JPEG", quality=95)
+    else:
+        write_image(path, Image.fromarray(image), "PNG")
 
 
 @dataclass
@@ -306,10 +308,11 @@ def predict(
     Returns:
         0 when at least one image was predicted, 1 when none could be read.
     """
-    if not model.is_file():
+    problem = not_a_file(model)  # a named pipe or a device would block, or never end
+    if problem is not None:
         if is_exported(model):
-            raise ConfigError(f"--model {model} does not exist; pass a model written by python -m detlit.export")
-        raise ConfigError(f"--ckpt {model} does not exist; pass a .ckpt file of a training run")
+            raise ConfigError(f"--model {model} {problem}; pass a model written by python -m detlit.export")
+        raise ConfigError(f"--ckpt {model} {problem}; pass a .ckpt file of a training run")
     check_folder(out)
     for given in inputs:
         if Path(given).is_dir() and _inside(Path(given), out):
@@ -317,22 +320,23 @@ def predict(
                 f"--out {out} holds the input folder {given}: the drawings would go among the images; "
                 "choose another --out (a folder inside the input folder is fine)"
             )
-    images = find_images(inputs, recursive, exclude=out)
-    check_outputs(
-        output_paths(out, output_names(images), write_csv),
-        inputs=[model, *(i.path for i in images)],
-        overwrite=overwrite,
-    )
-    predictor = Predictor.load(
-        model,
-        device=device,
-        score_threshold=score_threshold,
-        precision=precision,
-        batch_size=batch_size,
-        resize=resize,
-    )
-    log.info("predicting %d images with %s on %s", len(images), model, predictor.device)
-    summary = predict_images(predictor, images, out, write_csv)
+    with write_lock(out):
+        images = find_images(inputs, recursive, exclude=out)
+        check_outputs(
+            output_paths(out, output_names(images), write_csv),
+            inputs=[model, *(i.path for i in images)],
+            overwrite=overwrite,
+        )
+        predictor = Predictor.load(
+            model,
+            device=device,
+            score_threshold=score_threshold,
+            precision=precision,
+            batch_size=batch_size,
+            resize=resize,
+        )
+        log.info("predicting %d images with %s on %s", len(images), model, predictor.device)
+        summary = predict_images(predictor, images, out, write_csv)
     outputs = f"drawn images and {JSON_NAME}" + (f" and {CSV_NAME}" if write_csv else "")
     print(
         f"{len(summary.images)} images predicted ({summary.detections} detections), "

@@ -238,6 +238,10 @@ class Predictor:
         verify_file(path, "")  # missing, a folder, truncated or damaged: one sentence
         try:
             module = DetectionModule.load_from_checkpoint(path, map_location="cpu")
+        except ConfigError as err:  # a hyper-parameter out of range (DetectionModule checks them all)
+            raise WeightsError(
+                f"{path} holds a setting that cannot work ({err}); use a checkpoint of a detlit run"
+            ) from err
         except (KeyError, TypeError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
             raise WeightsError(
                 f"{path} is not a detlit checkpoint ({type(err).__name__}: {err}); pass a .ckpt file written by "

@@ -17,12 +17,16 @@ runtime.
 
 Exported models fix their score floor and per-image detection limit when they are exported; the
 metadata json beside the model file (:func:`metadata_path`) holds their
-:class:`~detlit.inference.facts.ModelFacts`.
+:class:`~detlit.inference.facts.ModelFacts`. Both files may come from someone else, and both are
+checked before the model runs (:func:`load_exported`): the metadata is read within bounds (size,
+nesting) and every fact range-checked; it names the model file's sha256, so a model beside the
+metadata of another export is refused; the model's own classifier says how many classes it has,
+which the class names must match; and a class label beyond the names is refused at prediction.
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
 import logging
 import warnings
 from collections.abc import Sequence
@@ -32,9 +36,14 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, TypeAlias,
 
 import torch
 
+from detlit.common import safe_json
+from detlit.common.archives import check_archive
 from detlit.common.devices import AUTO, resolve_device
+from detlit.common.files import sha256_file
+from detlit.common.paths import not_a_file
+from detlit.common.safe_torchscript import check_torchscript
 from detlit.errors import ConfigError, WeightsError
-from detlit.inference.facts import ModelFacts
+from detlit.inference.facts import FIX, ModelFacts
 
 if TYPE_CHECKING:
     from detlit.model.module import DetectionModule
@@ -47,7 +56,16 @@ AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "16": torch.float16}
 FORMATS = ("torchscript", "onnx")
 SUFFIXES = {"torchscript": ".torchscript", "onnx": ".onnx"}
 METADATA_KIND = "detlit exported model"
-METADATA_VERSION = 1
+METADATA_VERSION = 2
+"""2: the metadata names the model file's sha256 and size (``file_sha256``, ``file_bytes``)."""
+METADATA_MAX_BYTES = 16 * 2**20
+"""Largest metadata json read: an export writes a few kilobytes."""
+METADATA_MAX_CONTAINERS = 256
+"""Most objects and lists the metadata may hold (outside its strings), which bounds its nesting too:
+an export writes about ten."""
+CLASSIFIER = "model.roi_heads.box_predictor.cls_score.weight"
+"""The traced detector's box classifier (export's ``TracedDetector.model``): one row per class,
+and a last one for the background."""
 
 
 class Detections(NamedTuple):
@@ -132,26 +150,116 @@ def is_exported(path: Path) -> bool:
 
 
 def read_metadata(model: Path) -> dict[str, Any]:
-    """The metadata json beside an exported model file.
+    """The metadata json beside an exported model file, read within bounds.
 
     Raises:
-        WeightsError: the model file or its metadata is missing or unreadable.
+        WeightsError: the model file or its metadata is missing, not a regular file, larger than
+            :data:`METADATA_MAX_BYTES`, not JSON, holding more than :data:`METADATA_MAX_CONTAINERS`
+            objects and lists, or not the metadata of a detlit exported model.
     """
-    if not model.is_file():
-        raise WeightsError(f"exported model {model} does not exist; write one with python -m detlit.export")
+    problem = not_a_file(model)  # a named pipe or a device would block, or never end
+    if problem is not None:
+        raise WeightsError(f"exported model {model} {problem}; write one with python -m detlit.export")
     path = metadata_path(model)
+    if not path.exists():
+        raise WeightsError(f"{path} is missing: an exported model needs the metadata json written beside it; {FIX}")
+    if not path.is_file():
+        raise WeightsError(f"{path} is not a regular file; {FIX}")
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+        with path.open("rb") as handle:
+            data = handle.read(METADATA_MAX_BYTES + 1)
+    except OSError as err:
+        raise WeightsError(f"{path} cannot be read ({err.strerror}); {FIX}") from err
+    if len(data) > METADATA_MAX_BYTES:
         raise WeightsError(
-            f"{path} is missing: an exported model needs the metadata json written beside it; export the model "
-            "again with python -m detlit.export"
-        ) from None
-    except (OSError, ValueError) as err:
-        raise WeightsError(f"{path} is not readable JSON ({err}); export the model again") from err
+            f"{path} is larger than the {METADATA_MAX_BYTES // 2**20} MiB the metadata of an exported model may be "
+            f"(an export writes a few kilobytes); {FIX}"
+        )
+    try:
+        document = safe_json.parse(data, METADATA_MAX_CONTAINERS)
+    except safe_json.JsonBoundsError as err:
+        raise WeightsError(f"{path} {err} (an export writes about ten); {FIX}") from None
+    except ValueError as err:
+        raise WeightsError(f"{path} is not readable JSON ({err}); {FIX}") from err
     if not isinstance(document, dict) or document.get("kind") != METADATA_KIND:
-        raise WeightsError(f"{path} is not the metadata of a detlit exported model; export the model again")
+        raise WeightsError(f"{path} is not the metadata of a detlit exported model; {FIX}")
     return document
+
+
+def file_facts(model: bytes) -> dict[str, Any]:
+    """What the metadata records of the model file it is written with (:func:`check_pair` checks it)."""
+    return {"file_sha256": hashlib.sha256(model).hexdigest(), "file_bytes": len(model)}
+
+
+def check_pair(model: Path, document: dict[str, Any]) -> None:
+    """Refuse a model file that is not the one its metadata was written with.
+
+    An interrupted ``export --overwrite``, or files copied by hand, can leave one export's model
+    beside another's metadata; the sha256 (and size) the metadata records tells them apart before
+    the model is loaded. Metadata of version 1 (before detlit recorded the sha256) is used with a
+    warning: refusing it would stop every model exported before, and the other checks (the facts,
+    the class names against the model's classifier) still apply.
+
+    Raises:
+        WeightsError: the sha256 or the size differ, or version 2 metadata lacks them.
+    """
+    path = metadata_path(model)
+    expected = document.get("file_sha256")
+    if expected is None and document.get("version") == 1:
+        log.warning(
+            "%s does not record its model file's sha256 (exported by an earlier detlit): it cannot be told apart "
+            "from the metadata of another export; export the model again to have it checked",
+            path,
+        )
+        return
+    if not isinstance(expected, str) or not isinstance(document.get("file_bytes"), int):
+        raise WeightsError(f"{path} lacks the model file's sha256 and size (file_sha256, file_bytes); {FIX}")
+    if model.stat().st_size != document["file_bytes"] or sha256_file(model) != expected:
+        raise WeightsError(
+            f"{model} is not the model file its metadata {path} was written with (their sha256 differ): the two "
+            f"come from different exports; {FIX}"
+        )
+
+
+def _check_classes(named: dict[str, tuple[int, ...]], path: Path, facts: ModelFacts) -> None:
+    """Refuse class names that do not match the classes of the model's own classifier.
+
+    Args:
+        named: the shapes of the model's tensors, by name (only :data:`CLASSIFIER`'s is looked at).
+        path: the model file, for the message.
+        facts: the facts of its metadata.
+
+    Raises:
+        WeightsError: the metadata names another number of classes than the classifier has.
+    """
+    shape = named.get(CLASSIFIER)
+    if shape is None or len(shape) != 2:
+        log.debug("%s has no tensor %s: its number of classes is checked at prediction", path, CLASSIFIER)
+        return
+    classes = shape[0] - 1  # the last row is the background
+    if classes != len(facts.class_names):
+        raise WeightsError(
+            f"{metadata_path(path)} names {len(facts.class_names)} classes, but the model {path} has {classes} (its "
+            f"box classifier has {shape[0]} outputs, one of them the background): they do not belong together; {FIX}"
+        )
+
+
+def checked_labels(detections: Detections, facts: ModelFacts, path: Path) -> Detections:
+    """``detections`` whose labels all name a class of ``facts``; any other is one sentence, not an IndexError.
+
+    Raises:
+        WeightsError: a label below 0 or beyond the class names.
+    """
+    labels = detections.labels
+    if labels.numel():
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= len(facts.class_names):
+            raise WeightsError(
+                f"{path} predicted class label {high if high >= len(facts.class_names) else low}, but its metadata "
+                f"names {len(facts.class_names)} classes (labels 0..{len(facts.class_names) - 1}): the model and its "
+                f"metadata do not belong together; {FIX}"
+            )
+    return detections
 
 
 class TorchScriptRuntime:
@@ -177,6 +285,8 @@ class TorchScriptRuntime:
         # The traced graph holds detectron2's torch.meshgrid call, which warns at every image (compat.py
         # silences it for detectron2 itself); torch.jit.load warns that TorchScript is deprecated.
         warnings.filterwarnings("ignore", message="torch.meshgrid: in an upcoming release", category=UserWarning)
+        check_archive(path, str(path), FIX)  # a TorchScript file is a zip archive that torch inflates whole
+        check_torchscript(path)  # ... and a program: only a detector's operators, before any of it runs
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*torch.jit.load.*", category=FutureWarning)
@@ -184,11 +294,13 @@ class TorchScriptRuntime:
         except RuntimeError as err:
             raise WeightsError(f"{path} is not a loadable TorchScript file ({err}); export the model again") from err
         self.model.eval()
+        self.path = path
+        _check_classes({name: tuple(t.shape) for name, t in self.model.state_dict().items()}, path, facts)
 
     @torch.no_grad()
     def __call__(self, images: Sequence[torch.Tensor], floor: float) -> list[Detections]:
         # Traced for one image: a batch is run image by image.
-        return [Detections(*self.model(image)) for image in images]
+        return [checked_labels(Detections(*self.model(image)), self.facts, self.path) for image in images]
 
 
 class OnnxRuntime:
@@ -231,26 +343,42 @@ class OnnxRuntime:
         self.input_name = self.session.get_inputs()[0].name
         self.device = wanted
         self.facts = facts
+        self.path = path
+        _check_classes(_onnx_shapes(path, CLASSIFIER), path, facts)
 
     def __call__(self, images: Sequence[torch.Tensor], floor: float) -> list[Detections]:
         detections = []
         for image in images:
             boxes, scores, labels = self.session.run(None, {self.input_name: image.numpy()})
-            detections.append(
-                Detections(torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(labels).long())
-            )
+            raw = Detections(torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(labels).long())
+            detections.append(checked_labels(raw, self.facts, self.path))
         return detections
+
+
+def _onnx_shapes(path: Path, *names: str) -> dict[str, tuple[int, ...]]:
+    """The shapes of an ONNX file's initializers of these names (torch's exporter keeps parameter
+    names); onnxruntime does not tell them, so the file is parsed once more by onnx."""
+    import onnx
+
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception as err:  # protobuf raises its own exception types for files it cannot parse
+        raise WeightsError(f"{path} is not a loadable ONNX model ({err}); {FIX}") from err
+    return {tensor.name: tuple(int(d) for d in tensor.dims) for tensor in graph.initializer if tensor.name in names}
 
 
 def load_exported(path: Path, device: str = AUTO) -> Runtime:
     """The runtime of an exported model file (``.torchscript`` or ``.onnx``) and its metadata.
 
     Raises:
-        WeightsError: the file, its metadata or a fact is missing, or the file cannot be loaded.
+        WeightsError: the file, its metadata or a fact is missing or out of range, the file is not
+            the one the metadata was written with, its classes are not the metadata's, or it cannot
+            be loaded.
         ConfigError: the device cannot run it, or onnxruntime is missing.
     """
     document = read_metadata(path)
     facts = ModelFacts.from_json(document.get("facts", {}), str(metadata_path(path)))
+    check_pair(path, document)
     kind = document.get("format")
     if kind == "torchscript":
         return TorchScriptRuntime(path, facts, device)

@@ -1,8 +1,10 @@
 """Checkpoint files checked before anything loads them: whole, readable, a detlit checkpoint, which run.
 
 A Lightning checkpoint is a zip archive whose members carry CRC-32 checksums; :func:`verify_file`
-reads every member against its checksum, so a truncated or partly overwritten file is refused with
-one sentence instead of loading (or resuming from) damaged weights. :func:`read_checkpoint` then
+first holds the sizes its members declare against the file's size (a zip bomb of a few megabytes
+would otherwise inflate to gigabytes, :mod:`detlit.common.archives`), then reads every member
+against its checksum, so a truncated or partly overwritten file is refused with one sentence
+instead of loading (or resuming from) damaged weights. :func:`read_checkpoint` then
 loads it weights-only and checks that it is a detlit checkpoint. What fit resumes from is held
 against the data and the trainer by :func:`check_resume`, and against the configured optimizer by
 :func:`check_optimizer`.
@@ -19,6 +21,8 @@ from typing import Any
 
 import torch
 
+from detlit.common.archives import check_archive
+from detlit.common.paths import not_a_file
 from detlit.errors import WeightsError
 
 WRITTEN_BY = "a .ckpt file written by python -m detlit.fit"
@@ -30,14 +34,18 @@ def verify_file(path: Path, option: str = "--ckpt") -> None:
     ``option`` names the file in the sentence (``--ckpt``, ``--model.weights``; empty: the path alone).
 
     Raises:
-        WeightsError: missing, a folder, not a zip archive (a text file, a truncated file), or a
-            member that fails its checksum.
+        WeightsError: missing, a folder, not a zip archive (a text file, a truncated file), an
+            archive that declares far more than the file holds (a zip bomb:
+            :func:`detlit.common.archives.check_archive`), or a member that fails its checksum.
     """
     named = f"{option} {path}" if option else str(path)
     if path.is_dir():
         raise WeightsError(f"{named} is a folder; pass {WRITTEN_BY}")
-    if not path.is_file():
-        raise WeightsError(f"{named} does not exist; pass {WRITTEN_BY}")
+    problem = not_a_file(path)  # a named pipe or a device would block, or never end
+    if problem is not None:
+        raise WeightsError(f"{named} {problem}; pass {WRITTEN_BY}")
+    # Sizes first: testzip inflates every member, and torch.load would hold each one in memory.
+    check_archive(path, named, f"pass {WRITTEN_BY}")
     try:
         with zipfile.ZipFile(path) as archive:
             damaged = archive.testzip()

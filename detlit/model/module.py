@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -17,6 +17,8 @@ from lightning.pytorch.cli import OptimizerCallable
 from rich.console import Console
 from torch import nn
 
+from detlit.common import ranges
+from detlit.common.ranges import MAX_CLASSES, MAX_LOG_IMAGES
 from detlit.compat import EventStorage, GeneralizedRCNN, Instances, build_model
 from detlit.data.coco import LabelMap
 from detlit.data.images import read_image
@@ -110,6 +112,71 @@ def _build(cfg: Any, config_name: str) -> GeneralizedRCNN:
     return model
 
 
+def check_hparams(hp: Mapping[str, Any]) -> None:
+    """Raise one sentence naming the first argument of :class:`DetectionModule` that cannot work.
+
+    The upper bounds (:mod:`detlit.common.ranges`) hold for a checkpoint's hyper-parameters as for
+    a config: a crafted checkpoint must not make the model, its class names or every image it
+    resizes take more memory than a machine has.
+    """
+    num_classes = ranges.whole(
+        "model.num_classes", hp["num_classes"], 1, MAX_CLASSES, f"use 1 to {MAX_CLASSES} classes"
+    )
+    for name in ("class_names", "category_ids"):
+        given = hp[name]
+        if given is None:
+            continue
+        kind = str if name == "class_names" else int
+        if not isinstance(given, (list, tuple)) or not all(
+            isinstance(item, kind) and not isinstance(item, bool) for item in given
+        ):
+            raise ConfigError(
+                f"model.{name} is not a list of {kind.__name__}s; leave it to the data (the CLI links it)"
+            )
+        if len(given) != num_classes:
+            raise ConfigError(
+                f"model.num_classes={num_classes} but {len(given)} class names/ids were given in model.{name}; give "
+                "one name and id per class (the CLI links them from the training json)"
+            )
+    if hp["category_ids"] is not None and len(set(hp["category_ids"])) != num_classes:
+        raise ConfigError(
+            f"model.category_ids {list(hp['category_ids'])} holds an id twice; give each class its own id"
+        )
+    ranges.optional_whole(
+        "model.freeze_at", hp["freeze_at"], 0, 5, "use 0 (nothing frozen) to 5 (the whole backbone), or null"
+    )
+    ranges.check_image_sizes(
+        "model.", hp["min_size_train"], hp["max_size_train"], hp["min_size_test"], hp["max_size_test"]
+    )
+    for name, known in (("lr_schedule", ("cosine", "multistep", "constant")), ("on_nonfinite_loss", ("stop", "skip"))):
+        if hp[name] not in known:
+            raise ConfigError(f"model.{name} is {hp[name]!r}; use one of {', '.join(known)}")
+    ranges.whole("model.warmup_steps", hp["warmup_steps"], 0, fix="use 0 (no warm-up) or more optimizer steps")
+    ranges.real("model.warmup_factor", hp["warmup_factor"], 0.0, 1.0, fix="use a multiplier from 0 to 1, such as 0.001")
+    milestones = hp["lr_milestones"]
+    if not isinstance(milestones, (list, tuple)):
+        raise ConfigError(
+            f"model.lr_milestones is {milestones!r}; give a list of fractions of the run, e.g. [0.78, 0.93]"
+        )
+    for milestone in milestones:
+        if not ranges.is_real(milestone) or not 0.0 <= milestone <= 1.0:
+            raise ConfigError(f"model.lr_milestones holds {milestone!r}; give fractions of the run from 0 to 1")
+    ranges.real("model.lr_gamma", hp["lr_gamma"], 0.0, 1.0, above=True, fix="use a decay factor above 0 and at most 1")
+    ranges.optional_whole(
+        "model.scale_lr_to_batch",
+        hp["scale_lr_to_batch"],
+        1,
+        fix="use the total batch size the lr is meant for, or null",
+    )
+    ranges.whole(
+        "model.log_images",
+        hp["log_images"],
+        0,
+        MAX_LOG_IMAGES,
+        f"use 0 (no drawings) to {MAX_LOG_IMAGES} images",
+    )
+
+
 def as_prediction(instances: Instances) -> dict[str, torch.Tensor]:
     """detectron2 ``Instances`` (original pixels) -> the metric's prediction dict."""
     return {
@@ -193,13 +260,13 @@ class DetectionModule(LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer"])
+        # Before anything is built: a checkpoint's hyper-parameters come here too (load_from_checkpoint).
+        check_hparams(self.hparams)
         self.optimizer_factory = optimizer
         self.label_map = LabelMap(
             tuple(category_ids if category_ids is not None else range(num_classes)),
             tuple(class_names if class_names is not None else (str(i) for i in range(num_classes))),
         )
-        if self.label_map.num_classes != num_classes:
-            raise ValueError(f"num_classes={num_classes} but {self.label_map.num_classes} class names/ids were given")
         self.cfg = build_d2_config(
             config_name,
             num_classes,

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from detlit.common.outputs import check_folder, check_outputs, write_bytes, write_text
+from detlit.common.outputs import check_folder, check_outputs, write_lock, write_together
 from detlit.errors import DataError, DetlitError
 from detlit.reporting.document import Block, Document, render_html, render_markdown
 from detlit.reporting.examples import MAX_IMAGES, run_examples
@@ -28,6 +28,7 @@ from detlit.reporting.run_reader import (
     DataSplit,
     FinalMetrics,
     Run,
+    check_run_folder,
     choose_checkpoint,
     float_or_nan,
     locate,
@@ -145,17 +146,16 @@ class OutputPaths:
 
 
 def write_report(document: Document, paths: OutputPaths) -> None:
-    """Write the HTML page, the Markdown copy and its pictures (stale pictures of an older report removed)."""
+    """Write the HTML page, the Markdown copy and its pictures as one (an interrupted ``--overwrite``
+    leaves the old report whole), then remove the pictures of an older report that this one lacks."""
     figures = document.figures()
-    names = {f"{figure.name}.png" for figure in figures}
-    if paths.files.is_dir():
-        for old in paths.files.glob("*.png"):
-            if old.name not in names:
-                old.unlink()
-    for figure in figures:
-        write_bytes(paths.files / f"{figure.name}.png", figure.png)
-    write_text(paths.markdown, render_markdown(document, paths.files.name))
-    write_text(paths.html, render_html(document))
+    contents = {paths.files / f"{figure.name}.png": figure.png for figure in figures}
+    contents[paths.markdown] = render_markdown(document, paths.files.name).encode("utf-8")
+    contents[paths.html] = render_html(document).encode("utf-8")
+    write_together(contents)
+    for old in paths.files.glob("*.png") if paths.files.is_dir() else []:
+        if old not in contents:
+            old.unlink()
 
 
 def report(
@@ -168,9 +168,11 @@ def report(
     max_images: int = MAX_IMAGES,
 ) -> int:
     """``python -m detlit.report``: build the report of ``run`` and write it into ``out`` (default: the run folder)."""
+    check_run_folder(run)  # before the lock, which would create a missing folder
     paths = OutputPaths.for_folder(out or run)
-    check_outputs(paths.all(), overwrite=overwrite)
-    document = build_report(run, eval_dir, device, batch_size, max_images)
-    write_report(document, paths)
+    with write_lock(paths.html.parent):
+        check_outputs(paths.all(), overwrite=overwrite)
+        document = build_report(run, eval_dir, device, batch_size, max_images)
+        write_report(document, paths)
     print(f"report: {paths.html}\nMarkdown: {paths.markdown} (pictures in {paths.files})")
     return 0

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any, TypeAlias
 
 import numpy as np
-import yaml
 
 from detlit.common.files import locate, sha256_file
+from detlit.common.safe_yaml import load_yaml, read_text
 from detlit.data.checks import Report, check_file
 from detlit.data.coco import CocoDataset
 from detlit.errors import ConfigError, DataError
@@ -110,11 +110,14 @@ def _read_yaml(path: Path) -> tuple[dict[str, Any], str | None, str | None]:
     """(parsed mapping, text, note): a missing or unreadable file gives an empty mapping and a note."""
     if not path.is_file():
         return {}, None, f"{path.name} is missing"
-    text = path.read_text(encoding="utf-8", errors="replace")
     try:
-        parsed = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        return {}, text, f"{path.name} is not valid YAML ({str(err).splitlines()[0]})"
+        text = read_text(path, path.name)
+    except ConfigError as err:  # too large, or not UTF-8: not what detlit wrote
+        return {}, None, str(err)
+    try:
+        parsed = load_yaml(text, path.name)
+    except ConfigError as err:  # not plain, bounded YAML: shown as text, never built
+        return {}, text, str(err)
     return (parsed if isinstance(parsed, dict) else {}), text, None
 
 

@@ -26,7 +26,7 @@ from lightning.pytorch.cli import LightningArgumentParser
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from detlit.common.outputs import atomic_write, check_folder, check_outputs
+from detlit.common.outputs import check_folder, check_not_images, check_outputs, write_image, write_lock
 from detlit.data.datamodule import CocoDataModule
 from detlit.errors import ConfigError
 from detlit.evaluation.drawing import draw_ground_truth, montage, resize_to_fit
@@ -148,16 +148,18 @@ def browse(
         raise ConfigError("--config is missing; pass the fit config, e.g. --config configs/sample_cpu.yaml")
     path = out / f"{split}-seed{seed}.png"
     check_folder(out)
-    check_outputs([path], overwrite=overwrite)
-    datamodule = build_datamodule(cli_args)
-    items = take_images(datamodule, split, n, seed)
-    if len(items) < n:
-        log.warning("the %s split has only %d images", split, len(items))
-    boxes = sum(len(item["instances"]) for item in items)
-    dropped = sum(int(item.get("boxes_dropped", 0)) for item in items)
-    log.info("%d images, %d boxes; augmentation dropped %d boxes", len(items), boxes, dropped)
-    grid = render(items, datamodule.hparams["image_format"], datamodule.class_names, cell)
-    with atomic_write(path) as handle:
-        Image.fromarray(grid).save(handle, format="PNG")
+    with write_lock(out):
+        check_outputs([path], overwrite=overwrite)
+        datamodule = build_datamodule(cli_args)
+        data = [datamodule.train_data, datamodule.val_data]
+        check_not_images([path], [(d.image_root, d.images.file_names()) for d in data if d is not None])
+        items = take_images(datamodule, split, n, seed)
+        if len(items) < n:
+            log.warning("the %s split has only %d images", split, len(items))
+        boxes = sum(len(item["instances"]) for item in items)
+        dropped = sum(int(item.get("boxes_dropped", 0)) for item in items)
+        log.info("%d images, %d boxes; augmentation dropped %d boxes", len(items), boxes, dropped)
+        grid = render(items, datamodule.hparams["image_format"], datamodule.class_names, cell)
+        write_image(path, Image.fromarray(grid), "PNG")
     print(f"{len(items)} {split} images ({boxes} boxes, {dropped} dropped by augmentation) drawn in {path}")
     return 0

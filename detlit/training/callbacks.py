@@ -175,6 +175,12 @@ class RunLog(RunFolderCallback):
         log.info("\n".join(lines))
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop writing ``run.log``. Lightning calls ``teardown`` after a stage that ends normally
+        only: the command closes the log itself when a stage fails, before it may remove the run
+        folder of a run that never started."""
         if self.handler is not None:
             for name in CAPTURED_LOGGERS:
                 logging.getLogger(name).removeHandler(self.handler)

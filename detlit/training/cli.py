@@ -14,8 +14,10 @@ curves, and the config of that command is saved beside the original one. detlit 
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
+import re
 import shutil
 import signal
 import sys
@@ -30,16 +32,19 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, Ri
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.tuner import Tuner
-from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 from matplotlib.figure import Figure
 
 from detlit.common.outputs import write_failure
+from detlit.common.paths import not_a_file, special_kind, too_long
+from detlit.common.safe_yaml import register_cli_loader
 from detlit.data.datamodule import CocoDataModule
 from detlit.errors import ConfigError, DetlitError
 from detlit.model.checkpoints import check_optimizer, check_resume, read_checkpoint
 from detlit.model.module import DetectionModule
 from detlit.training.callbacks import Detectron2Export, RunLog, ValidateLastEpoch
 from detlit.training.checkpointing import AtomicCheckpointIO, SaveOnSigterm
+from detlit.training.settings import build_optimizer, check_fit_settings
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +109,16 @@ class DetlitCLI(LightningCLI):
         self.stage = stage
         super().__init__(*args, **kwargs)
 
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        # Configs and command-line values may come from someone else: plain YAML, bounded (common/safe_yaml).
+        return super().init_parser(**{**kwargs, "parser_mode": register_cli_loader()})
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        super().parse_arguments(parser, args)
+        # Every setting of the trainer, its checkpoints and this command in range before the seed is
+        # set or anything is built (training/settings): Lightning checks some late, some never.
+        check_fit_settings(self.config)
+
     def before_instantiate_classes(self) -> None:
         # A resumed (or evaluated) run continues in the run folder its checkpoint came from; `--ckpt
         # last` finds the newest one. The original config.yaml stays; this command's config is saved
@@ -130,6 +145,13 @@ class DetlitCLI(LightningCLI):
             what = "resumed" if self.stage == "fit" else self.stage
             self.save_config_kwargs = {**self.save_config_kwargs, "config_filename": f"config.{what}-{stamp}.yaml"}
         log.info("%s from %s", "resuming" if self.stage == "fit" else f"{self.stage} of", checkpoint)
+
+    def instantiate_classes(self) -> None:
+        # Lightning refuses some settings in its constructors (ModelCheckpoint, Trainer): one sentence too.
+        try:
+            super().instantiate_classes()
+        except MisconfigurationException as err:
+            raise ConfigError(lightning_refusal(err)) from err
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
         # Callbacks every run gets, minus those a switched-off trainer feature would reject:
@@ -179,8 +201,9 @@ def resolve_checkpoint(ckpt: str, runs: Path) -> tuple[Path, int | None]:
         checkpoint = Path(ckpt)
         if checkpoint.is_dir():
             raise ConfigError(f"--ckpt {ckpt} is a folder; pass a .ckpt file, last or best")
-        if not checkpoint.is_file():
-            raise ConfigError(f"--ckpt {ckpt} does not exist; pass a .ckpt file, last or best")
+        problem = not_a_file(checkpoint)
+        if problem is not None:
+            raise ConfigError(f"--ckpt {ckpt} {problem}; pass a .ckpt file, last or best")
     run = checkpoint.parent.parent
     same_runs = run.parent.resolve() == runs.resolve() and checkpoint.parent.name == "checkpoints"
     return checkpoint, _version_number(run) if same_runs else None
@@ -196,6 +219,7 @@ def cli_main(args: list[str] | None = None, stage: str = "fit") -> None:
     """Parse a fit config and run ``stage`` (fit, validate or test) with Lightning's Trainer."""
     if stage not in STAGES:
         raise ConfigError(f"unknown stage '{stage}'; use one of {', '.join(STAGES)}")
+    check_config_files(sys.argv[1:] if args is None else args)
     cli = DetlitCLI(
         DetectionModule,
         CocoDataModule,
@@ -226,11 +250,12 @@ def check_before_start(
     trainer: Trainer, model: DetectionModule, data: CocoDataModule, stage: str, ckpt: str | None
 ) -> None:
     """What would fail later, checked before anything is written: the run folder can be written,
-    and a checkpoint is whole, a detlit checkpoint of these classes, and (to resume) not finished
-    and saved by the optimizer this run configures."""
+    the optimizer accepts its settings (training only), and a checkpoint is whole, a detlit
+    checkpoint of these classes, and (to resume) not finished and saved by that optimizer."""
     folder = planned_run_folder(trainer)
     if folder is not None:
         require_writable(folder)
+    optimizer = build_optimizer(model.optimizer_factory, model.parameter_groups()) if stage == "fit" else None
     if ckpt is None:
         return
     checkpoint = read_checkpoint(Path(ckpt))
@@ -242,8 +267,8 @@ def check_before_start(
         trainer.max_epochs if stage == "fit" else None,
         trainer.max_steps if stage == "fit" else -1,
     )
-    if stage == "fit":
-        check_optimizer(checkpoint, Path(ckpt), model.optimizer_factory(model.parameter_groups()))
+    if optimizer is not None:
+        check_optimizer(checkpoint, Path(ckpt), optimizer)
 
 
 def planned_run_folder(trainer: Trainer) -> Path | None:
@@ -254,7 +279,13 @@ def planned_run_folder(trainer: Trainer) -> Path | None:
 
 
 def require_writable(folder: Path) -> None:
-    """Raise one sentence when ``folder`` (or the nearest folder above it that exists) cannot be written."""
+    """Raise one sentence when ``folder`` (or the nearest folder above it that exists) cannot be written,
+    or holds a name the filesystem cannot (found before any folder of it is made)."""
+    problem = too_long(folder)
+    if problem is not None:
+        raise ConfigError(
+            f"cannot write the run folder: {problem}; choose a shorter --trainer.logger.init_args.save_dir or name"
+        )
     existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
     probe = existing / f".detlit-write-test-{os.getpid()}"
     try:
@@ -269,17 +300,61 @@ def require_writable(folder: Path) -> None:
 
 @contextmanager
 def nothing_left_of_a_failed_start(trainer: Trainer) -> Iterator[None]:
-    """Remove the run folder this run created when it fails before its first optimizer step."""
+    """Stop writing run.log when a stage fails, and remove the run folder this run created when it
+    fails before its first optimizer step."""
     folder = planned_run_folder(trainer)
     existed = folder is None or folder.exists()
     try:
         yield
     except BaseException:
+        for callback in trainer.callbacks:  # type: ignore[attr-defined]  # set by Lightning's callback connector
+            if isinstance(callback, RunLog):
+                callback.close()
         started = trainer.global_step > 0 or (folder is not None and any(folder.glob("checkpoints/*.ckpt")))
         if not existed and not started and folder is not None and trainer.is_global_zero:
             shutil.rmtree(folder, ignore_errors=True)
             log.info("nothing was trained: removed %s", folder)
         raise
+
+
+def check_config_files(args: list[str]) -> None:
+    """Refuse a ``--config`` that names something other than a regular file: reading a named pipe
+    blocks until someone writes to it, and a device such as ``/dev/zero`` never ends.
+
+    A ``--config`` value that names nothing is left to the parser (it may be YAML text itself).
+    """
+    for position, arg in enumerate(args):
+        if arg == "--config" and position + 1 < len(args):
+            value = args[position + 1]
+        elif arg.startswith("--config="):
+            value = arg.split("=", 1)[1]
+        else:
+            continue
+        try:
+            kind = special_kind(Path(value))
+        except OSError:  # a name longer than the filesystem takes: YAML text, or the parser says so
+            continue
+        if kind is not None:
+            raise ConfigError(f"--config {value} is {kind}, not a regular file; pass a YAML config file")
+
+
+def refuses_a_trainer_setting(err: ValueError) -> bool:
+    """Whether Lightning raised ``err`` about one of the trainer's settings (its messages start with
+    the setting in backquotes), as it does for those it can only judge against the data, such as
+    a ``val_check_interval`` beyond the epoch's batches."""
+    named = re.match(r"\s*`(\w+)`", str(err))
+    if named is None or named.group(1) not in inspect.signature(Trainer.__init__).parameters:
+        return False
+    frame = err.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    return frame is not None and str(frame.tb_frame.f_globals.get("__name__", "")).startswith("lightning.")
+
+
+def lightning_refusal(err: Exception) -> str:
+    """Lightning's message for a setting it refuses, as one line with the fix."""
+    reason = " ".join(str(err).split()).rstrip(".")
+    return f"Lightning refuses the config ({reason}); fix that setting (--print_config shows every one)"
 
 
 def require_test_data(data: CocoDataModule) -> None:
@@ -306,8 +381,9 @@ def checkpoint_to_test(trainer: Trainer) -> str | None:
 
 @contextmanager
 def plain_failures() -> Iterator[None]:
-    """Failures a user can act on, as one sentence; SIGTERM as exit status 143 (128 + 15) and
-    Ctrl-C as 130 (128 + 2), both after saving ``last.ckpt`` (:class:`SaveOnSigterm`)."""
+    """Failures a user can act on, as one sentence (a full disk, a dead loader worker, a trainer
+    setting Lightning refuses only once it sees the data); SIGTERM as exit status 143 (128 + 15)
+    and Ctrl-C as 130 (128 + 2), both after saving ``last.ckpt`` (:class:`SaveOnSigterm`)."""
     try:
         yield
     except SIGTERMException:
@@ -319,6 +395,12 @@ def plain_failures() -> Iterator[None]:
             log.warning("stopped by Ctrl-C; resume with --ckpt last")
             sys.exit(128 + signal.SIGINT)
         raise
+    except MisconfigurationException as err:
+        raise ConfigError(lightning_refusal(err)) from err
+    except ValueError as err:
+        if isinstance(err, DetlitError) or not refuses_a_trainer_setting(err):
+            raise
+        raise ConfigError(lightning_refusal(err)) from err
     except (OSError, RuntimeError) as err:
         failed = write_failure(err)
         if failed is not None:

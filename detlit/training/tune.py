@@ -42,7 +42,11 @@ import yaml
 from lightning.pytorch import Callback, LightningModule, Trainer
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
+from detlit.common.paths import not_a_file
+from detlit.common.safe_yaml import read_yaml
 from detlit.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -93,13 +97,7 @@ def load_search(path: Path) -> SearchSpace:
     """Read and validate a search-space YAML; every mistake is one sentence naming the file."""
     if not path.is_file():
         raise ConfigError(f"search space {path} does not exist; pass a YAML file with a 'params' mapping")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(err, "problem", None) or type(err).__name__
-        raise ConfigError(f"search space {path} is not valid YAML ({problem}{where}); fix the syntax") from err
+    raw = read_yaml(path, f"search space {path}")
     if not isinstance(raw, dict) or not isinstance(raw.get("params"), dict) or not raw["params"]:
         raise ConfigError(f"search space {path} needs a non-empty 'params' mapping of dotted config keys")
     unknown = set(raw) - {"params", "monitor", "direction"}
@@ -238,20 +236,94 @@ def run_trial(
     return optuna.trial.TrialState.COMPLETE, objective_value(outcome["values"], space.direction)
 
 
+SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
+
+
+def check_storage(storage: str) -> Path | None:
+    """Refuse, before anything is written, a ``--storage`` Optuna could not open: not a database
+    URL, a database SQLAlchemy does not know, a driver that is not installed, an SQLite database
+    in memory (the trials run in their own processes and would not see it), or an SQLite file
+    that is something else.
+
+    Returns:
+        The SQLite database file (it may not exist yet: Optuna creates it); None for a server.
+
+    Raises:
+        ConfigError: one sentence naming ``--storage`` and the fix.
+    """
+    named = f"--storage {storage}"
+    try:
+        url = make_url(storage)
+    except ArgumentError as err:
+        raise ConfigError(
+            f"{named} is not a database URL; give one such as sqlite:///runs/tune.db, or leave --storage out "
+            "(the study then lives in OUT/study.db)"
+        ) from err
+    try:
+        dialect = url.get_dialect()
+    except NoSuchModuleError as err:
+        backend, _, driver = url.drivername.partition("+")
+        what = f"driver '{driver}' for {backend}" if driver else f"database '{backend}'"
+        raise ConfigError(
+            f"{named}: SQLAlchemy knows no {what}; use sqlite:///PATH, postgresql://... or mysql://..."
+        ) from err
+    try:
+        dialect.import_dbapi()
+    except ImportError as err:
+        raise ConfigError(
+            f"{named} needs the Python driver {err.name or url.drivername}, which is not installed; install it "
+            "(pip install ...) or use sqlite:///PATH"
+        ) from err
+    if url.get_backend_name() != "sqlite":
+        return None
+    if not url.database or url.database == ":memory:":
+        raise ConfigError(
+            f"{named} is a database in memory, which the trials (each in its own process) cannot share; "
+            "give a file: sqlite:///PATH"
+        )
+    return _check_sqlite_file(named, Path(url.database))
+
+
+def _check_sqlite_file(named: str, database: Path) -> Path:
+    """An SQLite database file, or a path where one can be created."""
+    for folder in database.parents:
+        if folder.exists() and not folder.is_dir():
+            raise ConfigError(f"{named}: {folder} is a file, not a folder; choose another path for the database")
+    if not database.exists():
+        return database
+    problem = not_a_file(database)
+    if problem is not None:
+        raise ConfigError(f"{named}: {database} {problem}; give the path of an SQLite database, or of a new file")
+    with database.open("rb") as handle:
+        header = handle.read(len(SQLITE_HEADER))
+    if header and header != SQLITE_HEADER:
+        raise ConfigError(
+            f"{named}: {database} is not an SQLite database (it holds other data); give the study.db of an "
+            "earlier search, or a new file name"
+        )
+    return database
+
+
 def make_study(options: StudyOptions, space: SearchSpace) -> optuna.Study:
     pruner: optuna.pruners.BasePruner
     if options.pruner == "median":
         pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
     else:
         pruner = optuna.pruners.SuccessiveHalvingPruner()
-    study = optuna.create_study(
-        study_name=options.study,
-        storage=options.storage,
-        direction="maximize" if space.direction == "maximize" else "minimize",
-        sampler=optuna.samplers.TPESampler(seed=options.seed),
-        pruner=pruner,
-        load_if_exists=True,
-    )
+    try:
+        study = optuna.create_study(
+            study_name=options.study,
+            storage=options.storage,
+            direction="maximize" if space.direction == "maximize" else "minimize",
+            sampler=optuna.samplers.TPESampler(seed=options.seed),
+            pruner=pruner,
+            load_if_exists=True,
+        )
+    except SQLAlchemyError as err:  # a database server that cannot be reached, a refused login, ...
+        reason = " ".join(str(getattr(err, "orig", None) or err).split()).rstrip(".")
+        raise ConfigError(
+            f"--storage {options.storage} cannot be opened ({reason}); check the URL and that the database runs"
+        ) from err
     refuse_another_space(study, space, options)
     return study
 
@@ -360,17 +432,18 @@ def tune(
         0 when a trial completed (the best config is written), 1 when none did.
     """
     space = load_search(search)
-    if not config.is_file():
-        raise ConfigError(f"--config {config} does not exist; pass the fit YAML the trials start from")
-    base = yaml.safe_load(config.read_text()) or {}
+    problem = not_a_file(config)
+    if problem is not None:
+        raise ConfigError(f"--config {config} {problem}; pass the fit YAML the trials start from")
+    base = read_yaml(config, f"--config {config}") or {}
     out = out or Path("runs") / "tune" / options.study
+    storage = options.storage or f"sqlite:///{(out / 'study.db').resolve()}"
+    options = replace(options, storage=storage)
+    database = check_storage(storage)
     out.mkdir(parents=True, exist_ok=True)
-    if options.storage is None:
-        options = replace(options, storage=f"sqlite:///{(out / 'study.db').resolve()}")
-    assert options.storage is not None
     log.info("study '%s' in %s", options.study, options.storage)
-    if options.storage.startswith("sqlite:///"):
-        Path(options.storage[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+    if database is not None:
+        database.parent.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = make_study(options, space)
     started = time.monotonic()

@@ -1,0 +1,285 @@
+"""What a client can make the HTTP service hold is bounded: JSON nesting, the time a body takes to
+arrive, the number of bodies held at once, header size; and every numeric option is checked at start.
+
+The middleware's bounds are tested on a real uvicorn server on 127.0.0.1 (in a thread, with the
+service's own server settings) around a stand-in for LitServe; the one ``slow`` test holds 50
+connections with partial bodies against the real service and measures its memory from /proc.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import re
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+
+from detlit.deploy.serve import SERVER_OPTIONS, ImageBodies, Limits, Message, Receive, Scope, Send, pixel_ceiling
+
+from .conftest import quiet_trainer, tiny_datamodule, tiny_module
+from .test_deploy import _request, running_service
+
+NESTING_BOMB = b"[" * 100_000 + b"]" * 100_000
+
+
+# --- options checked at start ----------------------------------------------------------------------
+
+FINITE = r" \(finite: not NaN or infinity\)$"
+BAD_OPTIONS = [
+    (["--batch-timeout", "inf"], r"^--batch-timeout is inf; use a number of seconds from 0 to 60" + FINITE),
+    (["--batch-timeout", "nan"], r"^--batch-timeout is nan; use a number of seconds from 0 to 60" + FINITE),
+    (["--batch-timeout", "-1"], r"^--batch-timeout is -1\.0; use a number of seconds from 0 to 60$"),
+    (["--batch-timeout", "61"], r"^--batch-timeout is 61\.0; use"),
+    (["--batch-size", "65"], r"^--batch-size is 65; use a whole number from 1 to 64$"),
+    (["--max-image-bytes", "0"], r"^--max-image-bytes is 0; use 1 to 1073741824 bytes$"),
+    (["--max-image-bytes", str(2**30 + 1)], r"^--max-image-bytes is 1073741825; use 1 to 1073741824 bytes$"),
+    (
+        ["--max-image-pixels", "0"],
+        r"^--max-image-pixels is 0; use 1 to \d+ pixels \(detlit decodes no larger image; DETLIT_MAX_IMAGE_PIXELS "
+        r"sets that limit\)$",
+    ),
+    (["--max-image-pixels", str(pixel_ceiling() + 1)], rf"^--max-image-pixels is {pixel_ceiling() + 1}; use"),
+    (["--body-timeout", "0"], r"^--body-timeout is 0\.0; use a number of seconds from 1 to 600$"),
+    (["--body-timeout", "nan"], r"^--body-timeout is nan; use a number of seconds from 1 to 600" + FINITE),
+    (["--body-timeout", "inf"], r"^--body-timeout is inf; use" + ".*" + FINITE),
+    (["--max-pending-bodies", "0"], r"^--max-pending-bodies is 0; use a whole number from 1 to 1024$"),
+    (["--max-pending-bodies", "1025"], r"^--max-pending-bodies is 1025; use"),
+]
+
+
+@pytest.mark.parametrize(("option", "expect"), BAD_OPTIONS, ids=[" ".join(o) for o, _ in BAD_OPTIONS])
+def test_every_numeric_option_is_checked_before_the_model(
+    option: list[str], expect: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from detlit.serve import main
+
+    # The model does not exist: a sentence about the option shows that it was checked first.
+    with pytest.raises(SystemExit) as info:
+        main(["--ckpt", str(tmp_path / "missing.ckpt"), *option])
+    err = capsys.readouterr().err
+    assert info.value.code == 2, err
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert re.search(expect, lines[0].removeprefix("error: ")), lines[0]
+
+
+def test_the_bounds_are_inclusive_and_the_defaults_within_them() -> None:
+    Limits().check()
+    Limits(batch_size=64, batch_timeout=60, max_bytes=2**30, max_pixels=pixel_ceiling()).check()
+    Limits(batch_size=1, batch_timeout=0, max_bytes=1, max_pixels=1, body_timeout=1, max_pending=1).check()
+    Limits(body_timeout=600, max_pending=1024).check()
+
+
+# --- the middleware on a real server ------------------------------------------------------------
+
+
+async def stand_in(scope: Scope, receive: Receive, send: Send) -> None:
+    """What LitServe does behind the middleware, reduced: parse the JSON it is handed, answer the
+    image's size (GET: ``ok``)."""
+    if scope["method"] == "GET":
+        body = b"ok"
+    else:
+        message: Message = await receive()
+        image = base64.b64decode(json.loads(message["body"])["image"])
+        body = json.dumps({"bytes": len(image)}).encode()
+    await send(
+        {"type": "http.response.start", "status": 200, "headers": [(b"content-length", str(len(body)).encode())]}
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+@contextlib.contextmanager
+def middleware_server(**limits: Any) -> Iterator[tuple[int, ImageBodies]]:
+    """A uvicorn server on 127.0.0.1 with the service's settings and its middleware; its port and
+    the middleware."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    app = ImageBodies(stand_in, **{"max_bytes": 1_000_000, **limits})
+    server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level="error", **SERVER_OPTIONS))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]})
+    thread.start()
+    try:
+        while not server.started:
+            assert thread.is_alive(), "the server did not start"
+            time.sleep(0.02)
+        yield int(listener.getsockname()[1]), app
+    finally:
+        server.should_exit = True
+        thread.join()
+        listener.close()
+
+
+def _post(port: int, body: bytes, content_type: str = "application/json") -> tuple[int, Any]:
+    return _request(f"http://127.0.0.1:{port}/predict", body, {"Content-Type": content_type})
+
+
+def _open(port: int, declared: int, part: bytes) -> socket.socket:
+    """A connection that announced a body of ``declared`` bytes and sent ``part`` of it."""
+    held = socket.create_connection(("127.0.0.1", port))
+    head = f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: {declared}\r\n\r\n"
+    held.settimeout(30)
+    with contextlib.suppress(OSError):  # a refused connection is closed while it sends
+        held.sendall(head.encode() + part)
+    return held
+
+
+def _answer(held: socket.socket) -> tuple[int | None, dict[bytes, bytes], bytes]:
+    """The status, headers and body a held connection gets, read until the server closes it (status
+    None: closed without an answer)."""
+    data = b""
+    with contextlib.suppress(OSError):
+        while chunk := held.recv(65536):
+            data += chunk
+    held.close()
+    if not data:
+        return None, {}, b""
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    headers = dict(line.lower().split(b": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), headers, body
+
+
+def test_a_json_nesting_bomb_is_one_sentence_and_a_request_still_parses() -> None:
+    image = os.urandom(3000)
+    good = json.dumps({"image": base64.b64encode(image).decode(), "name": "x.jpg"}).encode()
+    wide = json.dumps({"image": "aGk=", "pad": [0] * 5000}).encode()
+    with middleware_server() as (port, _):
+        assert _post(port, good) == (200, {"bytes": 3000})
+        for body, words in [
+            (NESTING_BOMB, "nests or holds 100000 arrays and objects, more than the limit of 64"),
+            (b'{"image": "aGk=", "x": ' + NESTING_BOMB + b"}", "nests or holds 100001 arrays and objects"),
+            (wide, "holds 5000 items, more than the limit of 1000"),
+            (b"[" * 60 + b"]" * 59, "not valid JSON"),
+        ]:
+            status, answer = _post(port, body)
+            assert status == 400, answer
+            assert words in answer["detail"] and answer["detail"].count(". ") == 0, answer
+        assert _post(port, good) == (200, {"bytes": 3000}), "the server goes on"
+
+
+def test_a_late_body_is_408_and_bodies_beyond_the_limit_503_unread() -> None:
+    with middleware_server(body_timeout=1.0, max_pending=2) as (port, app):
+        held = [_open(port, 50_000, b"x" * 1000) for _ in range(2)]
+        for _ in range(3000):  # both are being read before the third comes
+            if app.pending == 2:
+                break
+            time.sleep(0.01)
+        status, headers, body = _answer(_open(port, 50_000, b"x" * 1000))
+        assert (status, headers.get(b"retry-after"), headers.get(b"connection")) == (503, b"1", b"close"), body
+        assert "already reads or answers 2 requests" in json.loads(body)["detail"]
+        assert _request(f"http://127.0.0.1:{port}/health") == (200, "ok"), "other paths are not held back"
+        for connection in held:
+            status, headers, body = _answer(connection)  # returns once the server has closed it
+            assert (status, headers.get(b"connection")) == (408, b"close"), body
+            detail = json.loads(body)["detail"]
+            assert detail.startswith("the request body did not arrive within 1 s (--body-timeout)"), detail
+        # The slots are free again, and stay free after answered requests.
+        for _ in range(3):
+            assert _post(port, b"\xff\xd8 an image", "image/jpeg") == (200, {"bytes": 11})
+
+
+def test_headers_that_never_end_are_refused() -> None:
+    with middleware_server() as (port, _):
+        endless = socket.create_connection(("127.0.0.1", port))
+        endless.settimeout(30)
+        with contextlib.suppress(OSError):  # refused while it sends
+            endless.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Long: ")
+            for _ in range(100):  # 800 kB of one header, never ended
+                endless.sendall(b"a" * 8192)
+                time.sleep(0.001)
+        status, headers, body = _answer(endless)
+        assert (status, headers.get(b"connection")) == (400, b"close"), body
+        assert b"Invalid HTTP request" in body
+        assert _request(f"http://127.0.0.1:{port}/health") == (200, "ok")
+
+
+# --- the real service -----------------------------------------------------------------------------
+
+
+def _tree_rss(port: int) -> int:
+    """Resident bytes of the service on ``port``: its process and every process of its group."""
+    leader = None
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            if b"detlit.serve" in argv and str(port).encode() in argv:
+                leader = os.getpgid(int(entry.name))
+                break
+    assert leader is not None, "the service's process was not found"
+    total = 0
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, ValueError):
+            if entry.name.isdigit() and os.getpgid(int(entry.name)) == leader:
+                status = (entry / "status").read_text()
+                total += int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) * 1024  # type: ignore[union-attr]
+    return total
+
+
+@pytest.fixture(scope="module")
+def small_checkpoint(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model after one training step: what the service loads matters here, not its boxes."""
+    path = tmp_path_factory.mktemp("service") / "tiny.ckpt"
+    trainer = quiet_trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=1)
+    trainer.fit(tiny_module(), datamodule=tiny_datamodule(sample_dir))
+    trainer.save_checkpoint(path)
+    return path
+
+
+HELD = 50
+PENDING = 8
+DECLARED = 8_000_000  # each connection announces 8 MB ...
+SENT = 6_000_000  # ... sends 6 MB of it, and waits
+
+
+@pytest.mark.slow
+@pytest.mark.cli
+def test_held_connections_cannot_take_the_services_memory(
+    small_checkpoint: Path, sample_dir: Path, tmp_path: Path
+) -> None:
+    image = sorted((sample_dir / "val").glob("*.jpg"))[0].read_bytes()
+    options = ["--ckpt", str(small_checkpoint), "--device", "cpu", "--max-image-bytes", str(10 * 2**20)]
+    options += ["--max-pending-bodies", str(PENDING), "--body-timeout", "15"]
+    with running_service(tmp_path, *options) as url:
+        port = int(url.rsplit(":", 1)[1])
+        predict = f"{url}/predict"
+        assert _request(predict, image, {"Content-Type": "image/jpeg"})[0] == 200
+        status, answer = _request(predict, NESTING_BOMB, {"Content-Type": "application/json"})
+        assert status == 400 and "100000 arrays and objects" in answer["detail"], answer
+        before = _tree_rss(port)
+
+        held = [_open(port, DECLARED, b"\0" * SENT) for _ in range(HELD)]
+        peak = 0
+        for _ in range(8):  # the held parts arrive over a moment: the largest of a few readings
+            time.sleep(0.25)
+            peak = max(peak, _tree_rss(port))
+        growth = peak - before
+        # Without the bound the service held every part: 50 x 6 MB = 300 MB (+660 MB measured for 40
+        # connections of 18 MB). With it, 8 bodies of at most 8 MB each, and a margin as large again.
+        bound = 2 * PENDING * DECLARED
+        assert growth < bound, f"the service grew by {growth / 1e6:.0f} MB holding {HELD} partial bodies"
+        assert _request(f"{url}/health") == (200, "ok")
+        request = urllib.request.Request(predict, data=image, headers={"Content-Type": "image/jpeg"})
+        with pytest.raises(urllib.error.HTTPError) as busy:
+            urllib.request.urlopen(request, timeout=60)
+        assert busy.value.code == 503 and busy.value.headers["Retry-After"] == "1"
+        assert "--max-pending-bodies" in json.loads(busy.value.read())["detail"]
+
+        answers = [_answer(connection)[0] for connection in held]
+        assert answers[:PENDING] == [408] * PENDING, answers
+        assert set(answers[PENDING:]) <= {503, None}, answers
+        status, answer = _request(predict, image, {"Content-Type": "image/jpeg"})
+        assert status == 200 and "detections" in answer, answer
+    print(
+        f"memory: {before / 1e6:.0f} MB, +{growth / 1e6:.1f} MB holding {HELD} partial bodies (bound {bound / 1e6:.0f})"
+    )
