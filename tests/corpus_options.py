@@ -75,6 +75,27 @@ CASES: list[Case] = [
         args("--ckpt", "{root}/options/many-classes.ckpt", "--format", "onnx", "--out", "{root}/x-opt"),
         r"model\.num_classes is 1000000000",
     ),
+    Case(
+        "checkpoint whose overrides make a layer enormous",
+        "evaluate",
+        args(
+            "--ckpt",
+            "{root}/options/trillion-parameters.ckpt",
+            "--json",
+            "{sample}/val.json",
+            "--images",
+            "{sample}/val",
+            "--out",
+            "{root}/e-opt",
+        ),
+        r"makes a model of [\d,]+ parameters \([\d,]+ GiB of float32 weights\), more than the 2,000,000,000",
+    ),
+    Case(
+        "overrides that make a layer enormous",
+        "fit",
+        fit('--model.overrides={{"MODEL.ROI_BOX_HEAD.FC_DIM": 1000000}}'),
+        r"makes a model of [\d,]+ parameters",
+    ),
     # --- command options ----------------------------------------------------------------------------
     Case(
         "NaN IoU threshold",
@@ -160,3 +181,5 @@ def prepare(workspace: Workspace) -> None:
     torch.save({**checkpoint, "hyper_parameters": {**hparams, "min_size_test": 60000}}, folder / "huge-size.ckpt")
     many = {**hparams, "num_classes": 10**9, "class_names": None, "category_ids": None}
     torch.save({**checkpoint, "hyper_parameters": many}, folder / "many-classes.ckpt")
+    wide = {**hparams, "overrides": {**hparams["overrides"], "MODEL.ROI_BOX_HEAD.FC_DIM": 10**6}}
+    torch.save({**checkpoint, "hyper_parameters": wide}, folder / "trillion-parameters.ckpt")

@@ -424,3 +424,18 @@ def test_tune_storage_is_opened_only_when_it_is_a_database(tmp_path: Path) -> No
     for storage, sentence in refused.items():
         with pytest.raises(ConfigError, match=re.escape(sentence)):
             check_storage(storage)
+
+
+def test_the_model_is_counted_before_it_is_built() -> None:
+    from detlit.model.config import build_d2_config
+    from detlit.model.module import model_size
+
+    from .conftest import TINY_OVERRIDES, tiny_module
+
+    module = tiny_module()
+    real = sum(t.numel() for t in (*module.model.parameters(), *module.model.buffers()))
+    assert model_size(module.cfg) == real
+    wide = build_d2_config(overrides={**TINY_OVERRIDES, "MODEL.ROI_BOX_HEAD.FC_DIM": 10**6}, num_classes=3)
+    assert model_size(wide) > 10**11  # counted on the meta device: nothing of it is allocated
+    with pytest.raises(ConfigError, match=r"makes a model of [\d,]+ parameters .* more than the 2,000,000,000"):
+        tiny_module(overrides={**TINY_OVERRIDES, "MODEL.ROI_BOX_HEAD.FC_DIM": 10**6})

@@ -43,6 +43,12 @@ MAX_WORKERS = 256
 """Most data-loading worker processes per device: each one is a process with its own copy of the
 loader's state."""
 
+MAX_PARAMETERS = 2_000_000_000
+"""Most parameters and buffers a model may have: 8 GB of float32 weights before any gradient or
+optimizer state, ten times the largest architecture of the menu (R101-DC5, 184 M). A checkpoint's
+``model.overrides`` decide layer widths (``MODEL.ROI_BOX_HEAD.FC_DIM: 1000000`` asks for a
+trillion), so the model's size is counted, without memory, before it is built."""
+
 MAX_LOG_IMAGES = 64
 """Most validation images drawn into TensorBoard: each drawing stays in memory until the epoch
 ends, and a montage of more is not readable."""

@@ -18,7 +18,7 @@ from rich.console import Console
 from torch import nn
 
 from detlit.common import ranges
-from detlit.common.ranges import MAX_CLASSES, MAX_LOG_IMAGES
+from detlit.common.ranges import MAX_CLASSES, MAX_LOG_IMAGES, MAX_PARAMETERS
 from detlit.compat import EventStorage, GeneralizedRCNN, Instances, build_model
 from detlit.data.coco import LabelMap
 from detlit.data.images import read_image
@@ -100,15 +100,37 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
+def model_size(cfg: Any) -> int:
+    """How many numbers (parameters and buffers) detectron2's model of ``cfg`` holds, counted on
+    PyTorch's ``meta`` device: the model is built without memory for its tensors (some 50 ms)."""
+    meta = cfg.clone()
+    meta.defrost()
+    meta.MODEL.DEVICE = "meta"  # build_model moves the model to this device at its end
+    meta.freeze()
+    with torch.device("meta"):
+        shapes = build_model(meta)
+    return sum(t.numel() for t in (*shapes.parameters(), *shapes.buffers()))
+
+
 def _build(cfg: Any, config_name: str) -> GeneralizedRCNN:
-    """detectron2's model of ``cfg``; a combination detectron2 cannot build is one sentence."""
+    """detectron2's model of ``cfg``; a combination detectron2 cannot build, or a model larger than
+    :data:`~detlit.common.ranges.MAX_PARAMETERS` (counted before anything is allocated: the config
+    may come from a checkpoint someone else wrote), is one sentence."""
     try:
-        model: GeneralizedRCNN = build_model(cfg)
+        size = model_size(cfg)
     except (AssertionError, ValueError, KeyError, TypeError, NotImplementedError) as err:
         raise ConfigError(
             f"model.config_name {config_name} cannot be built with these model.overrides ({type(err).__name__}: "
             f"{str(err).strip() or 'an assertion failed'}); change the overrides that conflict with the architecture"
         ) from err
+    if size > MAX_PARAMETERS:
+        raise ConfigError(
+            f"model.config_name {config_name} with these model.overrides makes a model of {size:,} parameters "
+            f"({4 * size / 2**30:,.0f} GiB of float32 weights), more than the {MAX_PARAMETERS:,} detlit builds: an "
+            "override makes a layer far too wide or deep (MODEL.ROI_BOX_HEAD.FC_DIM, MODEL.FPN.OUT_CHANNELS, ...); "
+            "fix model.overrides"
+        )
+    model: GeneralizedRCNN = build_model(cfg)
     return model
 
 
