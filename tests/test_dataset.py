@@ -154,6 +154,12 @@ def test_crowd_regions_are_flagged_ignore_regions(tmp_path: Path) -> None:
     item = DetectionDataset(dataset.images, tmp_path, dataset.label_map(), eval_transform(48, 64))[0]
     assert item["instances"].gt_crowd.tolist() == [False, True]
     assert item["target"]["iscrowd"].tolist() == [0, 1]
+    coco["annotations"] = coco["annotations"][:1]
+    (tmp_path / "c.json").write_text(json.dumps(coco))
+    dataset = load_coco(tmp_path / "c.json", tmp_path)
+    plain = DetectionDataset(dataset.images, tmp_path, dataset.label_map(), eval_transform(48, 64))[0]
+    # Without a crowd region the field is left out (a loader worker sends one tensor fewer); the heads read it as none.
+    assert not plain["instances"].has("gt_crowd") and plain["instances"].gt_classes.tolist() == [0]
 
 
 def test_resize_matches_detectron2() -> None:

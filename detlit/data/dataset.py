@@ -1,4 +1,4 @@
-"""Stage [4]: one COCO image record -> one detectron2 input dict.
+"""Stage 4, records to model inputs: one COCO image record -> one detectron2 input dict.
 
 The dict follows GeneralizedRCNN's contract (design.md section 2):
 
@@ -145,7 +145,8 @@ class DetectionDataset(Dataset[dict[str, Any]]):
         instances = Instances(pixels.shape[:2])
         instances.gt_boxes = Boxes(torch.as_tensor(np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)))
         instances.gt_classes = torch.as_tensor(np.asarray(out["labels"], dtype=np.int64).reshape(-1))
-        instances.gt_crowd = torch.as_tensor(kept_crowd)
+        if kept_crowd.any():  # most images have no crowd region; each tensor costs a worker a shared-memory transfer
+            instances.gt_crowd = torch.as_tensor(kept_crowd)
         item = {
             "image": to_model_image(pixels, self.image_format),
             "instances": instances,
