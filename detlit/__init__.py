@@ -23,7 +23,7 @@ PUBLIC = {
     "Predictor": "detlit.inference.predictor",
     "Prediction": "detlit.inference.predictor",
     "DetectionMetrics": "detlit.evaluation.metric",
-    "Evaluation": "detlit.evaluation.result",
+    "Evaluation": "detlit.evaluation.evaluation",
     "load_coco": "detlit.data.coco",
     "LabelMap": "detlit.data.coco",
     "write_sample": "detlit.data.sample",
@@ -35,8 +35,8 @@ if TYPE_CHECKING:  # the names PUBLIC lists, for type checkers
     from detlit.data.coco import load_coco as load_coco
     from detlit.data.datamodule import CocoDataModule as CocoDataModule
     from detlit.data.sample import write_sample as write_sample
+    from detlit.evaluation.evaluation import Evaluation as Evaluation
     from detlit.evaluation.metric import DetectionMetrics as DetectionMetrics
-    from detlit.evaluation.result import Evaluation as Evaluation
     from detlit.inference.predictor import Prediction as Prediction
     from detlit.inference.predictor import Predictor as Predictor
     from detlit.model.module import DetectionModule as DetectionModule

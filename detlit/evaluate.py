@@ -52,16 +52,16 @@ def run(args: argparse.Namespace) -> int:
     from detlit.inference.evaluate import evaluate
 
     return evaluate(
-        args.json,
-        args.images,
-        args.out,
-        args.ckpt or args.model,
-        args.results,
-        args.device,
-        args.batch_size,
-        args.score_threshold,
-        args.iou_threshold,
-        args.overwrite,
+        json_path=args.json,
+        images=args.images,
+        out=args.out,
+        model=args.ckpt or args.model,
+        results=args.results,
+        device=args.device,
+        batch_size=args.batch_size,
+        score_threshold=args.score_threshold,
+        iou_threshold=args.iou_threshold,
+        overwrite=args.overwrite,
     )
 
 

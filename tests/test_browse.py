@@ -12,7 +12,7 @@ from PIL import Image
 from detlit.browse import main
 from detlit.data.images import read_image
 from detlit.data.transforms import eval_transform
-from detlit.evaluation.drawing import class_color, grid_shape, title_height
+from detlit.pictures.drawing import class_color, grid_shape, title_height
 from detlit.training.browse import browse, build_datamodule, take_images, to_rgb
 
 from .conftest import TINY_SIZES

@@ -11,9 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
 from pycocotools.coco import COCO
 
 from detlit.evaluate import main as evaluate
+from detlit.evaluation.evaluation import Evaluation
+from detlit.model.detections import Detections
 from detlit.model.module import DetectionModule
 
 from .conftest import quiet_trainer, source_stats, tiny_datamodule, tiny_module
@@ -84,6 +88,58 @@ def test_model_evaluation_writes_everything_and_equals_validation(
         1 for a in json.loads((sample_dir / "val.json").read_text())["annotations"] if not a.get("iscrowd")
     )
     assert _run([*args, "--out", str(out)]) == 2  # an existing result is never overwritten
+
+
+class _ValidationOutputs(Callback):
+    """The detections each validation step hands to callbacks, by image id."""
+
+    def __init__(self) -> None:
+        self.found: dict[int, Detections] = {}
+
+    def on_validation_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int, index: int = 0
+    ) -> None:
+        for item, detections in zip(outputs["images"], outputs["detections"], strict=True):
+            self.found[int(item["image_id"])] = detections
+
+
+def test_validation_and_evaluate_find_the_same_detections(sample_dir: Path, checkpoint: Path, tmp_path: Path) -> None:
+    """One detection path: validation (Trainer.validate) and python -m detlit.evaluate's library
+    function find the same detections of one checkpoint to the last digit, so the same numbers."""
+    from detlit.data.checks import load_checked
+    from detlit.evaluation.coco_results import coco_results
+    from detlit.inference.evaluate import evaluate as evaluate_job
+    from detlit.inference.evaluate import predict_dataset
+
+    # Both group images of one shape into batches of 2, so every float operation is the same; other
+    # batch sizes change a convolution's rounding (oneDNN: about 1e-5 pixels on a box).
+    batch_size = 2
+    module = DetectionModule.load_from_checkpoint(checkpoint, map_location="cpu")
+    seen = _ValidationOutputs()
+    data = tiny_datamodule(sample_dir, batch_size=batch_size)
+    quiet_trainer(callbacks=[seen]).validate(module, datamodule=data, verbose=False)
+    assert module.last_evaluation is not None
+    val_json, val_images = sample_dir / "val.json", sample_dir / "val"
+    dataset = load_checked(val_json, val_images, "--images", files=True)
+    ids = [record.id for record in dataset.images]
+    assert sorted(seen.found) == sorted(ids)
+    validated = [seen.found[i] for i in ids]
+    assert sum(len(d.scores) for d in validated) > 50  # enough detections to tell two paths apart
+
+    # the detections themselves, unrounded, as the metric gets them
+    (preds, _), _, _ = predict_dataset(dataset, checkpoint, device="cpu", batch_size=batch_size)
+    for ours, theirs in zip(validated, preds, strict=True):
+        for key, value in ours.metric_input().items():
+            assert torch.equal(value.cpu(), theirs[key]), key
+
+    # the files evaluate writes: coco_results.json holds validation's detections, metrics.json its numbers
+    out = tmp_path / "eval"
+    job = {"json_path": val_json, "images": val_images, "out": out, "model": checkpoint, "batch_size": batch_size}
+    assert evaluate_job(**job, device="cpu") == 0
+    written = json.loads((out / "coco_results.json").read_text())
+    assert written == coco_results(validated, ids, module.label_map)
+    evaluated = Evaluation.from_json(json.loads((out / "metrics.json").read_text()))
+    assert evaluated.to_json() == module.last_evaluation.to_json()
 
 
 def test_category_ids_round_trip(sample_dir: Path, tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Stage [8]: DetectionMetrics equals COCOeval (stats, per-class AP, matching); P/R/F1 and confusion by hand."""
+"""Stage 8, evaluation: DetectionMetrics equals COCOeval (stats, per-class AP, matching); P/R/F1, confusion by hand."""
 
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from detlit.data.coco import LabelMap, load_coco
+from detlit.evaluation.coco_results import read_results
 from detlit.evaluation.cocoeval import COCO_NAMES
+from detlit.evaluation.evaluation import OVERALL, Evaluation, logged_tags
 from detlit.evaluation.metric import STATES, DetectionMetrics
-from detlit.evaluation.result import Evaluation
-from detlit.evaluation.results import read_results
 
 from .conftest import source_stats
 from .reference import coco_ground_truth_and_results, pycocotools_stats
@@ -312,6 +312,96 @@ def test_arguments_are_checked() -> None:
     metric.update(preds, targets)
     with pytest.raises(ValueError, match="label 1 is outside 0..0"):
         metric.compute()
+
+
+# --- the Evaluation value: what is logged, its json ------------------------------------------------
+
+EVAL_0_2 = Path(__file__).parent / "data" / "eval_0.2"
+"""A ground truth, a results file and the metrics.json detlit 0.2's ``evaluate --results`` wrote of them."""
+
+
+def test_what_is_logged_is_the_evaluations_own_tag_list() -> None:
+    evaluation = _tiny_evaluation(score_threshold=0.5)
+    logged = evaluation.logged("val")
+    assert list(logged) == logged_tags("val", NAMES)
+    assert len(logged) == 12 + 6 + 6 * len(NAMES)  # COCO's 12, P/R/F1 twice, six numbers per class
+    scalars = evaluation.scalars()
+    overall = [logged[f"val/{name}"] for name in OVERALL]
+    assert overall == pytest.approx([scalars[name] for name in OVERALL], nan_ok=True, rel=0, abs=0)
+    assert logged["val/precision/cat"] == 1.0 and logged["val/recall/cat"] == pytest.approx(2 / 3)
+    assert logged["val/recall/dog"] == 0.0 and logged["val/threshold/cat"] == pytest.approx(0.3)
+    assert not any(tag.startswith(("val/ar100/", "val/f1@thr/")) for tag in logged)  # in metrics.json only
+    assert set(evaluation.logged("test")) == set(logged_tags("test", NAMES))
+
+
+def _same_evaluation(read: Evaluation, written: Evaluation) -> None:
+    for ours, theirs in ((read.best, written.best), (read.fixed, written.fixed)):
+        for field in ("thresholds", "tp", "fp", "fn"):
+            np.testing.assert_array_equal(getattr(ours, field), getattr(theirs, field))
+    for field in ("ap", "ap50", "ar100", "num_objects", "num_detections", "confusion"):
+        np.testing.assert_array_equal(getattr(read, field), getattr(written, field))
+    assert read.class_names == written.class_names and read.coco == pytest.approx(written.coco, nan_ok=True)
+    assert read.to_json() == written.to_json() and read.curves == []
+
+
+def test_json_round_trip_gives_back_every_count() -> None:
+    """The json holds rates; the counts come back exactly, NaN and infinite thresholds included."""
+    evaluation = _tiny_evaluation(score_threshold=0.5)
+    _same_evaluation(Evaluation.from_json(json.loads(json.dumps(evaluation.to_json()))), evaluation)
+
+
+def test_json_round_trip_on_eighty_classes(fake100: tuple[LabelMap, list[Pred], list[Pred]]) -> None:
+    evaluation = _evaluate(*fake100)
+    read = Evaluation.from_json(json.loads(json.dumps(evaluation.to_json())))
+    assert read.best.tp.sum() > 500 and read.fixed.fp.sum() > 30
+    _same_evaluation(read, evaluation)
+
+
+def test_a_0_2_metrics_json_reads_and_is_what_evaluate_writes_today(tmp_path: Path) -> None:
+    from detlit.inference.evaluate import evaluate
+
+    document = json.loads((EVAL_0_2 / "metrics.json").read_text())
+    evaluation = Evaluation.from_json(document)
+    assert evaluation.class_names == ("circle", "square", "triangle", "star")
+    # circle: 0.91 and 0.66 found, 0.77 on nothing, 0.35 finds the third; square: 0.58 found, 0.97 on a
+    # crowd region, 0.81 on the triangle, 0.42 finds the second; triangle never found; star has no object
+    np.testing.assert_array_equal(evaluation.best.tp, [3, 2, 0, 0])
+    np.testing.assert_array_equal(evaluation.best.fp, [1, 1, 0, 0])
+    np.testing.assert_array_equal(evaluation.best.thresholds, [0.35, 0.42, math.inf, math.inf])
+    np.testing.assert_array_equal(evaluation.fixed.tp, [2, 1, 0, 0])
+    np.testing.assert_array_equal(evaluation.fixed.fp, [1, 1, 0, 0])
+    np.testing.assert_array_equal(evaluation.fixed.fn, [1, 1, 1, 0])
+    written = evaluation.to_json()
+    assert written == {key: document[key] for key in written}
+    out = tmp_path / "eval"
+    assert evaluate(json_path=EVAL_0_2 / "gt.json", results=EVAL_0_2 / "results.json", out=out) == 0
+    today = json.loads((out / "metrics.json").read_text())
+    assert {k: v for k, v in today.items() if k not in ("source", "json", "seconds")} == {
+        k: v for k, v in document.items() if k not in ("source", "json", "seconds")
+    }
+
+
+def test_a_damaged_metrics_json_is_one_sentence(tmp_path: Path) -> None:
+    from detlit.errors import ConfigError
+    from detlit.reporting.run_reader import read_eval
+
+    document = json.loads((EVAL_0_2 / "metrics.json").read_text())
+    short = json.loads(json.dumps(document))
+    short["confusion_matrix"]["counts"][2] = [0, 1]
+    with pytest.raises(ValueError, match=r"^a row of the confusion matrix does not hold 5 counts$"):
+        Evaluation.from_json(short)
+    negative = json.loads(json.dumps(document))
+    negative["per_class"][0]["objects"] = -3
+    with pytest.raises(ValueError, match=r"^objects of class circle is -3, not a count$"):
+        Evaluation.from_json(negative)
+    (tmp_path / "metrics.json").write_text(json.dumps(short))
+    with pytest.raises(ConfigError, match=r"metrics.json is not a metrics.json of python -m detlit.evaluate \(a row"):
+        read_eval(tmp_path)
+    (tmp_path / "metrics.json").write_text(json.dumps(document))
+    metrics, _ = read_eval(tmp_path)
+    assert metrics.category_ids == [1, 3, 7, 9] and metrics.confusion is not None
+    assert [row["recall"] for row in metrics.per_class][:3] == [1.0, 1.0, 0.0]
+    assert metrics.overall["f1@thr"] == document["overall"]["f1@thr"]
 
 
 # --- synchronisation across processes --------------------------------------------------------------

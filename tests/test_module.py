@@ -1,7 +1,9 @@
-"""Stage [7]: DetectionModule trains, predicts and round-trips through a checkpoint."""
+"""Stage 7, training: DetectionModule trains, predicts and round-trips through a checkpoint."""
 
 from __future__ import annotations
 
+import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +13,10 @@ from lightning.pytorch import Trainer
 
 from detlit.compat import Instances
 from detlit.data.datamodule import CocoDataModule
+from detlit.evaluation.evaluation import logged_tags
 from detlit.model.module import DetectionModule
 
-from .conftest import TINY_OVERRIDES, TINY_SIZES
+from .conftest import TINY_OVERRIDES, TINY_SIZES, quiet_trainer, tiny_datamodule, tiny_module
 
 
 def _module(**kwargs: Any) -> DetectionModule:
@@ -127,3 +130,57 @@ def test_checkpoint_round_trip(sample_dir: Path, tmp_path: Path) -> None:
 def test_num_classes_must_match_the_names() -> None:
     with pytest.raises(ValueError, match="num_classes=2 but 3 class names"):
         _module(num_classes=2)
+
+
+NAMES = ("circle", "square", "triangle")
+
+
+def test_validation_logs_the_evaluations_tags_and_the_table_is_shown(
+    sample_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every tag of the Evaluation is logged, per-class precision and recall included, so a report
+    built from the training logs alone fills those columns; the per-class table reaches the log."""
+    from detlit.reporting.run_reader import metrics_from_scalars
+
+    module = tiny_module()
+    with caplog.at_level(logging.INFO, logger="detlit.pictures.views"):
+        metrics = quiet_trainer().validate(module, datamodule=tiny_datamodule(sample_dir), verbose=False)[0]
+    assert set(logged_tags("val", NAMES)) <= set(metrics)
+    assert {"val/precision/circle", "val/recall/triangle"} <= set(metrics)
+    assert not any(tag.startswith("val/ar100/") for tag in metrics)
+    assert module.last_evaluation is not None
+    objects = module.last_evaluation.num_objects
+    report = metrics_from_scalars({tag: [(0, float(value))] for tag, value in metrics.items()}, list(NAMES))
+    assert report is not None
+    recalls = [row["recall"] for row in report.per_class]
+    assert all(math.isfinite(r) for r, n in zip(recalls, objects, strict=True) if n > 0)  # not "-"
+    shown = [r.getMessage() for r in caplog.records if r.getMessage().startswith("validation after epoch 0:")]
+    assert len(shown) == 1 and all(name in shown[0] for name in NAMES) and "AP50" in shown[0]
+
+
+def test_the_gradient_norm_is_computed_on_the_steps_lightning_logs_with_accumulation(
+    sample_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lightning's rule, from the trainer's public attributes: with 2 batches per optimizer step and
+    a logger that writes every 2 steps, the norm is computed on the 2nd and 4th of 4 steps only."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    computed = []
+    total_norm = torch.nn.utils.get_total_norm
+
+    def counted(*args: Any, **kwargs: Any) -> torch.Tensor:
+        computed.append(1)
+        return total_norm(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.utils, "get_total_norm", counted)
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    trainer = quiet_trainer(
+        max_steps=4, accumulate_grad_batches=2, limit_val_batches=0, logger=logger, log_every_n_steps=2
+    )
+    trainer.fit(tiny_module(), datamodule=tiny_datamodule(sample_dir, batch_size=1))
+    assert trainer.global_step == 4 and len(computed) == 2
+    events = EventAccumulator(str(tmp_path / "tb" / "version_0"), size_guidance={"scalars": 0})
+    events.Reload()
+    written = sorted({e.step for e in events.Scalars("train/loss")})
+    assert written == [1, 3] and [e.step for e in events.Scalars("train/grad_norm")] == written

@@ -15,8 +15,8 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from detlit.data.images import load_image
-from detlit.evaluation.drawing import class_color
 from detlit.inference.predictor import DEFAULT_SCORE_THRESHOLD, Predictor
+from detlit.pictures.drawing import class_color
 from detlit.predict import main
 
 from .conftest import REPO, quiet_trainer, tiny_datamodule, tiny_module

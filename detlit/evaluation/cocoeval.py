@@ -19,7 +19,7 @@ from detlit.evaluation.matching import DetectionArrays
 # faster_coco_eval prints its whole summary at INFO level on every computation.
 logging.getLogger("faster_coco_eval").setLevel(logging.WARNING)
 
-# The names of COCOeval.stats, in its order, as detlit logs them (``val/map``, ...).
+# The names of COCOeval.stats, in its order (logged as ``val/map``, ...: see detlit.evaluation.evaluation.OVERALL).
 COCO_NAMES = (
     "map",
     "map50",

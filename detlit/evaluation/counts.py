@@ -210,7 +210,7 @@ def fixed_counts(data: DetectionArrays, match: Match, num_objects: np.ndarray, s
 def confusion(
     data: DetectionArrays, match: Match, num_classes: int, score_threshold: float, iou_threshold: float
 ) -> np.ndarray:
-    """Detection confusion matrix at the fixed score threshold (see :class:`~detlit.evaluation.result.Evaluation`).
+    """Detection confusion matrix at the fixed score threshold (see :class:`~detlit.evaluation.evaluation.Evaluation`).
 
     1. The per-class matching decides the diagonal: a true positive counts in its class's cell, so
        the diagonal is ``fixed.tp``; detections on crowd regions are left out.

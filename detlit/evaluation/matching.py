@@ -2,7 +2,7 @@
 
 Every number and picture that says whether a detection found an object comes from here: the
 metric's precision / recall / F1, curves and confusion matrix (:mod:`detlit.evaluation.metric`),
-the outcome colours of a drawing (:mod:`detlit.evaluation.drawing`), and the report's best and
+the outcome colours of a drawing (:mod:`detlit.pictures.drawing`), and the report's best and
 worst images. So a drawing or a per-image count never disagrees with the metric it sits beside.
 
 The rules are COCOeval's (``evaluateImg``) for area "all" and ``maxDets=100``: per image and

@@ -22,8 +22,8 @@ import torch
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
+from detlit.evaluation.evaluation import Evaluation
 from detlit.evaluation.matching import DetectionArrays
-from detlit.evaluation.result import Evaluation, evaluate
 
 # COCOeval's parameters, which DetectionMetrics fixes (torchmetrics' MeanAveragePrecision takes them).
 FIXED_ARGUMENTS = frozenset(
@@ -184,7 +184,7 @@ class DetectionMetrics(Metric):
 
     def compute(self) -> Evaluation:
         """The evaluation of everything given to ``update`` (on all processes)."""
-        return evaluate(self.arrays(), self.class_names, self.score_threshold, self.iou_threshold)
+        return Evaluation.from_arrays(self.arrays(), self.class_names, self.score_threshold, self.iou_threshold)
 
 
 _WIDTHS = (IMAGE_FIELDS, DETECTION_FIELDS, OBJECT_FIELDS)

@@ -1,4 +1,8 @@
-"""Evaluating a model (or any detector's results file) on a COCO set, as ``python -m detlit.evaluate`` does.
+"""The evaluate job: a model (or any detector's results file) on a COCO set, as ``python -m detlit.evaluate`` runs it.
+
+It sits above the model because it runs one (through :class:`~detlit.inference.predictor.Predictor`);
+the numbers themselves are :mod:`detlit.evaluation`'s (the metric, the
+:class:`~detlit.evaluation.evaluation.Evaluation` value and its json, the COCO results writer).
 
 Writes into the output folder (:data:`OUTPUTS`): ``metrics.json`` (the 12 COCO numbers, precision /
 recall / F1 overall and per class at the F1-optimal and at the fixed score threshold, the
@@ -27,12 +31,12 @@ from detlit.data.checks import load_checked
 from detlit.data.coco import CocoDataset, LabelMap
 from detlit.data.targets import eval_target
 from detlit.errors import ConfigError
-from detlit.evaluation import plots
+from detlit.evaluation.coco_results import coco_results, read_results, write_results
 from detlit.evaluation.cocoeval import COCO_NAMES, COCO_TITLES
+from detlit.evaluation.evaluation import Evaluation
 from detlit.evaluation.metric import DetectionMetrics
-from detlit.evaluation.result import Evaluation
-from detlit.evaluation.results import coco_results, read_results, write_results
-from detlit.inference.runtimes import is_exported
+from detlit.inference.exported import is_exported
+from detlit.pictures import plots
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +78,7 @@ def predict_dataset(
 
 
 def metrics_document(evaluation: Evaluation, meta: dict[str, Any]) -> dict[str, Any]:
-    return {**meta, **evaluation.as_json()}
+    return {**meta, **evaluation.to_json()}
 
 
 def per_class_csv(evaluation: Evaluation) -> str:

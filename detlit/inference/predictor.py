@@ -30,16 +30,16 @@ share its batch.
 
 The model itself is a :class:`~detlit.inference.runtimes.Runtime`: a checkpoint in PyTorch, or a
 model exported by ``python -m detlit.export`` (TorchScript, ONNX). Every runtime returns raw
-detections in the resized image's pixels; :func:`postprocess` scales them to the original image
-exactly as detectron2's ``detector_postprocess`` does, for every runtime alike, and the per-class
-thresholds come after it. ``Predictor.load(path)`` takes either kind of file.
+detections in the resized image's pixels; :func:`~detlit.model.detections.postprocess` scales them
+to the original image exactly as detectron2's ``detector_postprocess`` does, for every runtime alike
+and as validation does, and the per-class thresholds come after it. ``Predictor.load(path)`` takes
+either kind of file.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import pickle
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,9 +54,11 @@ from detlit.data.images import ImageInput, load_image, to_model_image
 from detlit.data.samplers import shape_batches
 from detlit.data.transforms import eval_transform
 from detlit.errors import ConfigError, DataError, WeightsError
-from detlit.evaluation.drawing import draw_predictions
+from detlit.inference.exported import is_exported
 from detlit.inference.facts import ModelFacts
-from detlit.inference.runtimes import Detections, EagerRuntime, Precision, Runtime, is_exported, load_exported
+from detlit.inference.runtimes import EagerRuntime, LoadedCheckpoint, Precision, Runtime, load_exported
+from detlit.model.detections import Detections, postprocess
+from detlit.pictures.drawing import draw_predictions
 
 if TYPE_CHECKING:
     from detlit.data.coco import LabelMap
@@ -96,11 +98,8 @@ class Prediction:
 
     def metric_input(self) -> dict[str, torch.Tensor]:
         """The detections as :class:`~detlit.evaluation.metric.DetectionMetrics` takes them."""
-        return {
-            "boxes": torch.as_tensor(self.boxes, dtype=torch.float64),
-            "scores": torch.as_tensor(self.scores, dtype=torch.float64),
-            "labels": torch.as_tensor(self.labels, dtype=torch.int64),
-        }
+        tensors = (torch.as_tensor(values) for values in (self.boxes, self.scores, self.labels))
+        return Detections(*tensors).metric_input()
 
     def draw(self, image: np.ndarray) -> np.ndarray:
         """The image (RGB uint8, original size) with these detections drawn on it."""
@@ -117,29 +116,6 @@ class FilePrediction:
     pixels: np.ndarray | None = None
     prediction: Prediction | None = None
     error: DataError | None = None
-
-
-def postprocess(detections: Detections, input_size: tuple[int, int], output_size: tuple[int, int]) -> Detections:
-    """Raw detections of a resized image, in the original image's pixels.
-
-    The float operations of detectron2's ``detector_postprocess``, in its order: boxes scaled by
-    output / input size per axis, clipped to the output image, empty boxes dropped. Every runtime's
-    detections go through here, so a checkpoint's predictions equal detectron2's own.
-
-    Args:
-        detections: boxes XYXY in the input image's pixels, scores, labels.
-        input_size: (height, width) of the image the model saw.
-        output_size: (height, width) of the original image.
-    """
-    (in_height, in_width), (height, width) = input_size, output_size
-    boxes = detections.boxes.clone()
-    boxes[:, 0::2] *= width / in_width
-    boxes[:, 1::2] *= height / in_height
-    x1, y1 = boxes[:, 0].clamp(min=0, max=width), boxes[:, 1].clamp(min=0, max=height)
-    x2, y2 = boxes[:, 2].clamp(min=0, max=width), boxes[:, 3].clamp(min=0, max=height)
-    boxes = torch.stack((x1, y1, x2, y2), dim=-1)
-    keep = ((x2 - x1) > 0.0) & ((y2 - y1) > 0.0)
-    return Detections(boxes[keep], detections.scores[keep], detections.labels[keep])
 
 
 class Predictor:
@@ -229,25 +205,10 @@ class Predictor:
         """A predictor for a detlit checkpoint (``.ckpt``); keyword arguments as for the class.
 
         Raises:
-            WeightsError: the file is missing, not whole (a checksum fails) or not a detlit checkpoint.
+            WeightsError: the file is missing, not whole (a checksum fails) or not a detlit checkpoint
+                (:meth:`LoadedCheckpoint.read <detlit.inference.runtimes.LoadedCheckpoint.read>`).
         """
-        from detlit.model.checkpoints import verify_file
-        from detlit.model.module import DetectionModule
-
-        path = Path(path)
-        verify_file(path, "")  # missing, a folder, truncated or damaged: one sentence
-        try:
-            module = DetectionModule.load_from_checkpoint(path, map_location="cpu")
-        except ConfigError as err:  # a hyper-parameter out of range (DetectionModule checks them all)
-            raise WeightsError(
-                f"{path} holds a setting that cannot work ({err}); use a checkpoint of a detlit run"
-            ) from err
-        except (KeyError, TypeError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
-            raise WeightsError(
-                f"{path} is not a detlit checkpoint ({type(err).__name__}: {err}); pass a .ckpt file written by "
-                "python -m detlit.fit"
-            ) from err
-        return cls(module, **kwargs)
+        return cls(LoadedCheckpoint.read(Path(path)).module, **kwargs)
 
     @classmethod
     def from_exported(cls, path: str | Path, device: str = AUTO, **kwargs: Any) -> Predictor:

@@ -1,35 +1,32 @@
-"""Stage [7]: DetectionModule, detectron2's GeneralizedRCNN as a LightningModule (training, validation, test)."""
+"""Stage 7, training: DetectionModule, detectron2's GeneralizedRCNN as a LightningModule (fit, validate, test)."""
 
 from __future__ import annotations
 
-import io
 import logging
 import random
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, Literal, cast
 
 import numpy as np
 import torch
-from lightning.pytorch import LightningModule
+from lightning.pytorch import Callback, LightningModule
 from lightning.pytorch.cli import OptimizerCallable
-from rich.console import Console
 from torch import nn
 
 from detlit.common import ranges
 from detlit.common.ranges import MAX_CLASSES, MAX_LOG_IMAGES, MAX_PARAMETERS
-from detlit.compat import EventStorage, GeneralizedRCNN, Instances, build_model
+from detlit.compat import Boxes, EventStorage, GeneralizedRCNN, Instances, build_model
 from detlit.data.coco import LabelMap
-from detlit.data.images import read_image
 from detlit.errors import ConfigError, DetlitError
-from detlit.evaluation.drawing import draw_comparison, montage
+from detlit.evaluation.evaluation import PROGRESS_BAR, Evaluation, tag
 from detlit.evaluation.metric import DetectionMetrics
-from detlit.evaluation.result import Evaluation
 from detlit.model.config import DEFAULT_CONFIG, build_d2_config, ignores_crowd, uses_frozen_batchnorm
+from detlit.model.detections import Detections, postprocess
 from detlit.model.heads import split_crowd
 from detlit.model.schedule import Schedule, build_scheduler
 from detlit.model.weights import load_pretrained
+from detlit.pictures.views import EvaluationViews
 
 log = logging.getLogger(__name__)
 
@@ -199,20 +196,23 @@ def check_hparams(hp: Mapping[str, Any]) -> None:
     )
 
 
-def as_prediction(instances: Instances) -> dict[str, torch.Tensor]:
-    """detectron2 ``Instances`` (original pixels) -> the metric's prediction dict."""
-    return {
-        "boxes": instances.pred_boxes.tensor.detach().float(),
-        "scores": instances.scores.detach().float(),
-        "labels": instances.pred_classes.detach(),
-    }
+def detections_of(instances: Instances) -> Detections:
+    """The boxes, scores and labels of detectron2 ``Instances``."""
+    return Detections(instances.pred_boxes.tensor, instances.scores, instances.pred_classes)
 
 
-def render_table(table: Any, width: int = 120) -> str:
-    """A rich table as plain text, for the log."""
-    console = Console(width=width, record=True, file=io.StringIO(), color_system=None)
-    console.print(table)
-    return console.export_text().rstrip()
+def in_original_pixels(results: Sequence[Instances], batch: Batch) -> list[dict[str, Instances]]:
+    """The model's detections (``Instances`` in its input images' pixels) as detectron2's models
+    answer at inference: ``{"instances": Instances}`` of each original image's size and pixels
+    (its ``height`` and ``width``, else the size the model saw), through the one
+    :func:`~detlit.model.detections.postprocess` that every inference path uses too."""
+    outputs = []
+    for instances, item in zip(results, batch, strict=True):
+        input_size = (int(instances.image_size[0]), int(instances.image_size[1]))
+        size = (int(item.get("height", input_size[0])), int(item.get("width", input_size[1])))
+        boxes, scores, labels = postprocess(detections_of(instances), input_size, size)
+        outputs.append({"instances": Instances(size, pred_boxes=Boxes(boxes), scores=scores, pred_classes=labels)})
+    return outputs
 
 
 class DetectionModule(LightningModule):
@@ -220,11 +220,17 @@ class DetectionModule(LightningModule):
 
     Batches are lists of detectron2 input dicts (see ``detlit.data.dataset``). Training returns the
     sum of detectron2's losses and logs each of them (``train/...``). Validation and test compute
-    the same losses on their batches (one backbone pass serves losses and predictions) and every
-    metric of :class:`~detlit.evaluation.metric.DetectionMetrics`, each stage with its own metric
-    object, logged as ``val/...`` and ``test/...``; the per-class score thresholds that maximise F1
-    come from validation only. Every argument but the optimizer is saved as a hyper-parameter, so
-    ``load_from_checkpoint(path)`` rebuilds the model without further arguments.
+    the same losses on their batches (one backbone pass serves losses and predictions), turn the
+    predictions into detections in original pixels with the one postprocess of every inference
+    path (:func:`~detlit.model.detections.postprocess`), and feed them to
+    :class:`~detlit.evaluation.metric.DetectionMetrics`, each stage with its own metric object,
+    whose :class:`~detlit.evaluation.evaluation.Evaluation` says what is logged (``val/...``,
+    ``test/...``); the per-class score thresholds that maximise F1 come from validation only. Each
+    step returns its images and detections, from which
+    :class:`~detlit.pictures.views.EvaluationViews` (a callback the module declares) draws, and
+    that callback shows each evaluation's curves and table. Every argument but the optimizer is
+    saved as a hyper-parameter, so ``load_from_checkpoint(path)`` rebuilds the model without
+    further arguments.
 
     Args:
         num_classes: number of object classes (linked from the data by the CLI).
@@ -254,7 +260,8 @@ class DetectionModule(LightningModule):
         on_nonfinite_loss: ``stop`` with a message naming the step, losses and images, or ``skip``
             the batch.
         log_images: validation images drawn with predictions and ground truth into TensorBoard
-            after every validation (the same images each time; 0 turns it off).
+            after every validation (the same images each time; 0 turns it off), by
+            :class:`~detlit.pictures.views.EvaluationViews`.
     """
 
     def __init__(
@@ -308,7 +315,6 @@ class DetectionModule(LightningModule):
         # Per-class score thresholds that maximise F1 on the last validation; inference defaults to them.
         self.score_thresholds: list[float] | None = None
         self.last_evaluation: Evaluation | None = None
-        self._drawn: list[tuple[int, np.ndarray]] = []
         self._pretrained_loaded = False
 
     def setup(self, stage: str) -> None:
@@ -367,9 +373,9 @@ class DetectionModule(LightningModule):
         return dense
 
     def forward(self, batch: Batch) -> list[dict[str, Any]]:
-        """Inference: a list of ``{"instances": Instances}`` in original image pixels."""
-        outputs: list[dict[str, Any]] = self.model(batch)
-        return outputs
+        """Inference as detectron2's models answer it: a list of ``{"instances": Instances}`` in
+        original image pixels, through :meth:`detect` and the one postprocess."""
+        return in_original_pixels(self.detect([item["image"] for item in batch]), batch)
 
     def _targets(self, batch: Batch) -> list[Any]:
         """Ground-truth Instances on the model's device; crowd regions kept only for heads that ignore them."""
@@ -432,11 +438,18 @@ class DetectionModule(LightningModule):
     def _logger_writes_this_step(self) -> bool:
         """Whether Lightning writes this training step's ``on_step`` values to the logger.
 
-        Lightning's own rule (what its ``LearningRateMonitor`` asks too): every
-        ``trainer.log_every_n_steps`` optimizer steps, and the step where training stops.
+        Lightning's own rule, from the trainer's public attributes: the values of a training batch
+        are written when the count of optimizer steps after it is a multiple of
+        ``trainer.log_every_n_steps`` (0: never), and when training is told to stop. Called before
+        the optimizer steps, so the step about to be taken is ``global_step + 1``; detlit's one
+        optimizer steps once per stepping batch, so this count is the one Lightning's logger
+        connector uses (batches that stepped).
         """
-        connector = getattr(self._trainer, "_logger_connector", None)
-        return bool(getattr(connector, "should_update_logs", True))
+        trainer = self.trainer
+        # Trainer(log_every_n_steps=...), kept on the trainer by Lightning (undeclared on the class,
+        # hence the type note); a rename would fail loudly here, never skip the check silently.
+        every = int(trainer.log_every_n_steps)  # type: ignore[attr-defined]
+        return bool(every) and ((trainer.global_step + 1) % every == 0 or trainer.should_stop)
 
     # --- validation ----------------------------------------------------------------------
 
@@ -473,65 +486,43 @@ class DetectionModule(LightningModule):
                 f"the model diverged: at step {self.global_step} its outputs on images {ids} are not finite "
                 f"({reason}); lower the learning rate or clip gradients (trainer.gradient_clip_val), then train again"
             ) from err
-        predictions = GeneralizedRCNN._postprocess(results, batch, images.image_sizes)
-        return losses, predictions
+        return losses, in_original_pixels(results, batch)
 
-    def _evaluation_step(
-        self, batch: Batch, stage: str, metric: DetectionMetrics
-    ) -> tuple[Batch, list[dict[str, Any]]]:
-        """Losses and metric inputs of one validation or test batch; the readable items and their predictions."""
+    def _evaluation_step(self, batch: Batch, stage: str, metric: DetectionMetrics) -> dict[str, Any]:
+        """Losses and metric inputs of one validation or test batch.
+
+        Returns:
+            The step's outputs, which callbacks receive (``on_validation_batch_end``): ``images``,
+            the readable input dicts, and ``detections``, their
+            :class:`~detlit.model.detections.Detections` in original pixels, as the metric got them.
+        """
         readable = [x for x in batch if "skipped" not in x]
         skipped = float(len(batch) - len(readable))
         self.log(f"{stage}/skipped_images", skipped, on_step=False, on_epoch=True, reduce_fx="sum")
         if not readable:
-            return [], []
+            return {"images": [], "detections": []}
         losses, predictions = self.losses_and_predictions(readable)
         size = len(readable)
         self.log_dict({f"{stage}/{name}": value for name, value in losses.items()}, batch_size=size, sync_dist=True)
         self.log(f"{stage}/loss", torch.stack(list(losses.values())).sum(), batch_size=size, sync_dist=True)
-        metric.update([as_prediction(p["instances"]) for p in predictions], [x["target"] for x in readable])
-        return readable, predictions
+        detections = [detections_of(p["instances"]) for p in predictions]
+        metric.update([d.metric_input() for d in detections], [x["target"] for x in readable])
+        return {"images": readable, "detections": detections}
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self._draw_some(*self._evaluation_step(batch, "val", self.val_metrics))
+    def validation_step(self, batch: Batch, batch_idx: int) -> dict[str, Any]:
+        return self._evaluation_step(batch, "val", self.val_metrics)
 
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
-        self._evaluation_step(batch, "test", self.test_metrics)
-
-    def _draw_some(self, batch: Batch, predictions: list[dict[str, Any]]) -> None:
-        """Keep drawings of the first ``log_images`` validation images (by id) of this process."""
-        wanted = self.hparams["log_images"]
-        if not wanted or self.trainer.sanity_checking or not self.trainer.is_global_zero:
-            return
-        for item, prediction in zip(batch, predictions, strict=True):
-            if len(self._drawn) >= wanted and item["image_id"] >= self._drawn[-1][0]:
-                continue
-            instances = prediction["instances"].to("cpu")
-            keep = instances.scores >= 0.3  # a readable picture: not every low-score guess
-            target = item["target"]
-            drawing = draw_comparison(
-                read_image(Path(item["file_name"])),
-                instances.pred_boxes.tensor[keep].float().numpy(),  # float: numpy has no bfloat16 (AMP)
-                instances.pred_classes[keep].numpy(),
-                instances.scores[keep].float().numpy(),
-                target["boxes"].numpy(),
-                target["labels"].numpy(),
-                self.label_map.names,
-                gt_crowd=target["iscrowd"].numpy().astype(bool),
-            )
-            self._drawn = sorted([*self._drawn, (int(item["image_id"]), drawing)], key=lambda d: d[0])[:wanted]
+    def test_step(self, batch: Batch, batch_idx: int) -> dict[str, Any]:
+        return self._evaluation_step(batch, "test", self.test_metrics)
 
     def _log_evaluation(self, stage: str, metric: DetectionMetrics) -> Evaluation:
         """Compute a stage's metric (every process's images) and log its numbers under ``stage/``."""
         evaluation: Evaluation = metric.compute()
         metric.reset()
-        scalars = evaluation.scalars()
-        overall = {k: v for k, v in scalars.items() if "/" not in k}
-        per_class = {k: v for k, v in scalars.items() if k.split("/")[0] in ("ap", "ap50", "f1", "threshold")}
-        shown = {"map", "map50"}
-        self.log_dict({f"{stage}/{k}": v for k, v in overall.items() if k not in shown})
-        self.log_dict({f"{stage}/{k}": v for k, v in overall.items() if k in shown}, prog_bar=True)
-        self.log_dict({f"{stage}/{k}": v for k, v in per_class.items()})
+        logged = evaluation.logged(stage)
+        shown = {tag(stage, name) for name in PROGRESS_BAR}
+        self.log_dict({k: v for k, v in logged.items() if k not in shown})
+        self.log_dict({k: v for k, v in logged.items() if k in shown}, prog_bar=True)
         return evaluation
 
     def on_validation_epoch_end(self) -> None:
@@ -539,35 +530,14 @@ class DetectionModule(LightningModule):
         # Thresholds come from validation only: the test set must not tune what it measures.
         self.score_thresholds = evaluation.score_thresholds()
         self.last_evaluation = evaluation
-        if not self.trainer.sanity_checking:
-            self._log_curves("val", evaluation)
-            self._log_drawings()
 
     def on_test_epoch_end(self) -> None:
-        evaluation = self._log_evaluation("test", self.test_metrics)
-        self.test_evaluation = evaluation
-        self._log_curves("test", evaluation)
+        self.test_evaluation = self._log_evaluation("test", self.test_metrics)
 
-    def _log_drawings(self) -> None:
-        """The kept validation drawings as one TensorBoard image (true positives green, false
-        detections red dashed, missed objects orange)."""
-        drawn, self._drawn = self._drawn, []
-        experiment = getattr(self.logger, "experiment", None)
-        if not drawn or experiment is None or not hasattr(experiment, "add_image"):
-            return
-        grid = montage([image for _, image in drawn], titles=[f"image {i}" for i, _ in drawn], cell_size=(384, 384))
-        experiment.add_image("val/predictions", grid, global_step=self.global_step, dataformats="HWC")
-
-    def _log_curves(self, stage: str, evaluation: Evaluation) -> None:
-        """Per-class precision-recall curves to TensorBoard and the per-class table to the log."""
-        if not self.trainer.is_global_zero:
-            return
-        experiment = getattr(self.logger, "experiment", None)
-        if experiment is not None and hasattr(experiment, "add_pr_curve_raw"):
-            for name, curve in zip(evaluation.class_names, evaluation.curves, strict=True):
-                experiment.add_pr_curve_raw(f"{stage}_pr/{name}", global_step=self.global_step, **curve.tensorboard())
-        what = f"validation after epoch {self.current_epoch}" if stage == "val" else "test"
-        log.info("%s:\n%s", what, render_table(evaluation.table()))
+    def configure_callbacks(self) -> list[Callback]:
+        # Drawings, curves and tables belong to the code that shows an evaluation; declared here,
+        # so every Trainer shows them, python -m detlit.fit's and a user's own.
+        return [EvaluationViews()]
 
     # --- checkpoints -----------------------------------------------------------------------
 
@@ -587,8 +557,16 @@ class DetectionModule(LightningModule):
             setattr(self.model, name, float(value))
         if "detlit_score_thresholds" in checkpoint:
             self.score_thresholds = [float(t) for t in checkpoint["detlit_score_thresholds"]]
-        if "detlit_rng_state" in checkpoint and self._trainer is not None and self.trainer.training:
+        if "detlit_rng_state" in checkpoint and self._resuming():
             set_rng_state(checkpoint["detlit_rng_state"])
+
+    def _resuming(self) -> bool:
+        """Whether a trainer is restoring this module to train on (not ``load_from_checkpoint``,
+        which has no trainer: Lightning's ``trainer`` property raises then)."""
+        try:
+            return bool(self.trainer.training)
+        except RuntimeError:
+            return False
 
     # --- optimisation --------------------------------------------------------------------
 

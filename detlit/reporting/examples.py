@@ -23,10 +23,10 @@ from PIL import Image
 from detlit.data.coco import CocoDataset, ImageRecord
 from detlit.data.images import load_image
 from detlit.data.targets import eval_target
-from detlit.evaluation.drawing import draw_comparison
+from detlit.evaluation.evaluation import Evaluation
 from detlit.evaluation.matching import Match, match_image
 from detlit.evaluation.metric import DetectionMetrics
-from detlit.evaluation.result import Evaluation
+from detlit.pictures.drawing import draw_comparison
 
 log = logging.getLogger(__name__)
 

@@ -29,8 +29,8 @@ from torch.utils.data import DataLoader
 from detlit.common.outputs import check_folder, check_not_images, check_outputs, write_image, write_lock
 from detlit.data.datamodule import CocoDataModule
 from detlit.errors import ConfigError
-from detlit.evaluation.drawing import draw_ground_truth, montage, resize_to_fit
 from detlit.model.module import DetectionModule
+from detlit.pictures.drawing import draw_ground_truth, montage, resize_to_fit
 from detlit.training.cli import DetlitCLI
 
 log = logging.getLogger(__name__)

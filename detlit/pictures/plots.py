@@ -1,4 +1,5 @@
-"""Metric pictures as PNG bytes (matplotlib, no display): confusion matrix, PR and F1 curves."""
+"""Metric pictures as PNG bytes (matplotlib, no display): confusion matrix, PR and F1 curves; and
+:func:`figure_png`, the one way a figure becomes PNG bytes (the training curves use it too)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ matplotlib.use("Agg")  # files only: no display is needed or wanted
 import matplotlib.pyplot as plt
 import numpy as np
 
-from detlit.evaluation.result import Evaluation
+from detlit.evaluation.evaluation import Evaluation
+
+PLOT_DPI = 110
 
 
 def confusion_matrix(evaluation: Evaluation) -> bytes:
@@ -33,7 +36,7 @@ def confusion_matrix(evaluation: Evaluation) -> bytes:
         color = "white" if value > limit / 2 and limit else "black"
         axes.text(column, row, str(value), ha="center", va="center", color=color, fontsize=8)
     figure.colorbar(image, ax=axes, label="log(1 + count)")
-    return _png(figure)
+    return figure_png(figure, PLOT_DPI)
 
 
 def pr_curves(evaluation: Evaluation) -> bytes:
@@ -51,7 +54,7 @@ def pr_curves(evaluation: Evaluation) -> bytes:
     axes.set_title(f"precision-recall at IoU {evaluation.iou_threshold:g}")
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8, loc="lower left")
-    return _png(figure)
+    return figure_png(figure, PLOT_DPI)
 
 
 def f1_curves(evaluation: Evaluation) -> bytes:
@@ -71,14 +74,16 @@ def f1_curves(evaluation: Evaluation) -> bytes:
     axes.set_title("F1 vs score threshold (dotted: each class's best)")
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8, loc="lower left")
-    return _png(figure)
+    return figure_png(figure, PLOT_DPI)
 
 
-def _png(figure: plt.Figure) -> bytes:
+def figure_png(figure: plt.Figure, dpi: int) -> bytes:
+    """A matplotlib figure as PNG bytes, laid out tightly, and closed: figures made in a loop
+    (a report, every validation) would otherwise stay in pyplot's memory."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # many classes: a crowded but complete figure
         figure.tight_layout()
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110)
+    figure.savefig(buffer, format="png", dpi=dpi)
     plt.close(figure)
     return buffer.getvalue()

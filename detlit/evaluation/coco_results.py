@@ -43,12 +43,18 @@ BOX_DECIMALS = 2
 Result = dict[str, Any]
 
 
-class Detections(Protocol):
-    """What :func:`coco_results` reads of one image's detections (a ``Prediction`` has these)."""
+class HasDetections(Protocol):
+    """What :func:`coco_results` reads of one image's detections (a ``Prediction`` and
+    :class:`~detlit.model.detections.Detections` have these)."""
 
-    boxes: Any  # (N, 4) XYXY, original pixels
-    scores: Any  # (N,)
-    labels: Any  # (N,) contiguous labels
+    @property
+    def boxes(self) -> Any: ...  # (N, 4) XYXY, original pixels
+
+    @property
+    def scores(self) -> Any: ...  # (N,)
+
+    @property
+    def labels(self) -> Any: ...  # (N,) contiguous labels
 
 
 def _numpy(values: Any, dtype: Any) -> np.ndarray:
@@ -68,7 +74,7 @@ def category_ids(labels: np.ndarray, label_map: LabelMap) -> np.ndarray:
 
 
 def coco_results(
-    detections: Sequence[Detections | dict[str, Any]], image_ids: Sequence[int], label_map: LabelMap
+    detections: Sequence[HasDetections | dict[str, Any]], image_ids: Sequence[int], label_map: LabelMap
 ) -> list[Result]:
     """COCO result dicts of detections, one list for all images.
 
