@@ -61,7 +61,7 @@ def tamper_torchscript(model: Path, out: Path, statement: str) -> None:
     import json
     import zipfile
 
-    from detlit.inference.runtimes import metadata_path
+    from detlit.inference.exported import metadata_path
 
     with zipfile.ZipFile(model) as source, zipfile.ZipFile(out, "w") as target:
         for item in source.infolist():

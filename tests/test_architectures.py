@@ -18,8 +18,8 @@ from lightning.pytorch import seed_everything
 from detlit.deploy.export import export
 from detlit.deploy.parity import BOX_TOLERANCE
 from detlit.errors import ConfigError
+from detlit.inference.exported import metadata_path
 from detlit.inference.predictor import Predictor
-from detlit.inference.runtimes import metadata_path
 from detlit.model.config import ARCHITECTURES, MENU, build_d2_config, flatten_overrides
 from detlit.model.module import FROZEN_BN_WARNING, DetectionModule, NonFiniteLossError
 from detlit.training.tune import decode, load_search

@@ -26,16 +26,9 @@ from detlit.data.coco import load_coco
 from detlit.data.headers import inspect_file, read_headers
 from detlit.data.images import MAX_IMAGE_PIXELS, ImageTooLarge, load_image, open_image
 from detlit.errors import ConfigError, DataError, WeightsError
+from detlit.inference.exported import ExportedModel, metadata_path
 from detlit.inference.facts import ModelFacts
-from detlit.inference.runtimes import (
-    Detections,
-    TorchScriptRuntime,
-    check_pair,
-    checked_labels,
-    file_facts,
-    metadata_path,
-    read_metadata,
-)
+from detlit.inference.runtimes import Detections, TorchScriptRuntime, checked_labels
 from detlit.model.checkpoints import verify_file
 
 from .conftest import quiet_trainer, tiny_datamodule, tiny_module
@@ -283,10 +276,11 @@ def test_model_facts_read_back_what_they_wrote() -> None:
 
 
 def _exported(tmp_path: Path, document: Any = None, text: str | None = None) -> Path:
+    """``m.onnx`` (a few bytes) and its metadata: ``text``, else ``document``, else what export writes."""
     model = tmp_path / "m.onnx"
     model.write_bytes(b"model bytes")
     if document is None:
-        document = {"kind": "detlit exported model", "version": 2, **file_facts(b"model bytes")}
+        document = ExportedModel.of(b"model bytes", "onnx", model.name, FACTS).to_json()
     metadata_path(model).write_text(text if text is not None else json.dumps(document))
     return model
 
@@ -307,22 +301,24 @@ def _exported(tmp_path: Path, document: Any = None, text: str | None = None) -> 
 )
 def test_metadata_is_read_within_bounds(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(WeightsError, match=message):
-        read_metadata(_exported(tmp_path, text=text))
+        ExportedModel.read(_exported(tmp_path, text=text))
 
 
 def test_the_model_and_its_metadata_are_checked_as_a_pair(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     model = _exported(tmp_path)
-    check_pair(model, read_metadata(model))
+    assert ExportedModel.read(model).file_bytes == len(b"model bytes")
     model.write_bytes(b"model bytez")  # same size, another sha256
     with pytest.raises(WeightsError, match=r"m\.onnx is not the model file its metadata .* \(their sha256 differ\)"):
-        check_pair(model, read_metadata(model))
+        ExportedModel.read(model)
     model.write_bytes(b"another model")
     with pytest.raises(WeightsError, match="their sha256 differ"):
-        check_pair(model, read_metadata(model))
+        ExportedModel.read(model)
+    unrecorded = ExportedModel(format="onnx", file=model.name, facts=FACTS).to_json()
+    assert "file_sha256" not in unrecorded and unrecorded["version"] == 2
     with pytest.raises(WeightsError, match=r"lacks the model file's sha256 and size \(file_sha256, file_bytes\)"):
-        check_pair(model, {"kind": "detlit exported model", "version": 2})
+        ExportedModel.from_json(unrecorded, metadata_path(model))
     with caplog.at_level(logging.WARNING):
-        check_pair(model, {"kind": "detlit exported model", "version": 1})
+        ExportedModel.from_json({**unrecorded, "version": 1}, metadata_path(model)).check_file(model)
     assert "does not record its model file's sha256 (exported by an earlier detlit)" in caplog.text
 
 

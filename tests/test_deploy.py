@@ -32,8 +32,9 @@ from detlit.deploy import export as exporting
 from detlit.deploy.parity import BOX_TOLERANCE, SCORE_TOLERANCE
 from detlit.errors import WeightsError
 from detlit.export import main as export_main
+from detlit.inference.exported import ExportedModel, metadata_path
 from detlit.inference.predictor import Predictor
-from detlit.inference.runtimes import Detections, metadata_path
+from detlit.inference.runtimes import Detections, LoadedCheckpoint
 
 from .conftest import REPO, quiet_trainer, tiny_datamodule, tiny_module
 
@@ -52,16 +53,35 @@ def checkpoint(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     return folder / "tiny.ckpt"
 
 
+checkpoint_reads: dict[str, dict[str, int]] = {}
+"""How often each export loaded a checkpoint (``torch.load``) and verified an archive (``ZipFile.testzip``)."""
+
+
 @pytest.fixture(scope="module")
 def exported(checkpoint: Path) -> dict[str, Path]:
-    """Both formats, exported by the command into the checkpoint's folder (the default --out)."""
+    """Both formats, exported by the command into the checkpoint's folder (the default --out), counting
+    the checkpoint's reads."""
+    import zipfile
+
     models = {}
     for kind in FORMATS:
-        with pytest.raises(SystemExit) as info:
-            export_main(["--ckpt", str(checkpoint), "--format", kind])
+        counts = checkpoint_reads.setdefault(kind, {"load": 0, "testzip": 0})
+        with pytest.MonkeyPatch.context() as patch:
+            for owner, name in ((torch, "load"), (zipfile.ZipFile, "testzip")):
+                patch.setattr(owner, name, _counted(getattr(owner, name), counts, name))
+            with pytest.raises(SystemExit) as info:
+                export_main(["--ckpt", str(checkpoint), "--format", kind])
         assert info.value.code == 0
         models[kind] = checkpoint.with_suffix(f".{kind}")
     return models
+
+
+def _counted(function: Any, counts: dict[str, int], key: str) -> Any:
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        counts[key] += 1
+        return function(*args, **kwargs)
+
+    return counting
 
 
 def _val_images(sample_dir: Path) -> list[np.ndarray]:
@@ -121,6 +141,54 @@ def test_exported_models_predict_like_the_checkpoint(
         pick = lambda values, keep: [values[i] for i in np.flatnonzero(keep)]  # noqa: E731
         assert pick(mine.category_ids, a) == pick(other.category_ids, b)
         assert pick(mine.class_names, a) == pick(other.class_names, b)
+
+
+def test_export_reads_the_checkpoint_once(exported: dict[str, Path]) -> None:
+    # Before: the archive verified once, then loaded twice (Lightning's load_from_checkpoint, and
+    # torch.load for the data settings), and hashed a fourth time.
+    assert checkpoint_reads == {kind: {"load": 1, "testzip": 1} for kind in FORMATS}
+
+
+def test_a_loaded_checkpoint_is_the_model_lightning_loads(checkpoint: Path, sample_dir: Path) -> None:
+    from detlit.model.module import DetectionModule
+
+    loaded = LoadedCheckpoint.read(checkpoint)
+    theirs = DetectionModule.load_from_checkpoint(checkpoint, map_location="cpu")
+    assert not loaded.module.training
+    assert dict(loaded.module.hparams) == {k: v for k, v in theirs.hparams.items() if not k.startswith("_")}
+    assert loaded.module.score_thresholds == theirs.score_thresholds and len(theirs.score_thresholds or []) == 3
+    ours, reference = loaded.module.state_dict(), theirs.state_dict()
+    assert list(ours) == list(reference) and all(torch.equal(ours[k], reference[k]) for k in ours)
+    assert loaded.data["val_json"] == str(sample_dir / "val.json")
+    assert loaded.sha256 == sha256_file(checkpoint)
+
+
+@pytest.mark.parametrize("kind", FORMATS)
+def test_exported_metadata_reads_back_to_its_own_bytes(kind: str, exported: dict[str, Path]) -> None:
+    written = metadata_path(exported[kind]).read_bytes()
+    metadata = ExportedModel.read(exported[kind])
+    assert metadata.to_bytes() == written
+    assert (metadata.format, metadata.version, metadata.file) == (kind, 2, exported[kind].name)
+
+
+def test_a_model_exported_with_version_1_metadata_still_loads(
+    exported: dict[str, Path], sample_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Metadata as detlit 0.2 wrote it (version 1: no sha256 and size of the model file)."""
+    model = tmp_path / exported["onnx"].name
+    model.write_bytes(exported["onnx"].read_bytes())
+    document = json.loads(metadata_path(exported["onnx"]).read_text())
+    old = {key: value for key, value in document.items() if key not in ("file_sha256", "file_bytes")}
+    metadata_path(model).write_text(json.dumps({**old, "version": 1}, indent=1))
+    images = _val_images(sample_dir)[:2]
+    with caplog.at_level("WARNING"):
+        ours = Predictor.load(model, score_threshold=0.1).predict(images)
+    assert "does not record its model file's sha256 (exported by an earlier detlit)" in caplog.text
+    theirs = Predictor.load(exported["onnx"], score_threshold=0.1).predict(images)
+    assert sum(len(p) for p in ours) > 0
+    for mine, other in zip(ours, theirs, strict=True):
+        np.testing.assert_array_equal(mine.boxes, other.boxes)
+        np.testing.assert_array_equal(mine.scores, other.scores)
 
 
 def _evaluate(argv: list[str]) -> dict[str, Any]:

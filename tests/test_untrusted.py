@@ -493,8 +493,8 @@ def test_a_search_space_and_its_base_config_are_read_safely(tmp_path: Path, mark
 @pytest.fixture(scope="module")
 def exported_torchscript(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny model's TorchScript export and its metadata, as detlit writes them (untrained weights)."""
-    from detlit.deploy.export import metadata_document, write_model
-    from detlit.deploy.parity import Parity
+    from detlit.deploy.export import write_model
+    from detlit.inference.exported import ExportedModel, metadata_path
     from detlit.inference.facts import ModelFacts
 
     from .conftest import tiny_module
@@ -502,11 +502,8 @@ def exported_torchscript(tmp_path_factory: pytest.TempPathFactory) -> Path:
     module = tiny_module().eval()
     model = tmp_path_factory.mktemp("ts") / "tiny.torchscript"
     model.write_bytes(write_model(module.model, torch.zeros(3, 128, 160, dtype=torch.uint8), "torchscript"))
-    parity = Parity()
-    document = metadata_document(
-        "torchscript", model.name, model.read_bytes(), ModelFacts.from_module(module), model, {}, parity, "none"
-    )
-    model.with_name(model.name + ".json").write_text(__import__("json").dumps(document))
+    exported = ExportedModel.of(model.read_bytes(), "torchscript", model.name, ModelFacts.from_module(module))
+    metadata_path(model).write_bytes(exported.to_bytes())
     return model
 
 

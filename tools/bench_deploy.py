@@ -241,8 +241,8 @@ def bench_deploy(ctx: Context) -> Result:
             f"max score difference {parity[kind]['max_score_difference']:.3g}, {parity[kind]['differing']} differing"
             for kind in exported
         ),
-        "- serve: `python -m detlit.serve --ckpt` on 127.0.0.1 (--batch-size 8, LitServe's dynamic batching), "
-        "every image POSTed as raw JPEG bytes by 1 and 8 client threads; img/s per round: "
+        "- serve: `python -m detlit.serve --ckpt` on 127.0.0.1 (--batch-size 8: concurrent requests batched, "
+        "a lone one run at once), every image POSTed as raw JPEG bytes by 1 and 8 client threads; img/s per round: "
         + "; ".join(f"{clients} client(s) {listed(served[clients][0])}" for clients in served),
     ]
     return Result("deploy", rows, details)

@@ -11,10 +11,15 @@ the dynamo exporter fails on R-CNN's data-dependent shapes) at opset :data:`ONNX
 ROIAlign's ``aligned=True`` is dropped with only a warning).
 
 Into ``--out`` (default: the checkpoint's folder) go ``<checkpoint name>.torchscript`` or
-``<checkpoint name>.onnx`` and, beside it, ``<model file>.json``: the model facts (class names,
-original category ids, per-class thresholds, channel order, resize rule, score floor), the
-checkpoint it came from with the run's dataset fingerprint (sha256 of the training json when it
-can be found), the versions, and the parity figures.
+``<checkpoint name>.onnx`` and, beside it, ``<model file>.json``: its metadata
+(:class:`~detlit.inference.exported.ExportedModel`, the one home of that format): the model facts
+(class names, original category ids, per-class thresholds, channel order, resize rule, score
+floor), the checkpoint it came from with the run's dataset fingerprint (sha256 of the training json
+when it can be found), the versions, and the parity figures.
+
+The checkpoint is read once (:class:`~detlit.inference.runtimes.LoadedCheckpoint`): its model is
+traced, run for parity and described by the metadata; its data settings name the parity images
+and the training json; its sha256 goes into the metadata.
 
 Parity is checked at every export (:mod:`detlit.deploy.parity`): the exported file, as written,
 against the checkpoint on :data:`PARITY_IMAGES` or more images at two or more input sizes: the
@@ -23,7 +28,7 @@ The model file is written under a temporary name and moved into place only when 
 otherwise the export stops with one sentence and leaves no model file behind.
 
 The model and its metadata are one pair: the metadata records the model file's sha256 and size,
-which every loader checks before it loads the model (:func:`detlit.inference.runtimes.check_pair`).
+which every loader checks before it loads the model (:meth:`~detlit.inference.exported.ExportedModel.read`).
 Both are written in full to temporary files, then the model is renamed into place and the metadata
 last. A reader, or an export interrupted at any point, finds the old pair, the new model beside
 the old metadata (which names another sha256: refused in one sentence), or the new pair; never one
@@ -32,10 +37,8 @@ export's model used with another's metadata.
 
 from __future__ import annotations
 
-import datetime
 import importlib.metadata
 import io
-import json
 import logging
 import platform
 import time
@@ -43,7 +46,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,29 +55,19 @@ from torch.nn import functional as F
 from detlit.common.files import locate, sha256_file
 from detlit.common.outputs import atomic_write, check_folder, check_outputs, write_lock
 from detlit.common.paths import not_a_file
+from detlit.common.run_folder import recorded_data
 from detlit.data.coco import load_coco
 from detlit.data.images import load_image
 from detlit.data.sample import make_image
 from detlit.deploy.parity import Parity, compare
 from detlit.errors import ConfigError, DataError, DetlitError
-from detlit.inference.facts import ModelFacts
+from detlit.inference.exported import FORMATS, SUFFIXES, ExportedModel, Format, metadata_path
 from detlit.inference.predict import find_images
 from detlit.inference.predictor import Predictor
-from detlit.inference.runtimes import (
-    FORMATS,
-    METADATA_KIND,
-    METADATA_VERSION,
-    SUFFIXES,
-    OnnxRuntime,
-    Runtime,
-    TorchScriptRuntime,
-    file_facts,
-    metadata_path,
-)
+from detlit.inference.runtimes import RUNTIMES, LoadedCheckpoint, Runtime
 
 log = logging.getLogger(__name__)
 
-Format = Literal["torchscript", "onnx"]
 ONNX_OPSET = 17
 PARITY_IMAGES = 8
 GENERATED_SEED = 0
@@ -198,32 +191,25 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def _read_checkpoint_data(ckpt: Path) -> dict[str, Any]:
-    """The data module's hyper-parameters saved in a checkpoint (empty when there are none)."""
-    try:
-        raw = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:  # weights-only loading refuses what it cannot trust: then no data is named
-        log.debug("cannot read the data settings of %s: %s", ckpt, err)
-        return {}
-    data = raw.get("datamodule_hyper_parameters") if isinstance(raw, dict) else None
-    return dict(data) if isinstance(data, dict) else {}
-
-
-def source_document(ckpt: Path, data: dict[str, Any]) -> dict[str, Any]:
+def source_document(checkpoint: LoadedCheckpoint) -> dict[str, Any]:
     """The checkpoint and the run's dataset fingerprint, for the metadata."""
-    anchors = list(ckpt.resolve().parents)
-    source: dict[str, Any] = {"checkpoint": str(ckpt.resolve()), "checkpoint_sha256": sha256_file(ckpt)}
-    train_json = data.get("train_json")
-    found = locate(train_json, anchors)
+    path = checkpoint.path.resolve()
+    source: dict[str, Any] = {"checkpoint": str(path), "checkpoint_sha256": checkpoint.sha256}
+    train_json = checkpoint.data.get("train_json")
     source["train_json"] = train_json
-    source["train_json_sha256"] = sha256_file(found) if found is not None and found.is_file() else None
+    recorded = recorded_data(checkpoint.path, "train").get("sha256")  # what the run trained on (run.json)
+    if isinstance(recorded, str):
+        source["train_json_sha256"] = recorded
+    else:  # a run without a record (detlit 0.2): the file as it is now
+        found = locate(train_json, list(path.parents))
+        source["train_json_sha256"] = sha256_file(found) if found is not None and found.is_file() else None
     if source["train_json_sha256"] is None:
         source["note"] = "the training json was not found: the dataset fingerprint is left out"
     return source
 
 
-def _validation_images(ckpt: Path, data: dict[str, Any]) -> list[np.ndarray]:
-    anchors = list(ckpt.resolve().parents)
+def _validation_images(checkpoint: LoadedCheckpoint) -> list[np.ndarray]:
+    anchors, data = list(checkpoint.path.resolve().parents), checkpoint.data
     json_path = locate(data.get("val_json"), anchors)
     root = locate(data.get("val_images") or data.get("train_images"), anchors)
     if json_path is None or root is None:
@@ -249,10 +235,10 @@ def _readable(paths: list[Path]) -> list[np.ndarray]:
 
 
 def parity_images(
-    ckpt: Path, data: dict[str, Any], folder: Path | None, predictor: Predictor
+    checkpoint: LoadedCheckpoint, folder: Path | None, predictor: Predictor
 ) -> tuple[list[np.ndarray], str]:
     """At least :data:`PARITY_IMAGES` images at two or more model input sizes, and where they come from."""
-    images: list[np.ndarray] = _validation_images(ckpt, data)
+    images: list[np.ndarray] = _validation_images(checkpoint)
     source = "the checkpoint's validation images"
     if not images and folder is not None:
         images = _readable([image.path for image in find_images([str(folder)])])
@@ -295,52 +281,6 @@ def output_paths(ckpt: Path, kind: Format, out: Path | None) -> tuple[Path, Path
     return model, metadata_path(model)
 
 
-def _runtime(kind: Format, path: Path, facts: ModelFacts) -> Runtime:
-    return TorchScriptRuntime(path, facts, "cpu") if kind == "torchscript" else OnnxRuntime(path, facts, "cpu")
-
-
-def metadata_document(
-    kind: Format,
-    file_name: str,
-    model: bytes,
-    facts: ModelFacts,
-    ckpt: Path,
-    data: dict[str, Any],
-    parity: Parity,
-    image_source: str,
-) -> dict[str, Any]:
-    """The metadata json of an exported model (``<model file>.json``): what loading and running it
-    needs (:func:`~detlit.inference.runtimes.read_metadata` reads it back), and where it came from."""
-    return {
-        "kind": METADATA_KIND,
-        "version": METADATA_VERSION,
-        "format": kind,
-        "file": file_name,
-        **file_facts(model),
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "input": {
-            "name": "image",
-            "dtype": "uint8",
-            "shape": [3, "height", "width"],
-            "channel_order": facts.image_format,
-            "resize": {
-                "rule": "shortest edge to min_size, longest edge at most max_size (detectron2 ResizeShortestEdge)",
-                "min_size": facts.min_size,
-                "max_size": facts.max_size,
-            },
-        },
-        "outputs": {
-            "boxes": "float32 (N, 4) XYXY in the input image's pixels",
-            "scores": "float32 (N,)",
-            "classes": "int64 (N,) contiguous labels: class_names[i], category_ids[i]",
-        },
-        "facts": facts.as_json(),
-        "source": source_document(ckpt, data),
-        "versions": {**_versions(), **({"onnx_opset": str(ONNX_OPSET)} if kind == "onnx" else {})},
-        "parity": {**parity.as_json(), "images_from": image_source},
-    }
-
-
 def export(
     ckpt: Path,
     kind: Format,
@@ -371,20 +311,19 @@ def export(
     with write_lock(model_path.parent):
         check_outputs([model_path, meta_path], inputs=[ckpt], overwrite=overwrite)
         started = time.perf_counter()
-        eager = Predictor.from_checkpoint(ckpt, device="cpu", all_detections=True, batch_size=1)
-        data = _read_checkpoint_data(ckpt)
-        chosen, image_source = parity_images(ckpt, data, images, eager)
-        module = eager.runtime.module  # type: ignore[attr-defined]
-        require_exportable(module)
+        checkpoint = LoadedCheckpoint.read(ckpt)
+        require_exportable(checkpoint.module)
+        eager = Predictor(checkpoint.module, device="cpu", all_detections=True, batch_size=1)
+        chosen, image_source = parity_images(checkpoint, images, eager)
         example = eager.preprocess(chosen[0])["image"]
-        written = write_model(module.model, example, kind)
+        written = write_model(checkpoint.module.model, example, kind)
         # Both files are moved into place when the block ends without an error: the model, then the metadata.
         with atomic_write(meta_path) as metadata, atomic_write(model_path) as handle:
             temporary = Path(handle.name)
             handle.write(written)
             handle.flush()
             exported_at = time.perf_counter()
-            parity = check_parity(eager, _runtime(kind, temporary, eager.facts), chosen)
+            parity = check_parity(eager, RUNTIMES[kind](temporary, eager.facts, "cpu"), chosen)
             log.info("parity on %s: %s", image_source, parity.describe())
             if not parity.passed:
                 raise ParityError(
@@ -395,9 +334,17 @@ def export(
                 "export": round(exported_at - started, 2),
                 "parity": round(time.perf_counter() - exported_at, 2),
             }
-            document = metadata_document(kind, model_path.name, written, eager.facts, ckpt, data, parity, image_source)
-            document["seconds"] = seconds
-            metadata.write(json.dumps(document, indent=1).encode("utf-8"))
+            described = ExportedModel.of(
+                written,
+                kind,
+                model_path.name,
+                eager.facts,
+                source=source_document(checkpoint),
+                versions={**_versions(), **({"onnx_opset": str(ONNX_OPSET)} if kind == "onnx" else {})},
+                parity={**parity.as_json(), "images_from": image_source},
+                seconds=seconds,
+            )
+            metadata.write(described.to_bytes())
         print(f"parity ({image_source}): {parity.describe()}")
         print(f"wrote {model_path} and {meta_path} in {time.perf_counter() - started:.1f} s")
         return model_path

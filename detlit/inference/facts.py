@@ -1,9 +1,11 @@
 """What running a trained model needs to know besides its weights, read once from where it is kept.
 
 A checkpoint keeps these facts in its hyper-parameters and detectron2 config; an exported model
-keeps them in the metadata json beside its file (:mod:`detlit.deploy.export`). Either way the
-:class:`~detlit.inference.predictor.Predictor` reads, resizes, filters and names detections from
-the same :class:`ModelFacts`, so a checkpoint and its exported copy are used identically.
+keeps them in the metadata json beside its file (:mod:`detlit.inference.exported`), as
+:meth:`ModelFacts.as_json` writes them and :meth:`ModelFacts.from_json` reads them back, each in its
+range. Either way the :class:`~detlit.inference.predictor.Predictor` reads, resizes, filters and
+names detections from the same :class:`ModelFacts`, so a checkpoint and its exported copy are used
+identically.
 """
 
 from __future__ import annotations

@@ -59,9 +59,9 @@ from detlit.common.paths import not_a_file
 from detlit.data.coco import LabelMap
 from detlit.data.images import IMAGE_SUFFIXES
 from detlit.errors import ConfigError
-from detlit.evaluation.results import coco_results
+from detlit.evaluation.coco_results import coco_results
+from detlit.inference.exported import is_exported
 from detlit.inference.predictor import Precision, Prediction, Predictor, Resize
-from detlit.inference.runtimes import is_exported
 
 log = logging.getLogger(__name__)
 

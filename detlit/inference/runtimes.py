@@ -16,34 +16,40 @@ runtime.
   provider when onnxruntime has one and the CPU otherwise.
 
 Exported models fix their score floor and per-image detection limit when they are exported; the
-metadata json beside the model file (:func:`metadata_path`) holds their
-:class:`~detlit.inference.facts.ModelFacts`. Both files may come from someone else, and both are
-checked before the model runs (:func:`load_exported`): the metadata is read within bounds (size,
-nesting) and every fact range-checked; it names the model file's sha256, so a model beside the
-metadata of another export is refused; the model's own classifier says how many classes it has,
-which the class names must match; and a class label beyond the names is refused at prediction.
+metadata json beside the model file holds their :class:`~detlit.inference.facts.ModelFacts`, and
+:mod:`detlit.inference.exported` alone writes and reads it. Both files may come from someone else,
+and both are checked before the model runs (:func:`load_exported`): the metadata within bounds,
+its facts in range, the model file the one it was written with (:class:`~detlit.inference.exported.ExportedModel`);
+here, the model's own classifier says how many classes it has, which the class names must match,
+and a class label beyond the names is refused at prediction.
+
+A checkpoint is read once into a :class:`LoadedCheckpoint` (the model, the data settings that name
+the run's data, the file's sha256), with the checks of :func:`~detlit.model.checkpoints.read_checkpoint`;
+the :class:`~detlit.inference.predictor.Predictor` and the exporter both start from it.
 """
 
 from __future__ import annotations
 
-import hashlib
+import functools
+import inspect
 import logging
 import warnings
 from collections.abc import Sequence
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, TypeAlias, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias, runtime_checkable
 
 import torch
 
-from detlit.common import safe_json
 from detlit.common.archives import check_archive
 from detlit.common.devices import AUTO, resolve_device
 from detlit.common.files import sha256_file
-from detlit.common.paths import not_a_file
 from detlit.common.safe_torchscript import check_torchscript
-from detlit.errors import ConfigError, WeightsError
+from detlit.errors import ConfigError, DetlitError, WeightsError
+from detlit.inference.exported import ExportedModel, Format, metadata_path
 from detlit.inference.facts import FIX, ModelFacts
+from detlit.model.detections import Detections  # what every runtime returns (raw, on the CPU)
 
 if TYPE_CHECKING:
     from detlit.model.module import DetectionModule
@@ -53,27 +59,9 @@ log = logging.getLogger(__name__)
 Precision: TypeAlias = Literal["32", "bf16", "16"]
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "16": torch.float16}
 
-FORMATS = ("torchscript", "onnx")
-SUFFIXES = {"torchscript": ".torchscript", "onnx": ".onnx"}
-METADATA_KIND = "detlit exported model"
-METADATA_VERSION = 2
-"""2: the metadata names the model file's sha256 and size (``file_sha256``, ``file_bytes``)."""
-METADATA_MAX_BYTES = 16 * 2**20
-"""Largest metadata json read: an export writes a few kilobytes."""
-METADATA_MAX_CONTAINERS = 256
-"""Most objects and lists the metadata may hold (outside its strings), which bounds its nesting too:
-an export writes about ten."""
 CLASSIFIER = "model.roi_heads.box_predictor.cls_score.weight"
 """The traced detector's box classifier (export's ``TracedDetector.model``): one row per class,
 and a last one for the background."""
-
-
-class Detections(NamedTuple):
-    """One image's raw detections, on the CPU: what a model outputs before detlit's postprocess."""
-
-    boxes: torch.Tensor  # (N, 4) XYXY in the input image's pixels
-    scores: torch.Tensor  # (N,)
-    labels: torch.Tensor  # (N,) int64 contiguous labels
 
 
 @runtime_checkable
@@ -136,89 +124,76 @@ class EagerRuntime:
         ]
 
 
+@dataclass
+class LoadedCheckpoint:
+    """A detlit checkpoint read once: what predicting from it and exporting it need.
+
+    Attributes:
+        path: the checkpoint file.
+        module: the model it holds, in eval mode on the CPU.
+        data: the data module's settings saved with it (they name the run's json and image folders;
+            empty when it holds none).
+    """
+
+    path: Path
+    module: DetectionModule
+    data: dict[str, Any]
+
+    @classmethod
+    def read(cls, path: Path) -> LoadedCheckpoint:
+        """Read ``path`` with :func:`~detlit.model.checkpoints.read_checkpoint`'s checks (whole,
+        not a zip bomb, weights only, a detlit checkpoint), then build its model from it.
+
+        The model is built as Lightning's ``load_from_checkpoint`` builds it (its saved
+        hyper-parameters, :meth:`~detlit.model.module.DetectionModule.on_load_checkpoint`, the state
+        dict), from the one loaded copy: ``load_from_checkpoint`` would read the file again.
+
+        Raises:
+            WeightsError: the file is missing, not whole (a checksum fails), not a detlit
+                checkpoint, or holds a hyper-parameter that cannot work.
+        """
+        from detlit.model.checkpoints import read_checkpoint
+
+        checkpoint = read_checkpoint(path, "")
+        try:
+            module = _build_module(checkpoint)
+        except ConfigError as err:  # a hyper-parameter out of range (DetectionModule checks them all)
+            raise WeightsError(
+                f"{path} holds a setting that cannot work ({err}); use a checkpoint of a detlit run"
+            ) from err
+        except DetlitError:
+            raise
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as err:
+            raise WeightsError(
+                f"{path} is not a detlit checkpoint ({type(err).__name__}: {err}); pass a .ckpt file written by "
+                "python -m detlit.fit"
+            ) from err
+        data = checkpoint.get("datamodule_hyper_parameters")
+        return cls(path, module, dict(data) if isinstance(data, dict) else {})
+
+    @functools.cached_property
+    def sha256(self) -> str:
+        """The checkpoint file's sha256 (computed when first asked: an exported model records it)."""
+        return sha256_file(self.path)
+
+
+def _build_module(checkpoint: dict[str, Any]) -> DetectionModule:
+    """The :class:`~detlit.model.module.DetectionModule` of a loaded checkpoint, in eval mode.
+
+    Saved hyper-parameters that are not arguments of the module (Lightning's own ``_class_path``,
+    ``_instantiator``) are left out, as ``load_from_checkpoint`` leaves them out.
+    """
+    from detlit.model.module import DetectionModule
+
+    arguments = inspect.signature(DetectionModule.__init__).parameters
+    hparams = {key: value for key, value in checkpoint["hyper_parameters"].items() if key in arguments}
+    module = DetectionModule(**hparams)
+    module.on_load_checkpoint(checkpoint)
+    module.load_state_dict(checkpoint["state_dict"])
+    return module.eval()
+
+
 # --- exported models -------------------------------------------------------------------------------
-
-
-def metadata_path(model: Path) -> Path:
-    """The metadata json of an exported model file: ``last.onnx`` -> ``last.onnx.json``."""
-    return model.with_name(model.name + ".json")
-
-
-def is_exported(path: Path) -> bool:
-    """Whether ``path`` names an exported model file (by its suffix)."""
-    return path.suffix in SUFFIXES.values()
-
-
-def read_metadata(model: Path) -> dict[str, Any]:
-    """The metadata json beside an exported model file, read within bounds.
-
-    Raises:
-        WeightsError: the model file or its metadata is missing, not a regular file, larger than
-            :data:`METADATA_MAX_BYTES`, not JSON, holding more than :data:`METADATA_MAX_CONTAINERS`
-            objects and lists, or not the metadata of a detlit exported model.
-    """
-    problem = not_a_file(model)  # a named pipe or a device would block, or never end
-    if problem is not None:
-        raise WeightsError(f"exported model {model} {problem}; write one with python -m detlit.export")
-    path = metadata_path(model)
-    if not path.exists():
-        raise WeightsError(f"{path} is missing: an exported model needs the metadata json written beside it; {FIX}")
-    if not path.is_file():
-        raise WeightsError(f"{path} is not a regular file; {FIX}")
-    try:
-        with path.open("rb") as handle:
-            data = handle.read(METADATA_MAX_BYTES + 1)
-    except OSError as err:
-        raise WeightsError(f"{path} cannot be read ({err.strerror}); {FIX}") from err
-    if len(data) > METADATA_MAX_BYTES:
-        raise WeightsError(
-            f"{path} is larger than the {METADATA_MAX_BYTES // 2**20} MiB the metadata of an exported model may be "
-            f"(an export writes a few kilobytes); {FIX}"
-        )
-    try:
-        document = safe_json.parse(data, METADATA_MAX_CONTAINERS)
-    except safe_json.JsonBoundsError as err:
-        raise WeightsError(f"{path} {err} (an export writes about ten); {FIX}") from None
-    except ValueError as err:
-        raise WeightsError(f"{path} is not readable JSON ({err}); {FIX}") from err
-    if not isinstance(document, dict) or document.get("kind") != METADATA_KIND:
-        raise WeightsError(f"{path} is not the metadata of a detlit exported model; {FIX}")
-    return document
-
-
-def file_facts(model: bytes) -> dict[str, Any]:
-    """What the metadata records of the model file it is written with (:func:`check_pair` checks it)."""
-    return {"file_sha256": hashlib.sha256(model).hexdigest(), "file_bytes": len(model)}
-
-
-def check_pair(model: Path, document: dict[str, Any]) -> None:
-    """Refuse a model file that is not the one its metadata was written with.
-
-    An interrupted ``export --overwrite``, or files copied by hand, can leave one export's model
-    beside another's metadata; the sha256 (and size) the metadata records tells them apart before
-    the model is loaded. Metadata of version 1 (before detlit recorded the sha256) is used with a
-    warning: refusing it would stop every model exported before, and the other checks (the facts,
-    the class names against the model's classifier) still apply.
-
-    Raises:
-        WeightsError: the sha256 or the size differ, or version 2 metadata lacks them.
-    """
-    path = metadata_path(model)
-    expected = document.get("file_sha256")
-    if expected is None and document.get("version") == 1:
-        log.warning(
-            "%s does not record its model file's sha256 (exported by an earlier detlit): it cannot be told apart "
-            "from the metadata of another export; export the model again to have it checked",
-            path,
-        )
-        return
-    if not isinstance(expected, str) or not isinstance(document.get("file_bytes"), int):
-        raise WeightsError(f"{path} lacks the model file's sha256 and size (file_sha256, file_bytes); {FIX}")
-    if model.stat().st_size != document["file_bytes"] or sha256_file(model) != expected:
-        raise WeightsError(
-            f"{model} is not the model file its metadata {path} was written with (their sha256 differ): the two "
-            f"come from different exports; {FIX}"
-        )
 
 
 def _check_classes(named: dict[str, tuple[int, ...]], path: Path, facts: ModelFacts) -> None:
@@ -367,21 +342,20 @@ def _onnx_shapes(path: Path, *names: str) -> dict[str, tuple[int, ...]]:
     return {tensor.name: tuple(int(d) for d in tensor.dims) for tensor in graph.initializer if tensor.name in names}
 
 
+RUNTIMES: dict[Format, type[TorchScriptRuntime] | type[OnnxRuntime]] = {
+    "torchscript": TorchScriptRuntime,
+    "onnx": OnnxRuntime,
+}
+
+
 def load_exported(path: Path, device: str = AUTO) -> Runtime:
     """The runtime of an exported model file (``.torchscript`` or ``.onnx``) and its metadata.
 
     Raises:
         WeightsError: the file, its metadata or a fact is missing or out of range, the file is not
             the one the metadata was written with, its classes are not the metadata's, or it cannot
-            be loaded.
+            be loaded (:meth:`ExportedModel.read <detlit.inference.exported.ExportedModel.read>`).
         ConfigError: the device cannot run it, or onnxruntime is missing.
     """
-    document = read_metadata(path)
-    facts = ModelFacts.from_json(document.get("facts", {}), str(metadata_path(path)))
-    check_pair(path, document)
-    kind = document.get("format")
-    if kind == "torchscript":
-        return TorchScriptRuntime(path, facts, device)
-    if kind == "onnx":
-        return OnnxRuntime(path, facts, device)
-    raise WeightsError(f"{metadata_path(path)} names format {kind!r}; detlit runs {', '.join(FORMATS)}")
+    exported = ExportedModel.read(path)
+    return RUNTIMES[exported.format](path, exported.facts, device)

@@ -61,21 +61,22 @@ def verify_file(path: Path, option: str = "--ckpt") -> None:
 
 
 def read_checkpoint(path: Path, option: str = "--ckpt") -> dict[str, Any]:
-    """A verified detlit checkpoint, loaded weights-only on the CPU.
+    """A verified detlit checkpoint, loaded weights-only on the CPU; ``option`` as for :func:`verify_file`.
 
     Raises:
         WeightsError: see :func:`verify_file`; or it cannot be loaded, or it is not a detlit
             checkpoint (no model weights and class names).
     """
     verify_file(path, option)
+    named = f"{option} {path}" if option else str(path)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as err:
         reason = str(err).splitlines()[0]
-        raise WeightsError(f"{option} {path} cannot be loaded ({reason}); pass {WRITTEN_BY}") from err
+        raise WeightsError(f"{named} cannot be loaded ({reason}); pass {WRITTEN_BY}") from err
     hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
     if not isinstance(hparams, dict) or "class_names" not in hparams or "state_dict" not in checkpoint:
-        raise WeightsError(f"{option} {path} is not a detlit checkpoint (no model and class names); pass {WRITTEN_BY}")
+        raise WeightsError(f"{named} is not a detlit checkpoint (no model and class names); pass {WRITTEN_BY}")
     return dict(checkpoint)
 
 
