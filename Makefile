@@ -14,7 +14,7 @@ install: $(STAMP)
 $(STAMP): setup.cfg pyproject.toml constraints.txt tools/install_detectron2.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -c constraints.txt torch==2.14.1 torchvision==0.29.1
-	$(PIP) install -c constraints.txt -e ".[dev]"
+	$(PIP) install -c constraints.txt -e ".[dev,mlflow]"
 	$(PY) tools/install_detectron2.py --constraints constraints.txt
 	touch $@
 

@@ -6,8 +6,11 @@ import base64
 import functools
 import http.server
 import json
+import math
+import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -24,6 +27,8 @@ import pytest
 import yaml
 
 from detlit import report
+from detlit.evaluation.cocoeval import COCO_TITLES
+from detlit.evaluation.evaluation import LOGGED_PER_CLASS
 from detlit.evaluation.matching import Match
 from detlit.reporting.advice import (
     CONFUSION_SHARE,
@@ -47,7 +52,8 @@ from detlit.reporting.advice import (
 from detlit.reporting.document import Document, Figure, Table, Text, render_html, render_markdown
 from detlit.reporting.examples import ImageOutcome, pick_examples
 from detlit.reporting.report import OutputPaths
-from detlit.reporting.run_reader import locate, parse_run_log
+from detlit.reporting.run_0_2 import parse_run_log
+from detlit.reporting.run_reader import locate
 
 from .conftest import REPO, tiny_cli_args
 
@@ -173,7 +179,9 @@ def test_metrics_come_from_the_evaluation(written: OutputPaths, trained: tuple[P
 
 
 @pytest.mark.cli
-def test_without_eval_the_event_files_give_the_metrics(trained: tuple[Path, Path], tmp_path: Path) -> None:
+def test_without_eval_the_run_s_metrics_file_gives_the_metrics(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    """The report reads the run's own metrics file, not the logger's files; both hold the same values
+    at the same steps (the file gets what Lightning hands every logger)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     folder, _ = trained
@@ -183,12 +191,148 @@ def test_without_eval_the_event_files_give_the_metrics(trained: tuple[Path, Path
     accumulator = EventAccumulator(str(folder), size_guidance={"scalars": 0})
     accumulator.Reload()
     last = accumulator.Scalars("val/map")[-1]
-    assert f"Source: the last validation in the TensorBoard event files (step {last.step})" in text
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    recorded = [(row["step"], row["val/map"]) for row in rows if "val/map" in row]
+    assert recorded[-1] == (last.step, pytest.approx(last.value, rel=1e-6))
+    assert f"Source: the last validation in metrics.jsonl (step {last.step})" in text
     assert f"| AP @[.50:.95] | {last.value:.3f} |" in text
     # the model ran on 2 images: one best, one worst
     assert "ran on 2 of the 6 validation images" in text
     assert re.search(r"\d+ objects found, \d+ false detections, \d+ objects missed", text)
     assert len(re.findall(r"!\[[^\]]*\]\(no-eval_files/(?:best|worst)_\d\.png\)", text)) == 2
+
+
+# --- the same report whatever the logger ----------------------------------------------------------
+
+TINY_FIT = ["--trainer.max_epochs=2", "--trainer.limit_train_batches=3", "--trainer.log_every_n_steps=1"]
+TINY_FIT += ["--trainer.enable_progress_bar=false"]
+
+
+def fit_with_logger(sample_dir: Path, cwd: Path, logger: list[str]) -> Path:
+    """The run folder of the tiny run of ``trained``, logged by another logger (its command-line options)."""
+    config = REPO / "configs" / "sample_cpu.yaml"
+    result = run_module(["detlit.fit", f"--config={config}", *tiny_cli_args(sample_dir), *TINY_FIT, *logger], cwd)
+    found = re.findall(r"run folder:\s+(\S+)", result.stderr)
+    assert found, result.stderr[-3000:]
+    return cwd / found[-1]
+
+
+def outline(text: str) -> tuple[list[str], list[str]]:
+    """A report's headings and the names of its pictures."""
+    return re.findall(r"^#+ (.+)$", text, re.MULTILINE)[1:], re.findall(r"_files/([\w-]+)\.png\)", text)
+
+
+def report_without_images(folder: Path, out: Path) -> str:
+    assert report_main(["--run", str(folder), "--out", str(out), "--max-images", "0"]) == 0
+    return (out / "report.md").read_text()
+
+
+def assert_metrics_shown(text: str, logged: dict[str, float], names: list[str]) -> None:
+    """The report's final and per-class metrics are the last validation's ``logged`` values."""
+
+    def cell(value: float | None) -> str:
+        return "-" if value is None or not np.isfinite(value) else f"{value:.3f}"
+
+    for name, title in COCO_TITLES.items():
+        assert f"| {title} | {cell(logged[f'val/{name}'])} |" in text, name
+    for name in names:
+        cells = " | ".join(cell(logged.get(f"val/{key}/{name}")) for key in LOGGED_PER_CLASS)
+        assert re.search(rf"^\| {name} \| \d+ \| \d+ \| {re.escape(cells)} \|$", text, re.MULTILINE), name
+
+
+@pytest.fixture(scope="module")
+def tensorboard_report(trained: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> str:
+    return report_without_images(trained[0], tmp_path_factory.mktemp("tb-report"))
+
+
+@pytest.mark.cli
+def test_a_run_logged_with_csv_reports_as_with_tensorboard(
+    sample_dir: Path, tmp_path: Path, tensorboard_report: str
+) -> None:
+    import csv
+
+    folder = fit_with_logger(sample_dir, tmp_path, ["--trainer.logger=CSVLogger", "--trainer.logger.save_dir=logs"])
+    assert folder == tmp_path / "logs" / "sample" / "version_0"  # the config names the logger "sample"
+    assert not list(folder.glob("events.out.tfevents.*"))
+    text = report_without_images(folder, tmp_path / "report")
+    assert outline(text) == outline(tensorboard_report)
+    with (folder / "metrics.csv").open() as handle:
+        rows = [row for row in csv.DictReader(handle) if row.get("val/map")]
+    logged = {name: float(value) for name, value in rows[-1].items() if name.startswith("val/") and value}
+    assert f"Source: the last validation in metrics.jsonl (step {rows[-1]['step']})." in text
+    assert_metrics_shown(text, logged, ["circle", "square", "triangle"])
+
+
+@pytest.fixture()
+def mlflow_server(tmp_path: Path) -> Iterator[str]:
+    """An MLflow tracking server on 127.0.0.1 with a SQLite backend store, as users run one."""
+    pytest.importorskip("mlflow", reason="the mlflow extra is not installed (pip install -e '.[mlflow]')")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port)]
+    command += ["--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--workers", "1"]
+    log_file = (tmp_path / "server.log").open("w")
+    server = subprocess.Popen(command, cwd=tmp_path, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=5) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, "the MLflow server did not answer in 120 s"
+                time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+        log_file.close()
+
+
+@pytest.mark.slow
+@pytest.mark.cli
+def test_a_run_logged_to_an_mlflow_server_reports_as_with_tensorboard(
+    sample_dir: Path, tmp_path: Path, mlflow_server: str, tensorboard_report: str
+) -> None:
+    """MLflow with a tracking server has no local folder: the run folder is
+    trainer.default_root_dir/<experiment id>/<run id>, where Lightning puts the checkpoints."""
+    from mlflow.tracking import MlflowClient
+
+    logger = ["--trainer.logger=MLFlowLogger", f"--trainer.logger.tracking_uri={mlflow_server}"]
+    logger += ["--trainer.logger.experiment_name=detlit-test", "--trainer.default_root_dir=local"]
+    folder = fit_with_logger(sample_dir, tmp_path, logger)
+    client = MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name("detlit-test")
+    assert experiment is not None
+    (found,) = client.search_runs([experiment.experiment_id])
+    assert folder == tmp_path / "local" / experiment.experiment_id / found.info.run_id
+    assert (folder / "checkpoints" / "last.ckpt").is_file() and (folder / "config.yaml").is_file()
+    text = report_without_images(folder, tmp_path / "report")
+    assert outline(text) == outline(tensorboard_report)
+
+    # Every value of the run's metrics file reached the server (MLflow drops '@' from names).
+    recorded = json.loads((folder / "run.json").read_text())
+    assert recorded["logger"] == "lightning.pytorch.loggers.mlflow.MLFlowLogger"
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    names = {name for row in rows for name in row} - {"step", "time"}
+    on_server = {name.replace("@", ""): name for name in names}
+    assert set(found.data.metrics) == set(on_server)
+    last: dict[str, float] = {}
+    for key, name in on_server.items():
+        history = sorted(client.get_metric_history(found.info.run_id, key), key=lambda m: (m.step, m.timestamp))
+        mine = [(row["step"], row[name]) for row in rows if name in row]
+        assert [m.step for m in history] == [step for step, _ in mine], name
+        served = [m.value if abs(m.value) < sys.float_info.max else m.value * math.inf for m in history]
+        # (MLflow keeps an infinity, a class's threshold when it has none, as the largest float)
+        assert served == pytest.approx([float(value) for _, value in mine], rel=1e-6, nan_ok=True), name
+        last[name] = served[-1]
+    step = max(m.step for m in client.get_metric_history(found.info.run_id, "val/map"))
+    assert f"Source: the last validation in metrics.jsonl (step {step})." in text
+    assert_metrics_shown(text, last, ["circle", "square", "triangle"])
 
 
 # --- synthetic run folders: robustness without training ----------------------------------------
@@ -318,8 +462,8 @@ def test_not_a_run_folder_is_one_sentence(tmp_path: Path, capsys: pytest.Capture
     if kind == "empty":
         target.mkdir()
         expected = (
-            f"error: --run {target} is not a detlit run folder: it has no config.yaml, run.log or TensorBoard event "
-            "file"
+            f"error: --run {target} is not a detlit run folder: it has no run.json, config.yaml, run.log or "
+            "TensorBoard event file"
         )
     elif kind == "missing":
         expected = f"error: --run {target} is not a folder; pass a run folder such as runs/<name>/version_<n>"
@@ -327,8 +471,8 @@ def test_not_a_run_folder_is_one_sentence(tmp_path: Path, capsys: pytest.Capture
         for version in (0, 2, 10):
             write_run(target / f"version_{version}", TRAIN_ONLY, log=False)
         expected = (
-            f"error: --run {target} is not a detlit run folder: it has no config.yaml, run.log or TensorBoard "
-            f"event file (it holds 3 runs: pass one of them, e.g. --run {target / 'version_10'})"
+            f"error: --run {target} is not a detlit run folder: it has no run.json, config.yaml, run.log or "
+            f"TensorBoard event file (it holds 3 runs: pass one of them, e.g. --run {target / 'version_10'})"
         )
     with pytest.raises(SystemExit) as stopped:
         report.main(["--run", str(target)])

@@ -1,7 +1,10 @@
-"""What detlit 0.1 wrote keeps working: its run configs (``--ckpt_path`` included) and its checkpoints."""
+"""What older detlit wrote keeps working: 0.1's run configs (``--ckpt_path`` included) and checkpoints,
+and 0.2's run folders, which kept no record of their own (no ``run.json`` or ``metrics.jsonl``)."""
 
 from __future__ import annotations
 
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +18,10 @@ from detlit.inference.predictor import Predictor
 from .conftest import REPO, quiet_trainer, tiny_datamodule, tiny_module
 
 CONFIG_0_1 = REPO / "tests" / "data" / "config_0.1.yaml"  # the config.yaml of a 0.1 run, paths made relative
+# A run folder written by detlit 0.2 (python -m detlit.fit of the tiny model, 2 epochs of 3 batches, data in
+# data/sample of write_sample(train=12, val=6, seed=1)), without its checkpoints and detectron2 files; in run.log the
+# interpreter's path is shortened to `python`.
+RUN_0_2 = REPO / "tests" / "data" / "run_0.2"
 # The keys of a checkpoint written by detlit 0.1 (python -m detlit.fit, lightning 2.6).
 CHECKPOINT_KEYS_0_1 = {
     "CocoDataModule",
@@ -86,3 +93,35 @@ def test_a_0_1_config_and_ckpt_path_still_work(checkpoint_0_1: Path, sample_dir:
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"resuming from {checkpoint_0_1}" in result.stderr
     assert "training finished" in result.stderr
+
+
+def test_a_0_2_run_folder_still_reports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """0.2 kept no record: the report reads its run.log, hparams.yaml and event files, as 0.2 did."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from detlit import report
+    from detlit.data.sample import write_sample
+
+    project = tmp_path / "project"  # where the run was trained: its config names data/sample/...
+    write_sample(project / "data" / "sample", train=12, val=6, seed=1)
+    folder = project / "runs" / "sample" / "version_0"
+    shutil.copytree(RUN_0_2, folder)
+    monkeypatch.chdir(tmp_path)  # reported from elsewhere: the data is found from the run folder
+    with pytest.raises(SystemExit) as stopped:
+        report.main(["--run", str(folder), "--max-images", "0"])
+    assert stopped.value.code == 0
+    text = (folder / "report.md").read_text()
+    events = EventAccumulator(str(RUN_0_2), size_guidance={"scalars": 0})
+    events.Reload()
+    last = events.Scalars("val/map")[-1]
+    assert f"Source: the last validation in the TensorBoard event files (step {last.step})." in text
+    assert f"| AP @[.50:.95] | {last.value:.3f} |" in text
+    assert "| duration (first to last line of run.log) | 0 min 02 s |" in text
+    assert "| optimizer steps | 6 |" in text and "| epochs | 2 |" in text
+    assert "| command | `python -m detlit.fit --config=configs/sample_cpu.yaml " in text
+    assert "versions (recorded in run.log)" in text and "stopped by" not in text
+    for name in ("circle", "square", "triangle"):  # the class names, from hparams.yaml
+        assert re.search(rf"^\| {name} \| \d+ \| \d+ \| ", text, re.MULTILINE), name
+    assert "| images | 12 | 6 |" in text  # the data, found relative to the run folder
+    assert "curves_losses.png" in text and "curves_validation.png" in text
+    assert not (folder / "run.json").exists() and not (folder / "metrics.jsonl").exists()

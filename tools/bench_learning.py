@@ -62,12 +62,13 @@ sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve
 from bench import Spec, spec_module, write_section  # noqa: E402
 from benchkit import RBC_DIR, REPO, machine, quiet, set_threads, usable_cores  # noqa: E402
 
+from detlit.common.run_folder import RunFolder, read_metrics, version_name  # noqa: E402
 from detlit.compat import build_model  # noqa: E402  (prepares detectron2 before the imports below)
 from detlit.data.checks import load_checked  # noqa: E402
 from detlit.data.coco import CocoDataset, LabelMap  # noqa: E402
 from detlit.data.detectron2 import to_detectron2_dicts  # noqa: E402
 from detlit.data.sample import write_sample, write_split  # noqa: E402
-from detlit.evaluation.results import coco_results  # noqa: E402
+from detlit.evaluation.coco_results import coco_results  # noqa: E402
 from detlit.inference.predictor import Predictor  # noqa: E402
 from detlit.model.config import portable_config  # noqa: E402
 from detlit.model.module import DetectionModule  # noqa: E402
@@ -199,7 +200,7 @@ def detlit_command(dataset: Dataset, spec: Spec, seed: int, init: Path, folder: 
         args += [f"--data.min_size_train={spec.min_size_train}", f"--data.max_size_train={spec.max_size_train}"]
         args += [f"--data.min_size_test={spec.min_size_test}", f"--data.max_size_test={spec.max_size_test}"]
         args += [f"--data.batch_size={spec.batch_size}", f"--model.warmup_steps={spec.warmup_steps}"]
-    if (folder / "run" / "version_0" / "checkpoints" / "last.ckpt").is_file():
+    if detlit_run(folder).last_checkpoint.is_file():
         args.append("--ckpt=last")
     return [sys.executable, "-m", "detlit.fit", *args]
 
@@ -209,26 +210,23 @@ def train_detlit(dataset: Dataset, spec: Spec, seed: int, init: Path, folder: Pa
     log.info("detlit: %s", shlex.join(command))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     subprocess.run(command, cwd=REPO, env=env, check=True)
-    weights = folder / "run" / "version_0" / "model_final.pth"
-    state = torch.load(weights, map_location="cpu", weights_only=True)["model"]
+    run = detlit_run(folder)
+    state = torch.load(run.detectron2_weights, map_location="cpu", weights_only=True)["model"]
     return {
         "state": state,
         "command": shlex.join(["python", *command[1:]]).replace(str(REPO) + "/", ""),
-        "train_loss": detlit_losses(folder / "run" / "version_0"),
+        "train_loss": detlit_losses(run),
     }
 
 
-def detlit_losses(run: Path) -> list[list[float]]:
-    """(step, train/loss) as the run logged them to TensorBoard (every 10th step)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+def detlit_run(folder: Path) -> RunFolder:
+    """The run folder of a unit's detlit side (the command names its logger's folder and version 0)."""
+    return RunFolder(folder / "run" / version_name(0))
 
-    points: dict[int, float] = {}
-    for path in sorted(run.glob("events.out.tfevents.*")):
-        events = EventAccumulator(str(path), size_guidance={"scalars": 0})
-        events.Reload()
-        if "train/loss" in events.Tags()["scalars"]:
-            points.update({e.step: e.value for e in events.Scalars("train/loss")})
-    return [[step, points[step]] for step in sorted(points)]
+
+def detlit_losses(run: RunFolder) -> list[list[float]]:
+    """(step, train/loss) as the run recorded them in its metrics file (every 10th step)."""
+    return [[step, loss] for step, loss in read_metrics(run).series.get("train/loss", [])]
 
 
 def detectron2_losses(path: Path) -> list[list[float]]:

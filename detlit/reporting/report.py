@@ -1,11 +1,11 @@
 """The run report, as ``python -m detlit.report`` writes it: one page that opens offline.
 
-:func:`report` reads a run folder (:mod:`detlit.reporting.run_reader`), builds the document from
-its sections (:mod:`detlit.reporting.sections`) and writes it into the output folder (the run
-folder by default): ``report.html``, one file with every picture embedded as a ``data:`` URI and
-its style inline, so it opens offline and makes no request; ``report.md``, the same content as
-Markdown, with its pictures as PNG files in ``report_files/``. An existing report is replaced only
-with ``--overwrite``.
+:func:`report` reads a run folder (:mod:`detlit.reporting.run_reader`: the run's own records, or a
+detlit 0.2 run's files), builds the document from its sections (:mod:`detlit.reporting.sections`)
+and writes it into the output folder (the run folder by default): ``report.html``, one file with
+every picture embedded as a ``data:`` URI and its style inline, so it opens offline and makes no
+request; ``report.md``, the same content as Markdown, with its pictures as PNG files in
+``report_files/``. An existing report is replaced only with ``--overwrite``.
 
 Each finding comes from one small rule (``rule_*`` in :mod:`detlit.reporting.advice`) with its
 threshold in a module constant there, and names the numbers that triggered it. The page is a
@@ -21,6 +21,7 @@ from datetime import datetime
 from pathlib import Path
 
 from detlit.common.outputs import check_folder, check_outputs, write_lock, write_together
+from detlit.common.run_folder import RunFolder
 from detlit.errors import DataError, DetlitError
 from detlit.reporting.document import Block, Document, render_html, render_markdown
 from detlit.reporting.examples import MAX_IMAGES, run_examples
@@ -75,12 +76,18 @@ def build_report(
         ConfigError: ``run_dir`` is not a run folder, or ``eval_dir`` is not an evaluation folder.
     """
     run = read_run(run_dir)
-    log.info("read %s: %d scalar tags, %d checkpoints", run_dir, len(run.scalars), len(run.checkpoints))
+    log.info(
+        "read %s (%s): %d logged names, %d checkpoints",
+        run_dir,
+        "its records" if run.keeps_records else "a detlit 0.2 run",
+        len(run.scalars),
+        len(run.checkpoints),
+    )
     metrics, eval_document = read_eval(eval_dir) if eval_dir is not None else (None, {})
     train, val = read_split(run, "train"), read_split(run, "val")
     class_names, category_ids = _class_info(run, metrics, train)
     if metrics is None:
-        metrics = metrics_from_scalars(run.scalars, class_names)
+        metrics = metrics_from_scalars(run.scalars, class_names, run.metrics_source)
 
     examples, note = None, None
     evaluated = (
@@ -90,7 +97,7 @@ def build_report(
     if max_images <= 0:
         note = "--max-images 0"
     elif checkpoint is None:
-        note = f"no checkpoint in {run.folder / 'checkpoints'}"
+        note = f"no checkpoint in {RunFolder(run.folder).checkpoints}"
     elif val.dataset is None or val.image_root is None:
         note = val.note or "the validation images were not found"
     else:
@@ -110,8 +117,8 @@ def build_report(
     if metrics is None and examples is not None and examples.evaluation is not None:
         metrics = metrics_from_evaluation(
             examples.evaluation,
-            f"the model run by this report on {len(examples.outcomes)} validation images (the event files hold no "
-            "validation metrics)",
+            f"the model run by this report on {len(examples.outcomes)} validation images (no validation metrics in "
+            f"{run.metrics_source})",
         )
     context = Context(run, train, val, metrics, eval_dir, examples, note, class_names, category_ids)
     blocks: list[Block] = []

@@ -1,109 +1,55 @@
-"""What a training run left behind, read: its folder, the data it names, and an evaluation's metrics.
+"""What a training run left behind, read: its records, the data it names, and an evaluation's metrics.
 
-:func:`read_run` reads a run folder (``config.yaml``, ``run.log``, ``hparams.yaml``, the
-TensorBoard event files, the checkpoints); :func:`read_split` finds, fingerprints and checks a
-dataset split its config names; :func:`read_eval` reads the ``metrics.json`` of
-``python -m detlit.evaluate``. A part the run folder lacks stays empty, with a note saying why.
+:func:`read_run` reads a run folder through :mod:`detlit.common.run_folder`: the run's record
+(``run.json``: command, versions, hyper-parameters, schedule, why it stopped) and its metrics
+(``metrics.jsonl``), whatever logger the run had; for a run written by detlit 0.2, which has no
+record, the old reading (:mod:`detlit.reporting.run_0_2`: ``run.log``, ``hparams.yaml``, the
+TensorBoard event files). :func:`read_split` finds, fingerprints and checks a dataset split the
+run names; :func:`read_eval` reads the ``metrics.json`` of ``python -m detlit.evaluate``. A part
+the run folder lacks stays empty, with a note saying why.
 """
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import json
 import logging
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any
 
 import numpy as np
 
 from detlit.common.files import locate, sha256_file
+from detlit.common.run_folder import (
+    CONFIG,
+    RECORD,
+    RUN_LOG,
+    RunFolder,
+    Series,
+    read_metrics,
+    read_record,
+    runs_in,
+)
 from detlit.common.safe_yaml import load_yaml, read_text
 from detlit.data.checks import Report, check_file
 from detlit.data.coco import CocoDataset
 from detlit.errors import ConfigError, DataError
 from detlit.evaluation.cocoeval import COCO_NAMES
-from detlit.evaluation.result import Evaluation, unique_names
+from detlit.evaluation.evaluation import LOGGED_PER_CLASS, OVERALL, Evaluation, unique_names
+from detlit.reporting import run_0_2
 
 log = logging.getLogger(__name__)
 
-Series: TypeAlias = list[tuple[int, float]]  # (step, value), ascending steps
+__all__ = ["Series", "locate"]  # re-exported: the report's modules name them from here
 
-RUN_FILES = ("config.yaml", "run.log", "hparams.yaml")
-LOG_LINE = re.compile(r"^(\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}),(\d{3}) (\w+) ([\w.]+): (.*)$")
+TENSORBOARD = "the TensorBoard event files"
 
 
 # === reading the run folder ========================================================================
-
-
-@dataclass
-class LogInfo:
-    """What ``run.log`` records: first and last time stamps, the command, the environment."""
-
-    started: datetime | None = None
-    ended: datetime | None = None
-    command: str | None = None
-    environment: dict[str, str] = field(default_factory=dict)
-    model_hparams: dict[str, Any] = field(default_factory=dict)
-
-
-def parse_run_log(text: str) -> LogInfo:
-    """Time stamps, command, ``environment:`` block and model hyper-parameters of a ``run.log``."""
-    info = LogInfo()
-    in_environment = False
-    for line in text.splitlines():
-        match = LOG_LINE.match(line)
-        if match is None:
-            if in_environment and line.strip():
-                key, *value = re.split(r"\s{2,}", line.strip(), maxsplit=1)
-                info.environment[key] = value[0] if value else ""
-            continue
-        stamp = datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S")
-        info.started = info.started or stamp
-        info.ended = stamp
-        message = match.group(5)
-        in_environment = message == "environment:"
-        if message.startswith("command: ") and info.command is None:
-            info.command = message[len("command: ") :]
-        elif message.startswith("model hyper-parameters: ") and not info.model_hparams:
-            try:
-                parsed = ast.literal_eval(message[len("model hyper-parameters: ") :])
-            except (ValueError, SyntaxError):
-                parsed = None  # a value without a literal repr (a class): the hparams.yaml has them
-            if isinstance(parsed, dict):
-                info.model_hparams = parsed
-    return info
-
-
-def read_scalars(folder: Path) -> tuple[dict[str, Series], tuple[float, float] | None]:
-    """Every scalar of the folder's TensorBoard event files, and the first and last wall time.
-
-    A step logged twice (a resumed run repeats the steps after its checkpoint) keeps the later value.
-    """
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    if not any(folder.glob("events.out.tfevents.*")):
-        return {}, None
-    accumulator = EventAccumulator(str(folder), size_guidance={"scalars": 0})
-    try:
-        accumulator.Reload()
-    except Exception as err:  # a damaged event file must not stop the report: it says so instead
-        log.warning("cannot read the event files in %s: %s", folder, err)
-        return {}, None
-    scalars: dict[str, Series] = {}
-    walls: list[float] = []
-    for tag in accumulator.Tags()["scalars"]:
-        by_step: dict[int, float] = {}
-        for event in accumulator.Scalars(tag):
-            by_step[int(event.step)] = float(event.value)
-            walls.append(float(event.wall_time))
-        scalars[tag] = sorted(by_step.items())
-    return scalars, ((min(walls), max(walls)) if walls else None)
 
 
 def _read_yaml(path: Path) -> tuple[dict[str, Any], str | None, str | None]:
@@ -123,24 +69,48 @@ def _read_yaml(path: Path) -> tuple[dict[str, Any], str | None, str | None]:
 
 @dataclass
 class Run:
-    """The files of one run folder, read."""
+    """One run folder, read: from its record, or from a detlit 0.2 run's files.
+
+    Attributes:
+        record: ``run.json`` as read (empty for a 0.2 run, or a record that could not be read).
+        hparams: the model's and the data's hyper-parameters.
+        started, ended: when the run started and ended (None: unknown).
+        timing: where ``started`` and ``ended`` come from, for the report's row.
+        environment: the versions and hardware the run recorded (empty: none).
+        scalars: every logged series, by name.
+        steps, epochs: optimizer steps and epochs done (None: unknown).
+        metrics_source, versions_source: where the metrics and versions were read, for the report's text.
+        keeps_records: whether the run keeps its own records (detlit 0.3 on); False for a detlit 0.2 run.
+        notes: what could not be read, one sentence each.
+    """
 
     folder: Path
     config: dict[str, Any]
     config_text: str | None
     config_note: str | None
-    hparams: dict[str, Any]
-    log: LogInfo
-    scalars: dict[str, Series]
-    wall_times: tuple[float, float] | None
-    checkpoints: list[Path]
+    record: dict[str, Any] = field(default_factory=dict)
+    hparams: dict[str, Any] = field(default_factory=dict)
+    started: datetime | None = None
+    ended: datetime | None = None
+    timing: str = ""
+    command: str | None = None
+    environment: dict[str, str] = field(default_factory=dict)
+    scalars: dict[str, Series] = field(default_factory=dict)
+    wall_times: tuple[float, float] | None = None
+    steps: int | None = None
+    epochs: int | None = None
+    checkpoints: list[Path] = field(default_factory=list)
+    metrics_source: str = TENSORBOARD
+    versions_source: str = run_0_2.VERSIONS
+    keeps_records: bool = False
+    notes: list[str] = field(default_factory=list)
 
     @property
     def name(self) -> str:
-        return f"{self.folder.parent.name}/{self.folder.name}"
+        return RunFolder(self.folder).name
 
     def data_setting(self, key: str) -> Any:
-        """A ``data.*`` setting: config.yaml first, the saved hyper-parameters second."""
+        """A ``data.*`` setting: config.yaml first, the recorded hyper-parameters second."""
         data = self.config.get("data")
         if isinstance(data, dict) and key in data:
             return data[key]
@@ -150,56 +120,132 @@ class Run:
         model = self.config.get("model")
         if isinstance(model, dict) and key in model:
             return model[key]
-        return self.hparams.get(key, self.log.model_hparams.get(key))
+        return self.hparams.get(key)
 
     def series(self, tag: str) -> Series:
         return self.scalars.get(tag, [])
+
+    def recorded_data(self, split: str) -> dict[str, Any]:
+        """What the record says of a data split: the json as configured, where it was, its sha256."""
+        data = self.record.get("data")
+        entry = data.get(split) if isinstance(data, dict) else None
+        return entry if isinstance(entry, dict) else {}
 
 
 def check_run_folder(folder: Path) -> None:
     """Raise one sentence unless ``folder`` is a detlit run folder.
 
     Raises:
-        ConfigError: it does not exist, or holds none of config.yaml, run.log, hparams.yaml and
-            an events.out.tfevents file.
+        ConfigError: it does not exist, or holds none of run.json, config.yaml, run.log,
+            hparams.yaml and an events.out.tfevents file.
     """
     if not folder.is_dir():
         raise ConfigError(f"--run {folder} is not a folder; pass a run folder such as runs/<name>/version_<n>")
-    if any((folder / name).is_file() for name in RUN_FILES) or any(folder.glob("events.out.tfevents.*")):
+    if RunFolder(folder).is_run():
         return
-    versions = sorted(
-        (p for p in folder.glob("version_*") if p.is_dir() and p.name[8:].isdigit()), key=lambda p: int(p.name[8:])
-    )
-    hint = f" (it holds {len(versions)} runs: pass one of them, e.g. --run {versions[-1]})" if versions else ""
+    versions = runs_in(folder)
+    hint = f" (it holds {len(versions)} runs: pass one of them, e.g. --run {versions[-1].path})" if versions else ""
     raise ConfigError(
-        f"--run {folder} is not a detlit run folder: it has no config.yaml, run.log or TensorBoard event file{hint}"
+        f"--run {folder} is not a detlit run folder: it has no {RECORD}, {CONFIG}, {RUN_LOG} or TensorBoard "
+        f"event file{hint}"
     )
 
 
 def read_run(folder: Path) -> Run:
     """Read a run folder (see :func:`check_run_folder`); missing parts stay empty."""
     check_run_folder(folder)
-    config, config_text, config_note = _read_yaml(folder / "config.yaml")
-    hparams, _, _ = _read_yaml(folder / "hparams.yaml")
-    log_path = folder / "run.log"
-    log_info = (
-        parse_run_log(log_path.read_text(encoding="utf-8", errors="replace")) if log_path.is_file() else LogInfo()
-    )
-    scalars, walls = read_scalars(folder)
-    checkpoints = sorted((folder / "checkpoints").glob("*.ckpt")) if (folder / "checkpoints").is_dir() else []
-    return Run(folder, config, config_text, config_note, hparams, log_info, scalars, walls, checkpoints)
+    files = RunFolder(folder)
+    config, config_text, config_note = _read_yaml(files.config)
+    run = Run(folder, config, config_text, config_note, checkpoints=files.checkpoint_files())
+    if files.has_record():
+        _read_records(files, run)
+    else:
+        _read_0_2(files, run)
+    return run
+
+
+def _read_records(files: RunFolder, run: Run) -> None:
+    """The run from its own records: ``run.json`` and ``metrics.jsonl``."""
+    run.keeps_records = True
+    try:
+        run.record = read_record(files)
+    except ConfigError as err:
+        run.notes.append(str(err))
+    record = run.record
+    hparams = _mapping(record.get("hparams"))
+    run.hparams = {**_mapping(hparams.get("data")), **_mapping(hparams.get("model"))}
+    run.started, run.ended = _time(record.get("started")), _time(record.get("ended"))
+    run.timing = f"{RECORD}: start to end"
+    run.command = record.get("command") if isinstance(record.get("command"), str) else None
+    run.environment = {str(k): str(v) for k, v in _mapping(record.get("versions")).items()}
+    run.versions_source = RECORD
+    done = _mapping(_mapping(record.get("schedule")).get("done"))
+    run.steps, run.epochs = _count(done.get("steps")), _count(done.get("epochs"))
+    try:
+        metrics = read_metrics(files)
+    except ConfigError as err:
+        run.notes.append(str(err))
+        return
+    run.metrics_source = files.metrics.name
+    run.scalars, run.wall_times = metrics.series, metrics.times
+    if metrics.unreadable:
+        run.notes.append(f"{metrics.unreadable} lines of {files.metrics} could not be read and were left out")
+    if record.get("earlier_metrics") == "tensorboard":
+        # A detlit 0.2 run resumed: its steps before the resume are in its event files.
+        earlier, walls = run_0_2.read_scalars(files)
+        run.scalars = {
+            tag: sorted({**dict(earlier.get(tag, [])), **dict(run.scalars.get(tag, []))}.items())
+            for tag in {*earlier, *run.scalars}
+        }
+        run.metrics_source = f"{files.metrics.name} and {TENSORBOARD} (the run began under detlit 0.2)"
+        times = [*(walls or ()), *(run.wall_times or ())]
+        run.wall_times = (min(times), max(times)) if times else None
+    if run.ended is None and run.wall_times is not None:
+        run.ended = datetime.fromtimestamp(run.wall_times[1]).astimezone()
+        run.timing = f"{RECORD}'s start to the last line of {files.metrics.name} (the run did not end)"
+
+
+def _read_0_2(files: RunFolder, run: Run) -> None:
+    """A run written by detlit 0.2: ``run.log``, the logger's ``hparams.yaml``, the event files."""
+    hparams, _, _ = _read_yaml(files.hparams)
+    info = run_0_2.read_log(files)
+    run.hparams = {**info.model_hparams, **hparams}
+    run.started, run.ended, run.timing = info.started, info.ended, run_0_2.TIMING
+    run.command, run.environment = info.command, info.environment
+    run.scalars, run.wall_times = run_0_2.read_scalars(files)
+    run.steps, run.epochs = run_0_2.steps_and_epochs(run.scalars)
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _count(value: Any) -> int | None:
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def _time(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return None
 
 
 def choose_checkpoint(run: Run, evaluated: Path | None = None) -> tuple[Path | None, str]:
     """The checkpoint to draw examples with, and why it was chosen."""
     if evaluated is not None and evaluated.suffix == ".ckpt" and evaluated.is_file():
         return evaluated, "the checkpoint --eval evaluated"
-    best = sorted((p for p in run.checkpoints if p.name.startswith("best")), key=lambda p: p.stat().st_mtime)
+    files = RunFolder(run.folder)
+    recorded = files.resolve(_mapping(_mapping(run.record.get("checkpoints")).get("best")).get("path"))
+    if recorded is not None and recorded.is_file():
+        return recorded, "the best checkpoint"
+    best = files.best_checkpoints()
     if best:
         return best[-1], "the best checkpoint"
-    last = [p for p in run.checkpoints if p.name == "last.ckpt"]
-    if last:
-        return last[0], "the last checkpoint"
+    if files.last_checkpoint.is_file():
+        return files.last_checkpoint, "the last checkpoint"
     if run.checkpoints:
         return max(run.checkpoints, key=lambda p: p.stat().st_mtime), "the newest checkpoint"
     return None, ""
@@ -220,7 +266,13 @@ class DataSplit:
     dataset: CocoDataset | None = None
     json_sha256: str | None = None
     names_sha256: str | None = None
+    recorded_sha256: str | None = None
     note: str | None = None
+
+    @property
+    def changed(self) -> bool:
+        """Whether the json found now is not the one the run trained with (its recorded sha256 differs)."""
+        return None not in (self.recorded_sha256, self.json_sha256) and self.recorded_sha256 != self.json_sha256
 
     @property
     def objects_per_category(self) -> dict[int, int]:
@@ -250,7 +302,9 @@ def read_split(run: Run, name: str) -> DataSplit:
         split.note = f"the run's config names no data.{name}_json"
         return split
     anchors = list(run.folder.resolve().parents)
-    split.json_path = locate(json_value, anchors)
+    recorded = run.recorded_data(name)
+    split.recorded_sha256 = recorded.get("sha256") if isinstance(recorded.get("sha256"), str) else None
+    split.json_path = locate(recorded.get("path"), []) or locate(json_value, anchors)
     split.image_root = locate(images_value, anchors)
     if split.json_path is None:
         split.note = (
@@ -302,8 +356,8 @@ class FinalMetrics:
         return [str(row["class"]) for row in self.per_class]
 
 
-PER_CLASS_KEYS = ("ap", "ap50", "precision", "recall", "f1", "threshold")
-OVERALL_EXTRA = ("precision", "recall", "f1", "precision@thr", "recall@thr", "f1@thr")
+PER_CLASS_KEYS = LOGGED_PER_CLASS
+OVERALL_EXTRA = tuple(name for name in OVERALL if name not in COCO_NAMES)
 
 
 def float_or_nan(value: Any) -> float:
@@ -327,36 +381,24 @@ def read_eval(eval_dir: Path) -> tuple[FinalMetrics, dict[str, Any]]:
         raise ConfigError(f"--eval {eval_dir} has no metrics.json; pass the --out folder of python -m detlit.evaluate")
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
-        overall = {str(k): float_or_nan(v) for k, v in document["overall"].items()}
-        rows = [
-            {
-                "class": str(row["class"]),
-                "objects": row.get("objects"),
-                **{k: float_or_nan(row.get(k)) for k in PER_CLASS_KEYS},
-            }
-            for row in document["per_class"]
-        ]
+        evaluation = Evaluation.from_json(document)
     except (ValueError, KeyError, TypeError, AttributeError) as err:
         raise ConfigError(f"{path} is not a metrics.json of python -m detlit.evaluate ({err})") from err
-    confusion = document.get("confusion_matrix", {}).get("counts")
     ids = document.get("category_ids")
-    metrics = FinalMetrics(
-        source=(
-            f"{path} (python -m detlit.evaluate of {document.get('source', '?')} on {document.get('json', '?')}, "
-            f"{document.get('images', '?')} images)"
-        ),
-        overall=overall,
-        per_class=rows,
-        confusion=np.asarray(confusion, dtype=np.int64) if confusion else None,
-        category_ids=[int(i) for i in ids] if isinstance(ids, list) else None,
-        iou_threshold=float_or_nan(document.get("iou_threshold")),
-        score_threshold=float_or_nan(document.get("score_threshold")),
+    source = (
+        f"{path} (python -m detlit.evaluate of {document.get('source', '?')} on {document.get('json', '?')}, "
+        f"{document.get('images', '?')} images)"
     )
+    metrics = metrics_from_evaluation(evaluation, source)
+    metrics.category_ids = [int(i) for i in ids] if isinstance(ids, list) else None
     return metrics, document
 
 
-def metrics_from_scalars(scalars: Mapping[str, Series], class_names: Sequence[str]) -> FinalMetrics | None:
-    """The last validation's numbers from the event files (None without validation metrics)."""
+def metrics_from_scalars(
+    scalars: Mapping[str, Series], class_names: Sequence[str], where: str = TENSORBOARD
+) -> FinalMetrics | None:
+    """The last validation's numbers from a run's logged series, read from ``where`` (None without
+    validation metrics)."""
     if not scalars.get("val/map"):
         return None
     step = scalars["val/map"][-1][0]
@@ -373,9 +415,7 @@ def metrics_from_scalars(scalars: Mapping[str, Series], class_names: Sequence[st
     rows = []
     for name, key in zip(names, unique_names(names), strict=True):
         rows.append({"class": name, "objects": None, **{k: at_last(f"val/{k}/{key}") for k in PER_CLASS_KEYS}})
-    return FinalMetrics(
-        source=f"the last validation in the TensorBoard event files (step {step})", overall=overall, per_class=rows
-    )
+    return FinalMetrics(source=f"the last validation in {where} (step {step})", overall=overall, per_class=rows)
 
 
 def metrics_from_evaluation(evaluation: Evaluation, source: str) -> FinalMetrics:

@@ -1,7 +1,7 @@
 """The report's sections: each a function of the :class:`Context` that returns document blocks.
 
 Run summary, findings and recommendations (:mod:`detlit.reporting.advice`), final metrics,
-training curves (:mod:`detlit.reporting.figures`), precision-recall / F1 / confusion pictures, the
+training curves (:mod:`detlit.pictures.curves`), precision-recall / F1 / confusion pictures, the
 best and worst validation images (:mod:`detlit.reporting.examples`), and the dataset statistics.
 Whatever a run folder lacks is named in its section.
 """
@@ -18,9 +18,11 @@ from typing import Any
 import numpy as np
 
 from detlit.common.env import collect_env
-from detlit.evaluation import plots
+from detlit.common.run_folder import CONFIG, HPARAMS, METRICS, RECORD
 from detlit.evaluation.cocoeval import COCO_NAMES, COCO_TITLES
-from detlit.evaluation.result import Evaluation
+from detlit.evaluation.evaluation import Evaluation
+from detlit.pictures import plots
+from detlit.pictures.curves import curve_figures
 from detlit.reporting.advice import (
     NOTHING_ALARMING,
     Recommendation,
@@ -36,10 +38,10 @@ from detlit.reporting.advice import (
 )
 from detlit.reporting.document import NO_VALUE, Block, Callout, Code, Figure, Gallery, Heading, Note, Table, Text
 from detlit.reporting.examples import EXAMPLES, Examples, draw_outcome, pick_examples
-from detlit.reporting.figures import curve_figures
 from detlit.reporting.run_reader import (
     OVERALL_EXTRA,
     PER_CLASS_KEYS,
+    TENSORBOARD,
     DataSplit,
     FinalMetrics,
     Run,
@@ -92,7 +94,7 @@ class Context:
 
     def per_class_metrics(self) -> FinalMetrics | None:
         """The metrics whose per-class rows the report shows: the final metrics, unless they have no
-        per-class number at all (event files of older runs) and the report ran the model itself."""
+        per-class number at all (the metrics of older runs) and the report ran the model itself."""
         metrics = self.metrics
         has_numbers = metrics is not None and any(
             math.isfinite(float_or_nan(row.get(key))) for row in metrics.per_class for key in PER_CLASS_KEYS
@@ -101,8 +103,8 @@ class Context:
             return metrics
         return metrics_from_evaluation(
             self.examples.evaluation,
-            f"the model run by this report on {len(self.examples.outcomes)} validation images (the event files "
-            "hold no per-class numbers)",
+            f"the model run by this report on {len(self.examples.outcomes)} validation images (no per-class "
+            f"numbers in {self.run.metrics_source})",
         )
 
 
@@ -113,28 +115,53 @@ def _setting_text(value: Any) -> str:
     return "null" if value is None else str(value)
 
 
+STOPPED_BY = {
+    "max_epochs": "trainer.max_epochs reached",
+    "max_steps": "trainer.max_steps reached",
+    "max_time": "trainer.max_time reached",
+    "early_stopping": "early stopping",
+    "SIGTERM": "SIGTERM (resume with --ckpt last)",
+    "Ctrl-C": "Ctrl-C (resume with --ckpt last)",
+    "a callback": "a callback (trainer.should_stop)",
+}
+
+
+def _schedule_rows(run: Run) -> list[list[str]]:
+    """Optimizer steps and epochs done (and planned, with why training stopped, from the record)."""
+    schedule = run.record.get("schedule")
+    planned = schedule.get("planned") if isinstance(schedule, dict) else None
+    planned = planned if isinstance(planned, dict) else {}
+    rows = []
+    if run.steps is not None:
+        total = planned.get("total_steps")
+        rows.append(["optimizer steps", f"{run.steps} of {total} planned" if total else str(run.steps)])
+    if run.epochs is not None:
+        most = planned.get("max_epochs")
+        rows.append(["epochs", f"{run.epochs} of {most}" if isinstance(most, int) and most > 0 else str(run.epochs)])
+    stopped = run.record.get("stopped_by")
+    if isinstance(stopped, str):
+        error = run.record.get("error")
+        rows.append(["stopped by", f"{STOPPED_BY.get(stopped, stopped)}" + (f": {error}" if error else "")])
+    elif run.record.get("status") == "running":
+        rows.append(["stopped by", f"nothing yet: the run was still running, or was killed ({RECORD} says running)"])
+    return rows
+
+
 def summary_section(context: Context) -> list[Block]:
     run = context.run
     blocks: list[Block] = [Heading("Run summary")]
-    started, ended = run.log.started, run.log.ended
+    started, ended = run.started, run.ended
     rows = [["run folder", str(run.folder)]]
     if started and ended:
         rows += [
             ["started", started.isoformat(sep=" ")],
-            ["duration (first to last line of run.log)", _duration((ended - started).total_seconds())],
+            [f"duration ({run.timing})", _duration((ended - started).total_seconds())],
         ]
     elif run.wall_times:
         first, last = run.wall_times
-        rows.append(["duration (TensorBoard wall times)", _duration(last - first)])
-    steps = max(
-        (series[-1][0] for tag, series in run.scalars.items() if tag.startswith("train/") and series), default=None
-    )
-    epochs = run.scalars.get("epoch")
-    if steps is not None:
-        rows.append(["optimizer steps", str(steps + 1)])
-    if epochs:
-        rows.append(["epochs", f"{int(max(v for _, v in epochs)) + 1}"])
-    environment = run.log.environment or collect_env()
+        rows.append([f"duration (times in {run.metrics_source})", _duration(last - first)])
+    rows += _schedule_rows(run)
+    environment = run.environment or collect_env()
     rows += [[key, value] for key, value in environment.items() if key in HARDWARE_KEYS]
     trainer = run.config.get("trainer")
     trainer = trainer if isinstance(trainer, dict) else {}
@@ -142,20 +169,22 @@ def summary_section(context: Context) -> list[Block]:
         if key in trainer:
             rows.append([f"trainer.{key}", _setting_text(trainer[key])])
     rows.append(["checkpoints", ", ".join(p.name for p in run.checkpoints) or "none"])
-    if run.log.command:
-        rows.append(["command", f"`{run.log.command}`"])
+    if run.command:
+        rows.append(["command", f"`{run.command}`"])
     blocks.append(Table(["what", "value"], rows))
 
     width = max((len(key) for key in environment), default=0)
     versions = "\n".join(f"{key:<{width}}  {value}" for key, value in environment.items() if key not in HARDWARE_KEYS)
-    if run.log.environment:
-        blocks.append(Code(versions, summary="versions (recorded in run.log)"))
+    if run.environment:
+        blocks.append(Code(versions, summary=f"versions (recorded in {run.versions_source})"))
     else:
-        blocks.append(Code(versions, summary="versions (of this machine: run.log records none)"))
+        blocks.append(Code(versions, summary=f"versions (of this machine: {run.versions_source} records none)"))
     if run.config_text is not None:
-        blocks.append(Code(run.config_text, summary="config.yaml", language="yaml"))
+        blocks.append(Code(run.config_text, summary=CONFIG, language="yaml"))
     if run.config_note:
-        blocks.append(Note(run.config_note + "; data paths come from hparams.yaml where it has them."))
+        where = RECORD if run.keeps_records else HPARAMS
+        blocks.append(Note(f"{run.config_note}; data paths come from {where} where it has them."))
+    blocks += [Note(f"{note}.") for note in run.notes]
 
     blocks.append(Heading("Dataset fingerprint", 3))
     blocks.append(
@@ -183,6 +212,13 @@ def summary_section(context: Context) -> list[Block]:
     for split in (context.train, context.val):
         if split.note and split.json_sha256 is None:
             blocks.append(Note(split.note))
+        if split.changed:
+            blocks.append(
+                Note(
+                    f"{split.json_path} is not the {split.name} json the run trained on: {RECORD} records sha256 "
+                    f"`{split.recorded_sha256}`; the statistics below are of the file as it is now."
+                )
+            )
     return blocks
 
 
@@ -250,8 +286,8 @@ def metrics_section(context: Context) -> list[Block]:
     if metrics is None:
         blocks.append(
             Note(
-                "No validation metrics: the event files hold no `val/map` (validation was off or never ran), no "
-                "--eval folder was given, and the model could not be run on validation images. "
+                f"No validation metrics: {context.run.metrics_source} holds no `val/map` (validation was off or never "
+                "ran), no --eval folder was given, and the model could not be run on validation images. "
                 "`python -m detlit.evaluate --ckpt CHECKPOINT --json VAL.json --images VAL/ --out EVAL` and "
                 "`--eval EVAL` fill this section."
             )
@@ -301,12 +337,16 @@ def metrics_section(context: Context) -> list[Block]:
 def curves_section(context: Context) -> list[Block]:
     blocks: list[Block] = [Heading("Training curves")]
     if not context.run.scalars:
-        blocks.append(Note("The run folder has no readable TensorBoard event file: no curves."))
+        missing = "The run folder has no readable TensorBoard event file"
+        blocks.append(
+            Note(f"{METRICS} holds no values: no curves." if context.run.keeps_records else f"{missing}: no curves.")
+        )
         return blocks
     for name, caption, png in curve_figures(context.run.scalars):
         blocks.append(Figure(f"curves_{name}", png, caption))
     if not context.run.series("val/map"):
-        blocks.append(Note("No validation scalars in the event files: validation was off or never finished."))
+        where = "the event files" if context.run.metrics_source == TENSORBOARD else context.run.metrics_source
+        blocks.append(Note(f"No validation scalars in {where}: validation was off or never finished."))
     return blocks
 
 
