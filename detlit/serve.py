@@ -60,14 +60,21 @@ def run(args: argparse.Namespace) -> None:
     from detlit.deploy.serve import Limits, serve
 
     limits = Limits(
-        args.batch_size,
-        args.batch_timeout,
-        args.max_image_bytes,
-        args.max_image_pixels,
-        args.body_timeout,
-        args.max_pending_bodies,
+        batch_size=args.batch_size,
+        batch_timeout=args.batch_timeout,
+        max_bytes=args.max_image_bytes,
+        max_pixels=args.max_image_pixels,
+        body_timeout=args.body_timeout,
+        max_pending=args.max_pending_bodies,
     )
-    serve(args.ckpt or args.model, args.host, args.port, args.device, args.score_threshold, limits)
+    serve(
+        model=args.ckpt or args.model,
+        host=args.host,
+        port=args.port,
+        device=args.device,
+        score_threshold=args.score_threshold,
+        limits=limits,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,17 +1,21 @@
 """What a client can make the HTTP service hold is bounded: JSON nesting, the time a body takes to
 arrive, the number of bodies held at once, header size; and every numeric option is checked at start.
 
-The middleware's bounds are tested on a real uvicorn server on 127.0.0.1 (in a thread, with the
-service's own server settings) around a stand-in for LitServe; the one ``slow`` test holds 50
-connections with partial bodies against the real service and measures its memory from /proc.
+The bounds of :class:`~detlit.deploy.serve.ImageBodies` are tested on a real uvicorn server on
+127.0.0.1 (in a thread, with the service's own server settings) whose ``/predict`` reads its body
+through the service's own dependency (``ImageRequest``) and answers the image's size, a stand-in for
+LitServe and the model; the one ``slow`` test holds 50 connections with partial bodies against the
+real service and measures its memory from /proc.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import json
 import os
+import queue
 import re
 import socket
 import threading
@@ -24,8 +28,10 @@ from typing import Any
 
 import pytest
 import uvicorn
+from fastapi import FastAPI
+from fastapi.responses import PlainTextResponse
 
-from detlit.deploy.serve import SERVER_OPTIONS, ImageBodies, Limits, Message, Receive, Scope, Send, pixel_ceiling
+from detlit.deploy.serve import SERVER_OPTIONS, ImageBodies, ImageRequest, Limits, pixel_ceiling
 
 from .conftest import quiet_trainer, tiny_datamodule, tiny_module
 from .test_deploy import _request, running_service
@@ -81,39 +87,46 @@ def test_the_bounds_are_inclusive_and_the_defaults_within_them() -> None:
     Limits(body_timeout=600, max_pending=1024).check()
 
 
-# --- the middleware on a real server ------------------------------------------------------------
+# --- the body bounds on a real server -----------------------------------------------------------
 
 
-async def stand_in(scope: Scope, receive: Receive, send: Send) -> None:
-    """What LitServe does behind the middleware, reduced: parse the JSON it is handed, answer the
-    image's size (GET: ``ok``)."""
-    if scope["method"] == "GET":
-        body = b"ok"
-    else:
-        message: Message = await receive()
-        image = base64.b64decode(json.loads(message["body"])["image"])
-        body = json.dumps({"bytes": len(image)}).encode()
-    await send(
-        {"type": "http.response.start", "status": 200, "headers": [(b"content-length", str(len(body)).encode())]}
-    )
-    await send({"type": "http.response.body", "body": body})
+def stand_in(bodies: ImageBodies) -> FastAPI:
+    """What LitServe builds around the service's dependency, reduced: ``POST /predict`` reads the
+    image as :class:`~detlit.deploy.serve.DetectionAPI` does and answers its size (``GET /health``:
+    ``ok``)."""
+    app = FastAPI()
+    app.state.bodies = bodies
+
+    @app.post("/predict")
+    async def predict(request: ImageRequest) -> dict[str, int]:
+        return {"bytes": len(request)}
+
+    @app.post("/digest")
+    async def digest(request: ImageRequest) -> dict[str, str]:
+        return {"sha256": hashlib.sha256(request).hexdigest()}
+
+    @app.get("/health", response_class=PlainTextResponse)
+    async def health() -> str:
+        return "ok"
+
+    return app
 
 
 @contextlib.contextmanager
-def middleware_server(**limits: Any) -> Iterator[tuple[int, ImageBodies]]:
-    """A uvicorn server on 127.0.0.1 with the service's settings and its middleware; its port and
-    the middleware."""
+def bodies_server(**limits: Any) -> Iterator[tuple[int, ImageBodies]]:
+    """A uvicorn server on 127.0.0.1 with the service's settings and its body reader; its port and
+    the reader."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
-    app = ImageBodies(stand_in, **{"max_bytes": 1_000_000, **limits})
-    server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level="error", **SERVER_OPTIONS))
+    bodies = ImageBodies(**{"max_bytes": 1_000_000, **limits})
+    server = uvicorn.Server(uvicorn.Config(stand_in(bodies), lifespan="off", log_level="error", **SERVER_OPTIONS))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]})
     thread.start()
     try:
         while not server.started:
             assert thread.is_alive(), "the server did not start"
             time.sleep(0.02)
-        yield int(listener.getsockname()[1]), app
+        yield int(listener.getsockname()[1]), bodies
     finally:
         server.should_exit = True
         thread.join()
@@ -154,7 +167,7 @@ def test_a_json_nesting_bomb_is_one_sentence_and_a_request_still_parses() -> Non
     image = os.urandom(3000)
     good = json.dumps({"image": base64.b64encode(image).decode(), "name": "x.jpg"}).encode()
     wide = json.dumps({"image": "aGk=", "pad": [0] * 5000}).encode()
-    with middleware_server() as (port, _):
+    with bodies_server() as (port, _):
         assert _post(port, good) == (200, {"bytes": 3000})
         for body, words in [
             (NESTING_BOMB, "nests or holds 100000 arrays and objects, more than the limit of 64"),
@@ -169,10 +182,10 @@ def test_a_json_nesting_bomb_is_one_sentence_and_a_request_still_parses() -> Non
 
 
 def test_a_late_body_is_408_and_bodies_beyond_the_limit_503_unread() -> None:
-    with middleware_server(body_timeout=1.0, max_pending=2) as (port, app):
+    with bodies_server(body_timeout=1.0, max_pending=2) as (port, bodies):
         held = [_open(port, 50_000, b"x" * 1000) for _ in range(2)]
         for _ in range(3000):  # both are being read before the third comes
-            if app.pending == 2:
+            if bodies.pending == 2:
                 break
             time.sleep(0.01)
         status, headers, body = _answer(_open(port, 50_000, b"x" * 1000))
@@ -190,7 +203,7 @@ def test_a_late_body_is_408_and_bodies_beyond_the_limit_503_unread() -> None:
 
 
 def test_headers_that_never_end_are_refused() -> None:
-    with middleware_server() as (port, _):
+    with bodies_server() as (port, _):
         endless = socket.create_connection(("127.0.0.1", port))
         endless.settimeout(30)
         with contextlib.suppress(OSError):  # refused while it sends
@@ -202,6 +215,92 @@ def test_headers_that_never_end_are_refused() -> None:
         assert (status, headers.get(b"connection")) == (400, b"close"), body
         assert b"Invalid HTTP request" in body
         assert _request(f"http://127.0.0.1:{port}/health") == (200, "ok")
+
+
+def _form(*files: tuple[str, bytes], fields: tuple[tuple[str, str], ...] = ()) -> tuple[bytes, str]:
+    """A multipart form of ``(field, data)`` files and plain fields; its body and content type."""
+    boundary = "limits-boundary"
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+        for name, value in fields
+    ]
+    for name, data in files:
+        head = f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{name}.jpg"\r\n\r\n'
+        parts.append(head.encode() + data + b"\r\n")
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def test_raw_multipart_and_json_bodies_give_the_same_image_bytes() -> None:
+    image, other = os.urandom(200_000), os.urandom(1000)
+    digest = {"sha256": hashlib.sha256(image).hexdigest()}
+    shapes = {
+        "raw jpeg": (image, "image/jpeg"),
+        "raw without a type": (image, "application/octet-stream"),
+        "raw labelled as a form (curl -d)": (image, "application/x-www-form-urlencoded"),
+        "form field image": _form(("image", image), fields=(("note", "x"),)),
+        "form field image after another file": _form(("thumb", other), ("image", image)),
+        "form of one file by another name": _form(("upload", image)),
+        "json": (json.dumps({"image": base64.b64encode(image).decode()}).encode(), "application/json; charset=utf-8"),
+    }
+    bad = {
+        "form without a file": (_form(fields=(("image", "x"),)), 400, "the form holds no file; POST an image"),
+        "json image not base64": (
+            (b'{"image": "not base64!"}', "application/json"),
+            400,
+            "the JSON request's \"image\" is not base64; encode the image file's bytes in base64",
+        ),
+        "empty body": ((b"", "image/jpeg"), 400, "the request has no body; POST an image as the request body"),
+    }
+    with bodies_server() as (port, bodies):
+        url = f"http://127.0.0.1:{port}/digest"
+        for name, (body, content_type) in shapes.items():
+            assert _request(url, body, {"Content-Type": content_type}) == (200, digest), name
+        for name, ((body, content_type), code, words) in bad.items():
+            status, answer = _request(url, body, {"Content-Type": content_type})
+            assert (status, answer["detail"].startswith(words)) == (code, True), (name, answer)
+        # A body declared over the limit is refused, read to its end and dropped, and the connection closes.
+        status, headers, body = _answer(_open(port, 1_500_000, b"x" * 1_500_000))
+        assert (status, headers.get(b"connection")) == (413, b"close"), body
+        assert json.loads(body)["detail"] == (
+            "the request body is 1500000 bytes, more than the limit of 1000000 bytes; send a smaller image"
+        )
+        assert bodies.pending == 0, "every request gave its place back"
+
+
+class WatchedQueue(queue.Queue):  # type: ignore[type-arg]
+    """A request queue that counts the waits: blocking reads while it is empty."""
+
+    def __init__(self, requests: int) -> None:
+        super().__init__()
+        self.waits = 0
+        for number in range(requests):
+            self.put((0, f"uid-{number}", time.monotonic(), b"image"))
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        self.waits += block and self.empty()
+        return super().get(block, timeout)
+
+
+@pytest.mark.parametrize(
+    ("waiting", "batch", "waits"),
+    [(1, 1, False), (2, 2, True), (5, 5, True), (8, 8, False), (11, 8, False)],
+    ids=["lone", "two", "five", "full", "more than a batch"],
+)
+def test_a_lone_request_runs_at_once_and_concurrent_ones_are_batched(waiting: int, batch: int, waits: bool) -> None:
+    from litserve.loops import BatchedLoop
+
+    from detlit.deploy.serve import DetectionAPI, PromptBatches, ServeSettings
+
+    api = DetectionAPI(ServeSettings(Path("unused.ckpt")), max_batch_size=8, batch_timeout=0.05)
+    api.request_timeout = 60  # as LitServer sets it
+    requests = WatchedQueue(waiting)
+    got, expired = PromptBatches().get_batch_requests(api, requests, None)
+    assert ([uid for _, uid, _ in got], expired) == ([f"uid-{n}" for n in range(batch)], [])
+    assert bool(requests.waits) == waits, "a batch waits for more only when a second request waits, and is not full"
+    assert requests.qsize() == waiting - batch
+    # LitServe's own loop waits for a batch to fill even for a lone request.
+    lone = WatchedQueue(1)
+    assert len(BatchedLoop().get_batch_requests(api, lone, None)[0]) == 1 and lone.waits > 0
 
 
 # --- the real service -----------------------------------------------------------------------------

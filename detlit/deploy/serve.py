@@ -10,10 +10,19 @@ Endpoints:
   ``thresholds``, the score threshold each class was filtered with.
 * ``GET /health``: ``ok`` once the model is loaded; ``GET /info``: the model's facts and source.
 
-Concurrent requests are batched (LitServe's ``max_batch_size`` = ``--batch-size``, waiting at most
-``--batch-timeout`` seconds for a batch to fill), and the batch goes through the
-:class:`~detlit.inference.predictor.Predictor`, which runs images of one shape together: the
-service answers what ``python -m detlit.predict`` writes for the same image.
+A request travels in two steps. In the HTTP process, :class:`ImageBodies` reads the body within its
+bounds and takes the image's bytes out of it (the body itself, a form's file, or a JSON's base64),
+the one place that knows the three shapes; it is the FastAPI dependency that
+:meth:`DetectionAPI.decode_request`'s annotation names, which is how LitServe lets an API say what
+its endpoint reads (LitServe itself parses a body only as JSON or a form: Lightning-AI/LitServe#732
+asks for raw bodies). In the model's process, :meth:`DetectionAPI.decode_request` decodes the bytes
+into pixels, and the batch goes through the :class:`~detlit.inference.predictor.Predictor`, which
+runs images of one shape together: the service answers what ``python -m detlit.predict`` writes
+for the same image.
+
+Concurrent requests are batched (up to ``--batch-size``), but a lone request runs at once:
+:class:`PromptBatches` waits ``--batch-timeout`` seconds for a batch to fill only once a second
+request is waiting.
 
 Bad payloads get a 4xx answer ``{"detail": "<one sentence>"}`` and the service goes on: an empty
 body or one that is not an image (400), a body over ``--max-image-bytes`` (413, refused before it
@@ -27,31 +36,37 @@ or answered at once (beyond them 503 with ``Retry-After``, the body left unread)
 refused from its raw bytes when it holds more arrays, objects or items than a request needs (so
 the parser never recurses or allocates without bound), and request headers are bounded by h11's
 16 KiB. Memory thus stays within about ``--max-pending-bodies`` x ``--max-image-bytes`` times a
-small factor (a body and its base64 form) however clients behave. Every numeric option is
+small factor (a body and the image taken from it) however clients behave. Every numeric option is
 checked at start, before the model loads (:class:`Limits`).
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations`` here: LitServe and FastAPI read decode_request's and the
+# dependency's annotations as objects (a string annotation would name nothing in their modules).
 
 import asyncio
 import base64
 import binascii
-import json
+import contextlib
+import copy
+import functools
 import logging
 import os
 import re
 import signal
 import socket
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Annotated, Any, NamedTuple
 
 import litserve
 import numpy as np
-from fastapi import Request
+from fastapi import Depends, HTTPException
 from fastapi.responses import JSONResponse
+from litserve import Request
+from litserve.loops import BatchedLoop
 from starlette.datastructures import UploadFile
+from starlette.types import Message, Receive
 
 from detlit.common import ranges, safe_json
 from detlit.data.images import READ_ERRORS, ImageTooLarge, max_image_pixels, open_image, to_rgb
@@ -71,6 +86,7 @@ DEFAULT_BODY_TIMEOUT = 30.0  # seconds: 20 MiB at about 6 Mbit/s
 DEFAULT_MAX_PENDING = 16  # requests read or answered at once: 16 x 20 MiB bounds what bodies hold
 RETRY_AFTER = 1  # seconds a client refused with 503 is asked to wait
 REQUEST_TIMEOUT = 120  # seconds LitServe waits for the model's answer to one request
+IDLE_WAIT = 1.0  # seconds the model's process waits for a first request before its loop goes round again
 # Python's json parser recurses once per nested array or object and makes an object per item; a
 # request needs one object and one string, so these bounds refuse only what is not a request.
 MAX_JSON_CONTAINERS = 64
@@ -78,11 +94,6 @@ MAX_JSON_ITEMS = 1000
 # The web server's settings: h11 bounds a request's line and headers (16 KiB; httptools keeps any
 # amount a client sends).
 SERVER_OPTIONS: dict[str, Any] = {"http": "h11", "h11_max_incomplete_event_size": 16 * 2**10}
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -108,17 +119,13 @@ class Rejected(NamedTuple):
     message: str
 
 
-async def answer(send: Send, status: int, message: str, close: bool = False, retry_after: int | None = None) -> None:
-    """Send ``{"detail": message}`` with ``status``; with ``close``, the connection closes after it
-    (a body left unread cannot be followed by another request)."""
-    body = json.dumps({"detail": message}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    if close:
-        headers.append((b"connection", b"close"))
+def refusal(rejected: Rejected, close: bool = False, retry_after: int | None = None) -> HTTPException:
+    """The answer ``{"detail": message}`` with the rejection's status; with ``close``, the connection
+    closes after it (a body left unread cannot be followed by another request)."""
+    headers = {"Connection": "close"} if close else {}
     if retry_after is not None:
-        headers.append((b"retry-after", str(retry_after).encode()))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+        headers["Retry-After"] = str(retry_after)
+    return HTTPException(rejected.status, rejected.message, headers=headers or None)
 
 
 async def within(receive: Receive, deadline: float) -> Message:
@@ -130,125 +137,135 @@ async def within(receive: Receive, deadline: float) -> Message:
     return await asyncio.wait_for(receive(), left)
 
 
-def json_document(body: bytes) -> Any:
-    """A JSON request's document, or :class:`Rejected` when its shape is refused or it does not parse
-    (bounded before parsing: :mod:`detlit.common.safe_json`; a request's base64 holds no bracket or
-    comma)."""
+def json_image(body: bytes) -> bytes | Rejected:
+    """The image of a JSON request ``{"image": base64}``, its shape bounded before it is parsed
+    (:mod:`detlit.common.safe_json`; a request's base64 holds no bracket or comma)."""
     try:
-        return safe_json.parse(body, MAX_JSON_CONTAINERS, MAX_JSON_ITEMS)
+        document = safe_json.parse(body, MAX_JSON_CONTAINERS, MAX_JSON_ITEMS)
     except safe_json.JsonBoundsError as err:
         return Rejected(400, f"the JSON request {err}; {HOW_TO_POST}")
     except ValueError:
         return Rejected(400, f"the request body is not valid JSON; {HOW_TO_POST}")
+    encoded = document.get("image") if isinstance(document, dict) else None
+    if not isinstance(encoded, str):
+        return Rejected(400, f'the JSON request has no "image" string; {HOW_TO_POST}')
+    try:
+        return base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        return Rejected(400, "the JSON request's \"image\" is not base64; encode the image file's bytes in base64")
+
+
+async def form_image(request: Request, body: bytes) -> bytes | Rejected:
+    """The file of a multipart form (field ``image``, or the first file), parsed by Starlette from
+    the body already read."""
+
+    async def once() -> Message:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        form = await Request(request.scope, once).form()
+    except Exception as err:  # the multipart parser's errors have no common base
+        return Rejected(400, f"the form cannot be parsed ({err}); {HOW_TO_POST}")
+    try:
+        files = [(key, value) for key, value in form.multi_items() if isinstance(value, UploadFile)]
+        if not files:
+            return Rejected(400, f"the form holds no file; {HOW_TO_POST}")
+        upload = next((value for key, value in files if key == "image"), files[0][1])
+        return await upload.read()
+    finally:
+        await form.close()
 
 
 class ImageBodies:
-    """ASGI middleware of the HTTP process: every ``POST /predict`` reaches the model's process as
-    JSON ``{"image": base64}`` (LitServe passes JSON and forms on, and a form's file cannot be read
-    without its parser), or is answered here: an empty, oversized, malformed or late body never
-    travels to the model.
+    """The one place a ``POST /predict`` body becomes an image's bytes, in the HTTP process, and the
+    bounds on what clients can make that process hold: at most ``max_pending`` requests are read or
+    answered at once (each holds its body, then its image, until its answer is sent), and a body must
+    arrive within ``body_timeout`` seconds and hold at most ``max_bytes``. An empty, oversized,
+    malformed or late body is answered here and never travels to the model's process.
 
-    It also bounds what clients can make the process hold: at most ``max_pending`` requests are read
-    or answered at once (each holds its body until its answer is sent), and a body must arrive
-    within ``body_timeout`` seconds. The service runs one event loop in its HTTP process, so the
-    count needs no lock.
+    The service runs one event loop in its HTTP process, so the count needs no lock.
     """
 
     def __init__(
         self,
-        app: Callable[[Scope, Receive, Send], Awaitable[None]],
-        max_bytes: int,
+        max_bytes: int = DEFAULT_MAX_BYTES,
         body_timeout: float = DEFAULT_BODY_TIMEOUT,
         max_pending: int = DEFAULT_MAX_PENDING,
     ):
-        self.app = app
         self.max_bytes = max_bytes
         self.body_timeout = body_timeout
         self.max_pending = max_pending
         self.pending = 0
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != API_PATH:
-            await self.app(scope, receive, send)
-            return
+    @contextlib.contextmanager
+    def place(self) -> Iterator[None]:
+        """One of the ``max_pending`` places, held while the block runs; 503 when none is free, before
+        a byte of the body is read (an unread body costs the process nothing)."""
         if self.pending >= self.max_pending:
-            # Refused before a byte of the body is read: an unread body costs the process nothing.
             message = (
                 f"the service already reads or answers {self.pending} requests, the most it holds at once "
                 "(--max-pending-bodies); retry in a moment"
             )
-            await answer(send, 503, message, close=True, retry_after=RETRY_AFTER)
-            return
+            raise refusal(Rejected(503, message), close=True, retry_after=RETRY_AFTER)
         self.pending += 1
         try:
-            await self._predict(scope, receive, send)
+            yield
         finally:
             self.pending -= 1
 
-    async def _predict(self, scope: Scope, receive: Receive, send: Send) -> None:
-        headers = {key.lower(): value for key, value in scope["headers"]}
+    async def image(self, request: Request) -> bytes:
+        """The image's bytes: the body itself, a form's file, or a JSON's ``image``.
+
+        Raises:
+            HTTPException: 400, 408 or 413 with the sentence that says why there is none.
+        """
         deadline = asyncio.get_running_loop().time() + self.body_timeout
         try:
-            body = await self._body(headers, receive, deadline)
+            body = await self.body(request, deadline)
         except asyncio.TimeoutError:
             message = (
                 f"the request body did not arrive within {self.body_timeout:g} s (--body-timeout); send it faster, "
                 "or start the service with a larger --body-timeout"
             )
-            await answer(send, 408, message, close=True)
-            return
-        if body is None:  # the client went away
-            return
+            raise refusal(Rejected(408, message), close=True) from None
         if isinstance(body, Rejected):
-            await answer(send, body.status, body.message, close=True)
-            return
+            raise refusal(body, close=True)
         if not body:
-            await answer(send, 400, f"the request has no body; {HOW_TO_POST}")
-            return
-        content_type = headers.get(b"content-type", b"").decode("latin-1").split(";")[0].strip().lower()
-        image = await self._image(scope, body, content_type)
-        del body  # the request holds one copy of its image while it waits for the model, not three
+            raise refusal(Rejected(400, f"the request has no body; {HOW_TO_POST}"))
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type == "application/json":
+            image = json_image(body)
+        elif content_type == "multipart/form-data":
+            image = await form_image(request, body)
+        else:  # anything else is the image itself, whatever it is labelled (curl labels a raw body as a form)
+            image = body
         if isinstance(image, Rejected):
-            await answer(send, image.status, image.message)
-            return
-        payload: bytes | None = json.dumps({"image": image}).encode()
-        del image
-        kept = [(k, v) for k, v in scope["headers"] if k.lower() not in (b"content-type", b"content-length")]
-        kept += [(b"content-type", b"application/json"), (b"content-length", str(len(payload or b"")).encode())]
+            raise refusal(image)
+        return image
 
-        async def replay() -> Message:
-            nonlocal payload
-            if payload is None:
-                return await receive()
-            message: Message = {"type": "http.request", "body": payload, "more_body": False}
-            payload = None
-            return message
-
-        await self.app({**scope, "headers": kept}, replay, send)
-
-    async def _body(self, headers: dict[bytes, bytes], receive: Receive, deadline: float) -> bytes | Rejected | None:
-        """The whole request body, or 413 when it is larger than the limit, or None when the client
-        went away; :class:`asyncio.TimeoutError` when it does not arrive by ``deadline``."""
-        declared = headers.get(b"content-length", b"").decode("latin-1")
+    async def body(self, request: Request, deadline: float) -> bytes | Rejected:
+        """The whole request body, or 413 when it is larger than the limit (or the client went away);
+        :class:`asyncio.TimeoutError` when it does not arrive by ``deadline``."""
+        declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self.max_bytes:
-            await self._discard(receive, deadline)
-            return Rejected(413, self._too_large(f"{int(declared)} bytes"))
+            await self.discard(request.receive, deadline)
+            return Rejected(413, self.too_large(f"{int(declared)} bytes"))
         chunks, size, more = [], 0, True
         while more:
-            message = await within(receive, deadline)
-            if message["type"] == "http.disconnect":
-                return None
+            message = await within(request.receive, deadline)
+            if message["type"] == "http.disconnect":  # nobody reads the answer
+                return Rejected(400, "the client closed the connection before its body arrived")
             chunk = message.get("body", b"")
             size += len(chunk)
             more = message.get("more_body", False)
             if size > self.max_bytes:
                 if more:
-                    await self._discard(receive, deadline)
-                return Rejected(413, self._too_large(f"over {self.max_bytes} bytes"))
+                    await self.discard(request.receive, deadline)
+                return Rejected(413, self.too_large(f"over {self.max_bytes} bytes"))
             chunks.append(chunk)
         return b"".join(chunks)
 
-    async def _discard(self, receive: Receive, deadline: float) -> None:
+    async def discard(self, receive: Receive, deadline: float) -> None:
         """Read the rest of a refused body without keeping it, up to :data:`DISCARD_FACTOR` times the
         limit and until ``deadline``: a client that is still sending when the answer comes would
         otherwise see its connection reset instead of the answer. Beyond that the connection closes."""
@@ -263,51 +280,22 @@ class ImageBodies:
             size += len(message.get("body", b""))
             more = message.get("more_body", False)
 
-    def _too_large(self, size: str) -> str:
+    def too_large(self, size: str) -> str:
         return f"the request body is {size}, more than the limit of {self.max_bytes} bytes; send a smaller image"
 
-    async def _image(self, scope: Scope, body: bytes, content_type: str) -> str | Rejected:
-        """The body's image as base64 text: the body itself, a form's file, or a JSON's ``image``."""
-        if content_type == "application/json":
-            document = json_document(body)
-            if isinstance(document, Rejected):
-                return document
-            encoded = document.get("image") if isinstance(document, dict) else None
-            if not isinstance(encoded, str):
-                return Rejected(400, f'the JSON request has no "image" string; {HOW_TO_POST}')
-            return encoded
-        if content_type == "multipart/form-data":
-            return await self._form_image(scope, body)
-        # Anything else is the image itself, whatever it is labelled (curl labels a raw body as a form).
-        return base64.b64encode(body).decode("ascii")
 
-    async def _form_image(self, scope: Scope, body: bytes) -> str | Rejected:
-        async def once() -> Message:
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        try:
-            form = await Request(scope, once).form()
-        except Exception as err:  # the multipart parser's errors have no common base
-            return Rejected(400, f"the form cannot be parsed ({err}); {HOW_TO_POST}")
-        try:
-            files = [(key, value) for key, value in form.multi_items() if isinstance(value, UploadFile)]
-            if not files:
-                return Rejected(400, f"the form holds no file; {HOW_TO_POST}")
-            upload = next((value for key, value in files if key == "image"), files[0][1])
-            return base64.b64encode(await upload.read()).decode("ascii")
-        finally:
-            await form.close()
+async def image_body(request: Request) -> AsyncIterator[bytes]:
+    """The FastAPI dependency that reads a ``POST /predict``: the image's bytes, read by the app's
+    :class:`ImageBodies` (``app.state.bodies``) while the request holds one of its places."""
+    bodies: ImageBodies = request.app.state.bodies
+    with bodies.place():
+        yield await bodies.image(request)
 
 
-def request_bytes(request: Any) -> bytes | Rejected:
-    """The image bytes of a request as the middleware hands it on: JSON ``{"image": base64}``."""
-    encoded = request.get("image") if isinstance(request, dict) else None
-    if not isinstance(encoded, str):
-        return Rejected(400, f"the request holds no image; {HOW_TO_POST}")
-    try:
-        return base64.b64decode(encoded, validate=True)
-    except (binascii.Error, ValueError):
-        return Rejected(400, "the JSON request's \"image\" is not base64; encode the image file's bytes in base64")
+# What the endpoint reads: LitServe hands decode_request's annotation to FastAPI as the endpoint's,
+# and passes what it yields (picklable bytes) to the model's process. The place is held until the
+# answer is sent ("request" scope).
+ImageRequest = Annotated[bytes, Depends(image_body, scope="request")]
 
 
 def decode_image(data: bytes, max_pixels: int) -> np.ndarray | Rejected:
@@ -354,11 +342,44 @@ def response(prediction: Prediction, thresholds: dict[str, float]) -> dict[str, 
     return {"width": prediction.width, "height": prediction.height, "detections": detections, "thresholds": thresholds}
 
 
+class PromptBatches(BatchedLoop):
+    """LitServe's batched loop, but a lone request runs at once: the batch timeout starts only once a
+    second request is waiting. LitServe's own loop waits ``batch_timeout`` for every batch to fill, so
+    one client waited that long on every request for a batch that never fills (and with a timeout of
+    0 its loop spins a core while idle). Concurrent clients are still batched: when requests are
+    waiting behind the first, the batch takes them and waits up to ``batch_timeout`` for the rest.
+    """
+
+    def get_batch_requests(self, lit_api: litserve.LitAPI, request_queue: Any, transport: Any) -> tuple[list, list]:
+        gather = functools.partial(self.gather, lit_api, request_queue, transport)
+        batch, expired = gather(1, IDLE_WAIT)
+        if not batch:
+            return batch, expired
+        waiting, late = gather(lit_api.max_batch_size - 1, 0.0)  # those already waiting, without a wait
+        batch, expired = batch + waiting, expired + late
+        if waiting and len(batch) < lit_api.max_batch_size and lit_api.batch_timeout > 0:
+            rest, late = gather(lit_api.max_batch_size - len(batch), lit_api.batch_timeout)
+            batch, expired = batch + rest, expired + late
+        return batch, expired
+
+    def gather(
+        self, lit_api: litserve.LitAPI, request_queue: Any, transport: Any, most: int, seconds: float
+    ) -> tuple[list, list]:
+        """Up to ``most`` requests within ``seconds`` (0: those waiting now), and those that timed out:
+        LitServe's own gathering, its checks of request timeouts and of the stop signal included, on a
+        copy of the API that asks for that many in that time."""
+        view = copy.copy(lit_api)
+        view.max_batch_size, view.batch_timeout = most, seconds
+        return super().get_batch_requests(view, request_queue, transport)
+
+
 class DetectionAPI(litserve.LitAPI):
-    """The service's LitServe API: decode (or reject) each request, predict a batch, answer each."""
+    """The service's LitServe API: decode (or reject) each image, predict a batch, answer each."""
 
     def __init__(self, settings: ServeSettings, max_batch_size: int, batch_timeout: float):
-        super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path=API_PATH)
+        super().__init__(
+            max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path=API_PATH, loop=PromptBatches()
+        )
         self.settings = settings
 
     def setup(self, device: str) -> None:
@@ -366,19 +387,16 @@ class DetectionAPI(litserve.LitAPI):
         names, values = self.predictor.class_names, self.predictor.score_thresholds.tolist()
         self.thresholds = dict(zip(names, values, strict=True))
 
-    def decode_request(self, request: Request) -> np.ndarray | Rejected:
-        data = request_bytes(request)
-        return data if isinstance(data, Rejected) else decode_image(data, self.settings.max_pixels)
+    def decode_request(self, request: ImageRequest) -> np.ndarray | Rejected:
+        return decode_image(request, self.settings.max_pixels)
 
     def batch(self, inputs: list[Any]) -> list[Any]:
         return list(inputs)  # images of several sizes: the Predictor groups them by shape
 
-    def predict(self, inputs: Any) -> Any:
-        batch = inputs if isinstance(inputs, list) else [inputs]
-        images = [x for x in batch if not isinstance(x, Rejected)]
+    def predict(self, inputs: list[np.ndarray | Rejected]) -> list[Prediction | Rejected]:
+        images = [x for x in inputs if not isinstance(x, Rejected)]
         predicted = iter(self.predictor.predict(images) if images else [])
-        outputs = [x if isinstance(x, Rejected) else next(predicted) for x in batch]
-        return outputs if isinstance(inputs, list) else outputs[0]
+        return [x if isinstance(x, Rejected) else next(predicted) for x in inputs]
 
     def unbatch(self, output: Sequence[Any]) -> list[Any]:
         return list(output)
@@ -391,11 +409,6 @@ class DetectionAPI(litserve.LitAPI):
 
 
 MAIN_PROCESS = os.getpid()
-
-
-# LitServe reads this annotation to parse the request (JSON or form) before handing it over; it must
-# be the class, not the string that postponed annotations make of it.
-DetectionAPI.decode_request.__annotations__["request"] = Request
 
 
 def _interrupt(signum: int, frame: Any) -> None:
@@ -415,7 +428,7 @@ def pixel_ceiling() -> int:
 
 MAX_BATCH = 64  # a batch holds this many decoded images at once, each up to --max-image-pixels x 3 bytes
 MAX_BATCH_TIMEOUT = 60.0  # a request is answered within REQUEST_TIMEOUT; a minute filling a batch serves no one
-MAX_BODY_BYTES = 2**30  # a body is held whole, with its base64 form, by each of --max-pending-bodies requests
+MAX_BODY_BYTES = 2**30  # a body is held whole, then its image, by each of --max-pending-bodies requests
 BODY_TIMEOUTS = (1.0, 600.0)  # a slow upload needs time; ten minutes is more than any client of an image needs
 MAX_PENDING = 1024  # each holds a body: together they bound the memory clients can make the service take
 
@@ -504,7 +517,6 @@ def serve(
     facts = checked.facts
     info = {"model": str(model), "runtime": checked.runtime.name, "device": str(checked.device), **facts.as_json()}
     del checked
-    bodies = {"max_bytes": limits.max_bytes, "body_timeout": limits.body_timeout, "max_pending": limits.max_pending}
     server = litserve.LitServer(
         DetectionAPI(settings, limits.batch_size, limits.batch_timeout),
         accelerator="cpu",  # LitServe's device choice is only handed to setup; the Predictor picks its own
@@ -512,7 +524,9 @@ def serve(
         workers_per_device=1,
         timeout=REQUEST_TIMEOUT,
         model_metadata=info,
-        middlewares=[(ImageBodies, bodies)],
+    )
+    server.app.state.bodies = ImageBodies(
+        max_bytes=limits.max_bytes, body_timeout=limits.body_timeout, max_pending=limits.max_pending
     )
     # LitServe shuts its processes down on KeyboardInterrupt: SIGTERM (kill, docker stop) and a SIGINT
     # that a shell set to be ignored in background jobs end the service the same way.
