@@ -53,7 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from detlit.training.browse import browse
 
-    return browse(args.passthrough, args.split, args.n, args.out, args.seed, args.cell, args.overwrite)
+    return browse(
+        cli_args=args.passthrough,
+        split=args.split,
+        n=args.n,
+        out=args.out,
+        seed=args.seed,
+        cell=args.cell,
+        overwrite=args.overwrite,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

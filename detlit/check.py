@@ -39,16 +39,16 @@ def run(args: argparse.Namespace) -> int:
     from detlit.data.check import check
 
     return check(
-        args.json,
-        args.images,
-        args.fix,
-        args.report,
-        args.overwrite,
-        not args.no_decode,
-        args.verbose,
-        args.quiet,
-        args.val,
-        args.val_images,
+        json_path=args.json,
+        images=args.images,
+        fix=args.fix,
+        report_path=args.report,
+        overwrite=args.overwrite,
+        decode=not args.no_decode,
+        verbose=args.verbose,
+        quiet=args.quiet,
+        val=args.val,
+        val_images=args.val_images,
     )
 
 

@@ -14,7 +14,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from detlit.common.env import collect_env, format_env
 
-    print(format_env(collect_env()))
+    print(format_env(info=collect_env()))
     return 0
 
 

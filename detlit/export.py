@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> None:
     from detlit.deploy.export import export
 
-    export(args.ckpt, args.format, args.out, args.images, args.overwrite)
+    export(ckpt=args.ckpt, kind=args.format, out=args.out, images=args.images, overwrite=args.overwrite)
 
 
 def main(argv: list[str] | None = None) -> None:

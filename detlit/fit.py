@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     def run(rest: list[str] | None) -> None:
         from detlit.training.cli import cli_main
 
-        cli_main(rest, stage)
+        cli_main(args=rest, stage=stage)
 
     run_cli(run, args)
 

@@ -52,17 +52,17 @@ def run(args: argparse.Namespace) -> int:
     from detlit.inference.predict import predict
 
     return predict(
-        args.inputs,
-        args.ckpt or args.model,
-        args.out,
-        args.recursive,
-        args.batch_size,
-        args.device,
-        args.precision,
-        args.score_threshold,
-        args.resize,
-        args.csv,
-        args.overwrite,
+        inputs=args.inputs,
+        model=args.ckpt or args.model,
+        out=args.out,
+        recursive=args.recursive,
+        batch_size=args.batch_size,
+        device=args.device,
+        precision=args.precision,
+        score_threshold=args.score_threshold,
+        resize=args.resize,
+        write_csv=args.csv,
+        overwrite=args.overwrite,
     )
 
 

@@ -43,7 +43,15 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from detlit.reporting.report import report
 
-    return report(args.run, args.eval, args.out, args.overwrite, args.device, args.batch_size, args.max_images)
+    return report(
+        run=args.run,
+        eval_dir=args.eval,
+        out=args.out,
+        overwrite=args.overwrite,
+        device=args.device,
+        batch_size=args.batch_size,
+        max_images=args.max_images,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

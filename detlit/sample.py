@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from detlit.data.sample import sample
 
-    return sample(args.out or args.folder or Path("data/sample"), args.train, args.val, args.seed, args.overwrite)
+    out = args.out or args.folder or Path("data/sample")
+    return sample(out_dir=out, train=args.train, val=args.val, seed=args.seed, overwrite=args.overwrite)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -55,15 +55,15 @@ def run(args: argparse.Namespace) -> int:
         from detlit.data.split import split
 
         return split(
-            args.json,
-            args.images,
-            args.out,
-            args.val_fraction,
-            args.seed,
-            args.group_by,
-            args.group_pattern,
-            args.overwrite,
-            args.quiet,
+            jsons=args.json,
+            images=args.images,
+            out=args.out,
+            val_fraction=args.val_fraction,
+            seed=args.seed,
+            group_by=args.group_by,
+            group_pattern=args.group_pattern,
+            overwrite=args.overwrite,
+            quiet=args.quiet,
         )
     except KeyboardInterrupt:
         print("stopped by Ctrl-C; split writes train.json and val.json together or not at all", file=sys.stderr)

@@ -40,8 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from detlit.training.tune import StudyOptions, tune
 
-    options = StudyOptions(args.storage, args.study, args.pruner, args.seed, tuple(args.fit_args))
-    return tune(args.config, args.search, args.trials, options, args.out, args.timeout)
+    options = StudyOptions(
+        storage=args.storage, study=args.study, pruner=args.pruner, seed=args.seed, fit_args=tuple(args.fit_args)
+    )
+    return tune(
+        config=args.config, search=args.search, trials=args.trials, options=options, out=args.out, timeout=args.timeout
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -54,6 +54,42 @@ def test_fit_tests_the_best_checkpoint_and_the_test_stage_runs_alone(sample_dir:
     assert _error_line(stopped) == "error: validate needs a checkpoint: pass --ckpt CKPT (a .ckpt file, last or best)"
 
 
+@pytest.mark.parametrize("switched_off", [False, True])
+def test_every_run_gets_detlits_callbacks_and_checkpoint_writer(
+    sample_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, switched_off: bool
+) -> None:
+    """The trainer the command builds: the config's callbacks, then the two checkpoint callbacks and
+    detlit's own, without those a switched-off feature would refuse; always the atomic checkpoint writer."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from detlit.data.datamodule import CocoDataModule
+    from detlit.model.module import DetectionModule
+    from detlit.training.checkpointing import AtomicCheckpointIO
+    from detlit.training.cli import DetlitCLI
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["detlit fit"])  # the arguments are the ones given here
+    stopping = {"class_path": "lightning.pytorch.callbacks.EarlyStopping", "init_args": {"monitor": "val/map"}}
+    args = [f"--config={REPO / 'configs' / 'sample_cpu.yaml'}", *tiny_cli_args(sample_dir)]
+    args.append(f"--trainer.callbacks+={json.dumps(stopping)}")
+    if switched_off:
+        args += [
+            "--trainer.enable_checkpointing=false",
+            "--trainer.logger=false",
+            "--trainer.enable_progress_bar=false",
+        ]
+    cli = DetlitCLI(DetectionModule, CocoDataModule, run=False, auto_configure_optimizers=False, args=args)
+    names = [type(c).__name__ for c in cli.trainer.callbacks]  # type: ignore[attr-defined]
+    ours = ["EarlyStopping", "RunLog", "Detectron2Export", "SaveOnSigterm", "ValidateLastEpoch", "RunRecord"]
+    if switched_off:
+        assert [n for n in names if n not in ("SaveRunConfig", "RichModelSummary")] == ours
+    else:
+        assert names[: len(ours) + 2] == [*ours, "LearningRateMonitor", "RichProgressBar"]
+        checkpoints = [c for c in cli.trainer.callbacks if isinstance(c, ModelCheckpoint)]  # type: ignore[attr-defined]
+        assert [(c.monitor, c.save_top_k, c.save_last) for c in checkpoints] == [("val/map", 1, False), (None, 0, True)]
+    assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+
+
 def test_print_config(tmp_path: Path) -> None:
     result = run(["detlit.fit", f"--config={REPO / 'configs' / 'sample_cpu.yaml'}", "--print_config"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]

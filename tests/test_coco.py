@@ -1,4 +1,4 @@
-"""Stage [1]: COCO json -> records, label map, and one-sentence errors."""
+"""Stage 1, reading the json: COCO json -> records, label map, and one-sentence errors."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Stage [5]: training order, aspect-ratio batches, repeat factors and sharding over processes."""
+"""Stage 5, loading: training order, aspect-ratio batches, repeat factors and sharding over processes."""
 
 from __future__ import annotations
 

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pytest
 import yaml
 
 from detlit.errors import ConfigError
-from detlit.training.tune import load_search, short_names, short_value, with_params
+from detlit.training.tune import ReportToStudy, load_search, make_pruner, short_names, short_value, with_params
 
 from .conftest import REPO, TINY_OVERRIDES, TINY_SIZES
 
@@ -144,3 +146,53 @@ def test_trial_table_cells_are_short() -> None:
     assert short_names(names) == ["lr", "warmup_steps", "augment", "a.size", "b.size"]
     assert short_value(0.018342298322747464) == "0.01834"
     assert short_value([[16], [32]]) == "[[16],[32]]" and short_value("flip") == "flip" and short_value(184) == "184"
+
+
+def _validations(callback: ReportToStudy, values: list[float]) -> SimpleNamespace:
+    """Run the callback after one validation per value, as a trial's Lightning run would; the stand-in
+    trainer holds what the callback reads and sets."""
+    import torch
+
+    trainer = SimpleNamespace(sanity_checking=False, is_global_zero=True, should_stop=False, callback_metrics={})
+    for epoch, value in enumerate(values):
+        trainer.current_epoch, trainer.callback_metrics = epoch, {"val/map": torch.tensor(value)}
+        callback.on_validation_end(trainer, None)  # type: ignore[arg-type]
+        if trainer.should_stop:
+            break
+    callback.on_fit_end(trainer, None)  # type: ignore[arg-type]
+    return trainer
+
+
+def test_a_trials_run_reports_to_its_trial_by_number_and_prunes_with_the_searchs_pruner(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    other = optuna.create_study(study_name="other", storage=storage)
+    for _ in range(2):  # trials of another study first: the storage's trial ids are not the trial numbers
+        other.tell(other.ask(), 1.0)
+    study = optuna.create_study(study_name="detlit", storage=storage, direction="maximize")
+
+    def run(values: list[float]) -> tuple[optuna.trial.Trial, SimpleNamespace, ReportToStudy]:
+        trial = study.ask()
+        folder = tmp_path / f"trial_{trial.number}"
+        callback = ReportToStudy(storage, "detlit", trial.number, "val/map", str(folder), pruner="median")
+        return trial, _validations(callback, values), callback
+
+    for _ in range(2):
+        trial, trainer, _ = run([0.75, 0.75])
+        assert not trainer.should_stop
+        study.tell(trial, 0.75)
+    trial, trainer, callback = run([0.25, 0.25, 0.25])
+    assert trial.number == 2 and study.trials[2].intermediate_values == {0: 0.25, 1: 0.25}
+    assert other.trials[0].intermediate_values == {} and study.trials[0].intermediate_values == {0: 0.75, 1: 0.75}
+    # the search's median pruner (2 trials to start from, no pruning at the first validation), not
+    # Optuna's default one (5 trials to start from), which a loaded study would have
+    assert trainer.should_stop and callback.pruned and trainer.current_epoch == 1
+    outcome = json.loads((tmp_path / "trial_2" / "tune_result.json").read_text())
+    assert outcome == {"values": [0.25, 0.25], "pruned": True}
+
+
+def test_the_pruners_by_name() -> None:
+    median = make_pruner("median")
+    assert isinstance(median, optuna.pruners.MedianPruner)
+    assert isinstance(make_pruner("halving"), optuna.pruners.SuccessiveHalvingPruner)
+    with pytest.raises(ConfigError, match=re.escape("unknown pruner 'hyperband'; use median or halving")):
+        make_pruner("hyperband")

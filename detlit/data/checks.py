@@ -1,4 +1,4 @@
-"""Stage [1], checks: everything that can be wrong with a COCO dataset, as findings.
+"""Stage 1 (reading the json), checks: everything that can be wrong with a COCO dataset, as findings.
 
 :func:`check_dataset` runs every check and returns a :class:`Report`; :func:`apply_repairs`
 writes the repairs of its findings into a copy of the raw json. The json-only checks are linear

@@ -1,4 +1,4 @@
-"""Stage [1]: read a COCO json into records and build the category <-> label map.
+"""Stage 1, reading the json: a COCO json into records, and the category <-> label map.
 
 COCO category ids are arbitrary (Roboflow exports start at 0, COCO itself has gaps); inside the
 model, labels are contiguous ``0..K-1``. :class:`LabelMap` is the one place that translates

@@ -1,4 +1,4 @@
-"""Stage [5]: CocoDataModule builds stages [1]-[4] for fit / validate / test."""
+"""Stage 5, loading: CocoDataModule reads, checks, transforms and batches the data for fit / validate / test."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Stage [1], conversion: detlit records as detectron2 dataset dicts, registered by name.
+"""Stage 1 (reading the json), conversion: detlit records as detectron2 dataset dicts, registered by name.
 
 After :func:`register_detectron2`, detectron2's own tools (``DatasetCatalog.get``, its
 ``Visualizer`` through ``MetadataCatalog``, ``COCOEvaluator``) work on a detlit dataset, with

@@ -1,4 +1,4 @@
-"""Stage [1], image headers: what each image file says (size after EXIF orientation, mode), read in
+"""Stage 1 (reading the json), image headers: what each image file says (size after EXIF orientation, mode), read in
 parallel and remembered between runs.
 
 :func:`read_headers` reads every listed file's header in a thread pool (with ``decode=True`` it

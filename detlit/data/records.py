@@ -1,4 +1,4 @@
-"""Stage [1], the records: images and their objects, held as columns of numpy arrays.
+"""Stage 1 (reading the json), the records: images and their objects, held as columns of numpy arrays.
 
 A COCO dataset the size of train2017 (118k images, 860k objects) costs gigabytes as Python
 objects, and every data-loading worker copies those objects page by page as their reference

@@ -1,4 +1,4 @@
-"""Stage [5]: which images each step sees, on each process.
+"""Stage 5, loading: which images each step sees, on each process.
 
 Training (:class:`TrainingBatchSampler`), every epoch:
 

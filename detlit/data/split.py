@@ -1,4 +1,4 @@
-"""Stage [2]: a seeded, stratified train/val split of a COCO dataset.
+"""Stage 2, splitting: a seeded, stratified train/val split of a COCO dataset.
 
 :func:`split` (``python -m detlit.split DATA.json --images DIR --out OUT_DIR``) writes ``OUT_DIR/train.json`` and
 ``OUT_DIR/val.json``. Images are assigned by iterative stratification (Sechidis et al., 2011) on

@@ -1,4 +1,4 @@
-"""Stage [3]: named Albumentations pipelines; boxes follow the image through ``BboxParams``.
+"""Stage 3, augmentation and resizing: named Albumentations pipelines; boxes follow the image through ``BboxParams``.
 
 Boxes enter and leave every pipeline as ``pascal_voc`` (XYXY absolute pixels), the format
 detectron2 uses, with their contiguous labels in the ``labels`` field and crowd flags in ``crowd``.

@@ -1,4 +1,4 @@
-"""Stage [6]: the only module that builds a detectron2 ``CfgNode``.
+"""Stage 6, the model's definition: the only module that builds a detectron2 ``CfgNode``.
 
 detlit's typed settings become detectron2 config keys here and nowhere else, so the config that
 a detlit model runs with is a complete detectron2 config: detectron2's own tools

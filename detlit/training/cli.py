@@ -36,13 +36,21 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException, SI
 from matplotlib.figure import Figure
 
 from detlit.common.outputs import write_failure
-from detlit.common.paths import not_a_file, special_kind, too_long
+from detlit.common.paths import special_kind, too_long
+from detlit.common.run_folder import BEST_CHECKPOINT, RunFolder, find_checkpoint, numbered_runs, refuse_reused
 from detlit.common.safe_yaml import register_cli_loader
 from detlit.data.datamodule import CocoDataModule
 from detlit.errors import ConfigError, DetlitError
 from detlit.model.checkpoints import check_optimizer, check_resume, read_checkpoint
 from detlit.model.module import DetectionModule
-from detlit.training.callbacks import Detectron2Export, RunLog, ValidateLastEpoch
+from detlit.training.callbacks import (
+    Detectron2Export,
+    RunLog,
+    RunRecord,
+    SaveRunConfig,
+    ValidateLastEpoch,
+    planned_folder,
+)
 from detlit.training.checkpointing import AtomicCheckpointIO, SaveOnSigterm
 from detlit.training.settings import build_optimizer, check_fit_settings
 
@@ -53,6 +61,8 @@ STAGES = ("fit", "validate", "test")
 # The data decides these; the model receives them, so they are never typed twice.
 LINKED_FROM_DATA_AT_PARSE = ("min_size_train", "max_size_train", "min_size_test", "max_size_test")
 LINKED_FROM_DATA_AT_INSTANTIATION = ("num_classes", "class_names", "category_ids")
+# The config groups of the two checkpoint callbacks (the best by a metric, and last.ckpt).
+CHECKPOINT_KEYS = ("checkpoint", "last_checkpoint")
 
 
 class DetlitCLI(LightningCLI):
@@ -84,15 +94,16 @@ class DetlitCLI(LightningCLI):
             parser.link_arguments(f"data.{name}", f"model.{name}", apply_on="instantiate")
         # Two checkpoint callbacks: the best ones by a validation metric, and `last.ckpt`, which
         # does not wait for a metric (Lightning defers monitored saves until one exists) and can
-        # be written every N steps or minutes for long epochs.
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-        parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
+        # be written every N steps or minutes for long epochs. Plain class groups, not Lightning's
+        # callback groups, so that `instantiate_trainer` decides whether the trainer gets them.
+        for key in CHECKPOINT_KEYS:
+            parser.add_class_arguments(ModelCheckpoint, key, fail_untyped=False, sub_configs=True)
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/map",
                 "checkpoint.mode": "max",
                 "checkpoint.save_last": False,
-                "checkpoint.filename": "best-epoch{epoch:02d}-map{val/map:.4f}",
+                "checkpoint.filename": BEST_CHECKPOINT,
                 "checkpoint.auto_insert_metric_name": False,
                 "last_checkpoint.monitor": None,
                 "last_checkpoint.save_top_k": 0,
@@ -107,6 +118,8 @@ class DetlitCLI(LightningCLI):
 
     def __init__(self, *args: Any, stage: str = "fit", **kwargs: Any):
         self.stage = stage
+        # config.yaml goes into the run folder whatever the logger (Lightning's own needs trainer.log_dir).
+        kwargs.setdefault("save_config_callback", SaveRunConfig)
         super().__init__(*args, **kwargs)
 
     def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
@@ -124,26 +137,27 @@ class DetlitCLI(LightningCLI):
         # last` finds the newest one. The original config.yaml stays; this command's config is saved
         # beside it. A new run never writes into a folder that holds another run.
         logger = self.config.trainer.logger
-        init = getattr(logger, "init_args", None)
-        if init is None or "TensorBoardLogger" not in str(getattr(logger, "class_path", "")):
-            init = None
+        init: Any = getattr(logger, "init_args", None)
+        kind = str(getattr(logger, "class_path", ""))
+        save_dir, name = getattr(init, "save_dir", None), getattr(init, "name", None)
+        runs = None if init is None else numbered_runs(kind, save_dir, name)
         if self.config.ckpt is None:
             if self.stage != "fit":
                 raise ConfigError(f"{self.stage} needs a checkpoint: pass --ckpt CKPT (a .ckpt file, last or best)")
-            if init is not None:
-                refuse_reused_folder(Path(init.save_dir) / (init.name or ""), init.version)
+            if runs is not None:
+                refuse_reused(runs, init.version)
             return
-        if init is None:
-            self.config.ckpt = str(resolve_checkpoint(self.config.ckpt, Path(self.config.trainer.default_root_dir))[0])
+        if runs is None:
+            self.config.ckpt = str(find_checkpoint(self.config.ckpt, Path(self.config.trainer.default_root_dir))[0])
             return
-        runs = Path(init.save_dir) / (init.name or "")
-        checkpoint, version = resolve_checkpoint(self.config.ckpt, runs)
+        checkpoint, version = find_checkpoint(self.config.ckpt, runs)
         self.config.ckpt = str(checkpoint)
         if version is not None:
             init.version = version
             stamp = time.strftime("%Y%m%d-%H%M%S")
             what = "resumed" if self.stage == "fit" else self.stage
-            self.save_config_kwargs = {**self.save_config_kwargs, "config_filename": f"config.{what}-{stamp}.yaml"}
+            filename = RunFolder.config_name(what, stamp)
+            self.save_config_kwargs = {**self.save_config_kwargs, "config_filename": filename}
         log.info("%s from %s", "resuming" if self.stage == "fit" else f"{self.stage} of", checkpoint)
 
     def instantiate_classes(self) -> None:
@@ -153,66 +167,36 @@ class DetlitCLI(LightningCLI):
         except MisconfigurationException as err:
             raise ConfigError(lightning_refusal(err)) from err
 
-    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
-        # Callbacks every run gets, minus those a switched-off trainer feature would reject:
-        # `--trainer.enable_checkpointing=false` or `--trainer.logger=false` just work.
-        callbacks = [*callbacks, RunLog(), Detectron2Export(), SaveOnSigterm(), ValidateLastEpoch()]
-        if config.get("enable_checkpointing") is False:
-            callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
-        if config.get("logger") is not False:
-            callbacks.append(LearningRateMonitor("step"))
-        if config.get("enable_progress_bar") is not False:
-            callbacks.append(RichProgressBar())
-        plugins = config.get("plugins") or []
-        plugins = plugins if isinstance(plugins, list) else [plugins]
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """The trainer with what every run gets: the checkpoint callbacks, detlit's own callbacks and
+        the atomic checkpoint writer, minus what a switched-off trainer feature would reject, so that
+        ``--trainer.enable_checkpointing=false`` or ``--trainer.logger=false`` just work."""
+        settings = {**self.config_init.get("trainer", {}), **kwargs}
+        callbacks = [*as_list(settings.get("callbacks")), *self.run_callbacks(settings)]
+        plugins = as_list(settings.get("plugins"))
         if not any(isinstance(p, CheckpointIO) for p in plugins):
-            config["plugins"] = [*plugins, AtomicCheckpointIO()]
-        return super()._instantiate_trainer(config, callbacks)
+            plugins.append(AtomicCheckpointIO())
+        return super().instantiate_trainer(**{**kwargs, "callbacks": callbacks, "plugins": plugins})
+
+    def run_callbacks(self, settings: dict[str, Any]) -> list[Callback]:
+        """The callbacks detlit adds to the config's own, for the trainer ``settings``."""
+        callbacks: list[Callback] = []
+        if settings.get("enable_checkpointing") is not False:
+            callbacks += [self.config_init[key] for key in CHECKPOINT_KEYS]
+        callbacks += [RunLog(), Detectron2Export(), SaveOnSigterm(), ValidateLastEpoch()]
+        callbacks.append(RunRecord(self.config.as_dict()))
+        if settings.get("logger") is not False:
+            callbacks.append(LearningRateMonitor("step"))
+        if settings.get("enable_progress_bar") is not False:
+            callbacks.append(RichProgressBar())
+        return callbacks
 
 
-def refuse_reused_folder(runs: Path, version: int | str | None) -> None:
-    """Raise one sentence when a version named by the config is a run folder that holds a run."""
-    if version is None or version == "":
-        return
-    folder = runs / (version if isinstance(version, str) else f"version_{version}")
-    if folder.is_dir() and any(folder.iterdir()):
-        raise ConfigError(
-            f"{folder} already holds a run; leave trainer.logger.init_args.version unset for a new version_N, "
-            "or continue that run with --ckpt last"
-        )
-
-
-def resolve_checkpoint(ckpt: str, runs: Path) -> tuple[Path, int | None]:
-    """The checkpoint ``--ckpt`` names and the run version it belongs to (None: not a run folder).
-
-    ``last`` means the ``last.ckpt`` of the newest ``version_N`` under ``runs`` that has one;
-    ``best`` the newest ``best*.ckpt`` of the newest run that has one.
-    """
-    if ckpt in ("last", "best"):
-        pattern = "last.ckpt" if ckpt == "last" else "best*.ckpt"
-        candidates = sorted(
-            runs.glob(f"version_*/checkpoints/{pattern}"),
-            key=lambda p: (_version_number(p.parent.parent) or -1, p.stat().st_mtime),
-        )
-        if not candidates:
-            raise ConfigError(f"--ckpt {ckpt}: no {runs}/version_*/checkpoints/{pattern}; pass a .ckpt file instead")
-        checkpoint = candidates[-1]
-    else:
-        checkpoint = Path(ckpt)
-        if checkpoint.is_dir():
-            raise ConfigError(f"--ckpt {ckpt} is a folder; pass a .ckpt file, last or best")
-        problem = not_a_file(checkpoint)
-        if problem is not None:
-            raise ConfigError(f"--ckpt {ckpt} {problem}; pass a .ckpt file, last or best")
-    run = checkpoint.parent.parent
-    same_runs = run.parent.resolve() == runs.resolve() and checkpoint.parent.name == "checkpoints"
-    return checkpoint, _version_number(run) if same_runs else None
-
-
-def _version_number(folder: Path) -> int | None:
-    prefix = "version_"
-    tail = folder.name[len(prefix) :]
-    return int(tail) if folder.name.startswith(prefix) and tail.isdigit() else None
+def as_list(value: Any) -> list[Any]:
+    """A trainer setting that takes one item or a list of them (callbacks, plugins), as a new list."""
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list) else [value]
 
 
 def cli_main(args: list[str] | None = None, stage: str = "fit") -> None:
@@ -252,9 +236,7 @@ def check_before_start(
     """What would fail later, checked before anything is written: the run folder can be written,
     the optimizer accepts its settings (training only), and a checkpoint is whole, a detlit
     checkpoint of these classes, and (to resume) not finished and saved by that optimizer."""
-    folder = planned_run_folder(trainer)
-    if folder is not None:
-        require_writable(folder)
+    require_writable(planned_run_folder(trainer))
     optimizer = build_optimizer(model.optimizer_factory, model.parameter_groups()) if stage == "fit" else None
     if ckpt is None:
         return
@@ -271,11 +253,9 @@ def check_before_start(
         check_optimizer(checkpoint, Path(ckpt), optimizer)
 
 
-def planned_run_folder(trainer: Trainer) -> Path | None:
-    """The folder this run will write into (the logger's), without creating it."""
-    logger = trainer.logger
-    log_dir = getattr(logger, "log_dir", None) if logger is not None else None
-    return Path(log_dir) if log_dir else None
+def planned_run_folder(trainer: Trainer) -> Path:
+    """The folder this run will write into (:func:`~detlit.common.run_folder.folder_of`), without creating it."""
+    return planned_folder(trainer)
 
 
 def require_writable(folder: Path) -> None:
@@ -303,15 +283,15 @@ def nothing_left_of_a_failed_start(trainer: Trainer) -> Iterator[None]:
     """Stop writing run.log when a stage fails, and remove the run folder this run created when it
     fails before its first optimizer step."""
     folder = planned_run_folder(trainer)
-    existed = folder is None or folder.exists()
+    existed = folder.exists()
     try:
         yield
     except BaseException:
         for callback in trainer.callbacks:  # type: ignore[attr-defined]  # set by Lightning's callback connector
             if isinstance(callback, RunLog):
                 callback.close()
-        started = trainer.global_step > 0 or (folder is not None and any(folder.glob("checkpoints/*.ckpt")))
-        if not existed and not started and folder is not None and trainer.is_global_zero:
+        started = trainer.global_step > 0 or bool(RunFolder(folder).checkpoint_files())
+        if not existed and not started and trainer.is_global_zero:
             shutil.rmtree(folder, ignore_errors=True)
             log.info("nothing was trained: removed %s", folder)
         raise
@@ -425,12 +405,11 @@ def suggest_lr(trainer: Trainer, model: DetectionModule, datamodule: CocoDataMod
     if finder is None or found is None:
         raise ConfigError("the learning-rate finder found no suggestion; give it more batches (a larger train set)")
     suggestion = float(found)
-    if trainer.log_dir:
-        plot = Path(trainer.log_dir) / "lr_find.png"
-        plot.parent.mkdir(parents=True, exist_ok=True)
-        figure = finder.plot(suggest=True)
-        if isinstance(figure, Figure):
-            figure.savefig(plot)
-        log.info("loss vs. learning rate: %s", plot)
+    plot = RunFolder(planned_run_folder(trainer)).lr_find
+    plot.parent.mkdir(parents=True, exist_ok=True)
+    figure = finder.plot(suggest=True)
+    if isinstance(figure, Figure):
+        figure.savefig(plot)
+    log.info("loss vs. learning rate: %s", plot)
     print(f"suggested learning rate: {suggestion:.3g} (set model.optimizer.init_args.lr)")
     return suggestion

@@ -153,14 +153,18 @@ class ReportToStudy(Callback):
     Args:
         storage: the study's storage URL.
         study_name: the study's name.
-        trial_id: the trial's id in the storage.
+        trial_number: the trial's number in the study (Optuna's ``trial.number``).
         monitor: the logged metric to report.
         result_dir: where to write ``tune_result.json``.
+        pruner: the study's pruner, ``median`` or ``halving``: Optuna keeps no pruner in the storage,
+            so the run's process builds the one the search chose.
     """
 
-    def __init__(self, storage: str, study_name: str, trial_id: int, monitor: str, result_dir: str):
-        self.storage, self.study_name, self.trial_id = storage, study_name, trial_id
-        self.monitor, self.result_dir = monitor, Path(result_dir)
+    def __init__(
+        self, storage: str, study_name: str, trial_number: int, monitor: str, result_dir: str, pruner: str = "median"
+    ):
+        self.storage, self.study_name, self.trial_number = storage, study_name, trial_number
+        self.monitor, self.result_dir, self.pruner = monitor, Path(result_dir), pruner
         self.values: list[float] = []
         self.pruned = False
 
@@ -171,13 +175,19 @@ class ReportToStudy(Callback):
             raise ConfigError(f"the monitored metric '{self.monitor}' is not logged; set 'monitor' in the search space")
         value = float(trainer.callback_metrics[self.monitor])
         self.values.append(value)
-        study = optuna.load_study(study_name=self.study_name, storage=self.storage)
-        trial = optuna.trial.Trial(study, self.trial_id)
+        trial = self.trial()
         trial.report(value, step=trainer.current_epoch)
         if trial.should_prune():
             self.pruned = True
             trainer.should_stop = True
             log.info("trial pruned after epoch %d (%s=%.4f)", trainer.current_epoch, self.monitor, value)
+
+    def trial(self) -> optuna.trial.Trial:
+        """The running trial, found by its number through the storage's public API."""
+        storage = optuna.storages.RDBStorage(self.storage)
+        study = optuna.load_study(study_name=self.study_name, storage=storage, pruner=make_pruner(self.pruner))
+        study_id = storage.get_study_id_from_name(self.study_name)
+        return optuna.trial.Trial(study, storage.get_trial_id_from_study_id_trial_number(study_id, self.trial_number))
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.is_global_zero:
@@ -213,9 +223,10 @@ def run_trial(
         "init_args": {
             "storage": options.storage,
             "study_name": options.study,
-            "trial_id": trial._trial_id,
+            "trial_number": trial.number,
             "monitor": space.monitor,
             "result_dir": str(folder),
+            "pruner": options.pruner,
         },
     }
     command = [sys.executable, "-m", "detlit.fit", "--config", str(folder / "trial.yaml")]
@@ -304,19 +315,23 @@ def _check_sqlite_file(named: str, database: Path) -> Path:
     return database
 
 
+def make_pruner(name: str) -> optuna.pruners.BasePruner:
+    """The pruner ``--pruner`` names: ``median`` (after 2 trials, from the second validation) or ``halving``."""
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+    if name == "halving":
+        return optuna.pruners.SuccessiveHalvingPruner()
+    raise ConfigError(f"unknown pruner '{name}'; use median or halving")
+
+
 def make_study(options: StudyOptions, space: SearchSpace) -> optuna.Study:
-    pruner: optuna.pruners.BasePruner
-    if options.pruner == "median":
-        pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
-    else:
-        pruner = optuna.pruners.SuccessiveHalvingPruner()
     try:
         study = optuna.create_study(
             study_name=options.study,
             storage=options.storage,
             direction="maximize" if space.direction == "maximize" else "minimize",
             sampler=optuna.samplers.TPESampler(seed=options.seed),
-            pruner=pruner,
+            pruner=make_pruner(options.pruner),
             load_if_exists=True,
         )
     except SQLAlchemyError as err:  # a database server that cannot be reached, a refused login, ...
@@ -397,7 +412,7 @@ def summarise(study: optuna.Study, space: SearchSpace, out: Path, base: dict[str
     return path
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class StudyOptions:
     """Where the study lives and how it searches.
 
@@ -418,6 +433,7 @@ class StudyOptions:
 
 
 def tune(
+    *,
     config: Path,
     search: Path,
     trials: int,

@@ -15,8 +15,8 @@ from pycocotools.coco import COCO
 from detlit.common.outputs import check_outputs
 from detlit.data.coco import LabelMap, load_coco
 from detlit.errors import ConfigError, DataError
+from detlit.evaluation.coco_results import coco_results, read_results, write_results
 from detlit.evaluation.metric import DetectionMetrics
-from detlit.evaluation.results import coco_results, read_results, write_results
 
 LABEL_MAP = LabelMap((0, 5, 90), ("zero", "five", "ninety"))
 
@@ -44,7 +44,7 @@ def _ground_truth(tmp_path: Path, image_ids: list[int]) -> Path:
     return path
 
 
-def test_exported_category_ids_are_the_original_ones_and_load_in_pycocotools(tmp_path: Path) -> None:
+def test_written_category_ids_are_the_original_ones_and_load_in_pycocotools(tmp_path: Path) -> None:
     outputs = [
         _detections([[10, 20, 40, 60.123456], [1, 2, 3, 4]], [0.9, 0.25], [1, 2]),
         _detections([[0, 0, 5, 5]], [0.5], [0]),
