@@ -31,6 +31,8 @@ from detlit.pictures.views import EvaluationViews
 log = logging.getLogger(__name__)
 
 Batch = list[dict[str, Any]]
+# Counts summed over a training epoch and logged as train/<name> at its end.
+EPOCH_COUNTS = ("boxes_dropped_by_aug", "skipped_images")
 NORM_TYPES = (nn.GroupNorm, nn.LayerNorm, nn.BatchNorm2d, nn.SyncBatchNorm)
 
 
@@ -316,6 +318,7 @@ class DetectionModule(LightningModule):
         self.score_thresholds: list[float] | None = None
         self.last_evaluation: Evaluation | None = None
         self._pretrained_loaded = False
+        self._epoch_counts = dict.fromkeys(EPOCH_COUNTS, 0)
 
     def setup(self, stage: str) -> None:
         # Pretrained weights are loaded here, not in __init__: load_from_checkpoint never calls
@@ -397,11 +400,19 @@ class DetectionModule(LightningModule):
             return self._nonfinite(losses, batch)
         self.log_dict({f"train/{name}": value for name, value in losses.items()}, batch_size=size)
         self.log("train/loss", total, prog_bar=True, batch_size=size)
-        dropped = sum(int(x.get("boxes_dropped", 0)) for x in batch)
-        self.log("train/boxes_dropped_by_aug", float(dropped), on_step=False, on_epoch=True, reduce_fx="sum")
-        skipped = sum(len(x.get("skipped_images", ())) for x in batch)
-        self.log("train/skipped_images", float(skipped), on_step=False, on_epoch=True, reduce_fx="sum")
+        # Sums per epoch, kept here and logged once at the epoch's end: each self.log call costs
+        # Lightning about 0.2 ms, 1% of a small model's CPU step for these two alone.
+        self._epoch_counts["boxes_dropped_by_aug"] += sum(int(x.get("boxes_dropped", 0)) for x in batch)
+        self._epoch_counts["skipped_images"] += sum(len(x.get("skipped_images", ())) for x in batch)
         return total
+
+    def on_train_epoch_start(self) -> None:
+        self._epoch_counts = dict.fromkeys(EPOCH_COUNTS, 0)
+
+    def on_train_epoch_end(self) -> None:
+        for name, count in self._epoch_counts.items():
+            # The sum over every process's batches (sync_dist once per epoch, not per step).
+            self.log(f"train/{name}", float(count), on_epoch=True, reduce_fx="sum", sync_dist=True)
 
     def _nonfinite(self, losses: dict[str, torch.Tensor], batch: Batch, diverged: str = "") -> torch.Tensor | None:
         """Stop with one sentence, or skip the batch, when a loss (or the model, ``diverged``) is not finite."""
