@@ -44,12 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.5,
         help="IoU of P/R/F1 and the confusion matrix (default 0.5)",
     )
+    command.add_slicing(parser)
     command.add_overwrite(parser)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
     from detlit.inference.evaluate import evaluate
+    from detlit.inference.slicing import Slicing
 
     return evaluate(
         json_path=args.json,
@@ -61,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         score_threshold=args.score_threshold,
         iou_threshold=args.iou_threshold,
+        slicing=Slicing.from_args(args),
         overwrite=args.overwrite,
     )
 

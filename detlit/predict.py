@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="detlit",
         help="detlit's resize as in validation (default), or detectron2's DefaultPredictor resize",
     )
+    command.add_slicing(parser)
     parser.add_argument("--csv", action="store_true", help="also write predictions.csv, one row per detection")
     command.add_overwrite(parser)
     return parser
@@ -50,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from detlit.inference.predict import predict
+    from detlit.inference.slicing import Slicing
 
     return predict(
         inputs=args.inputs,
@@ -61,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
         precision=args.precision,
         score_threshold=args.score_threshold,
         resize=args.resize,
+        slicing=Slicing.from_args(args),
         write_csv=args.csv,
         overwrite=args.overwrite,
     )

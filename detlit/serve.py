@@ -53,11 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="T",
         help="keep detections scoring at least T in every class (default: the model's per-class thresholds, else 0.5)",
     )
+    command.add_slicing(parser)
     return parser
 
 
 def run(args: argparse.Namespace) -> None:
     from detlit.deploy.serve import Limits, serve
+    from detlit.inference.slicing import Slicing
 
     limits = Limits(
         batch_size=args.batch_size,
@@ -74,6 +76,7 @@ def run(args: argparse.Namespace) -> None:
         device=args.device,
         score_threshold=args.score_threshold,
         limits=limits,
+        slicing=Slicing.from_args(args),
     )
 
 

@@ -35,6 +35,7 @@ from detlit.export import main as export_main
 from detlit.inference.exported import ExportedModel, metadata_path
 from detlit.inference.predictor import Predictor
 from detlit.inference.runtimes import Detections, LoadedCheckpoint
+from detlit.inference.slicing import Slicing
 
 from .conftest import REPO, quiet_trainer, tiny_datamodule, tiny_module
 
@@ -141,6 +142,31 @@ def test_exported_models_predict_like_the_checkpoint(
         pick = lambda values, keep: [values[i] for i in np.flatnonzero(keep)]  # noqa: E731
         assert pick(mine.category_ids, a) == pick(other.category_ids, b)
         assert pick(mine.class_names, a) == pick(other.class_names, b)
+
+
+def _mosaic(sample_dir: Path) -> np.ndarray:
+    """A 480 x 480 image of four validation images (cut to 240 x 240), for sliced inference."""
+    parts = [image[:240, :240] for image in _val_images(sample_dir)[:4]]
+    return np.ascontiguousarray(np.concatenate([np.concatenate(parts[:2], 1), np.concatenate(parts[2:], 1)], 0))
+
+
+@pytest.mark.parametrize("kind", FORMATS)
+def test_exported_models_slice_like_the_checkpoint(
+    kind: str, exported: dict[str, Path], checkpoint: Path, sample_dir: Path
+) -> None:
+    # NMS keeps boxes as they are, so the parity tolerances hold after merging (greedy merging
+    # would let a box at the score floor, kept by one runtime only, grow a box of the other).
+    slicing = Slicing(size=128, overlap=0.25, merge="nms")
+    image = _mosaic(sample_dir)
+    mine = Predictor.load(checkpoint, device="cpu", batch_size=4, slicing=slicing)(image)
+    other = Predictor.load(exported[kind], batch_size=4, slicing=slicing)(image)
+    thresholds = Predictor.load(checkpoint).score_thresholds
+    a = mine.scores >= thresholds[mine.labels] + SCORE_TOLERANCE
+    b = other.scores >= thresholds[other.labels] + SCORE_TOLERANCE
+    assert a.sum() > 0
+    np.testing.assert_array_equal(mine.labels[a], other.labels[b])
+    np.testing.assert_allclose(mine.boxes[a], other.boxes[b], atol=BOX_TOLERANCE, rtol=0)
+    np.testing.assert_allclose(mine.scores[a], other.scores[b], atol=SCORE_TOLERANCE, rtol=0)
 
 
 def test_export_reads_the_checkpoint_once(exported: dict[str, Path]) -> None:
@@ -561,6 +587,22 @@ def test_the_service_serves_torchscript_and_checkpoints(
         status, answer = _request(f"{url}/predict", image.read_bytes(), {"Content-Type": "image/jpeg"})
     assert status == 200, answer
     _assert_answers(answer, expected)
+
+
+@pytest.mark.cli
+def test_the_service_slices(exported: dict[str, Path], sample_dir: Path, tmp_path: Path) -> None:
+    image = Image.fromarray(_mosaic(sample_dir))
+    body = io.BytesIO()
+    image.save(body, format="PNG")
+    slicing = Slicing(size=160, overlap=0.25)
+    expected = Predictor.load(exported["onnx"], slicing=slicing)(np.asarray(image))
+    options = ("--slice", "160", "--slice-overlap", "0.25")
+    with running_service(tmp_path, "--model", str(exported["onnx"]), "--device", "cpu", *options) as url:
+        status, answer = _request(f"{url}/predict", body.getvalue(), {"Content-Type": "image/png"})
+        _, info = _request(f"{url}/info")
+    assert status == 200, answer
+    _assert_answers(answer, expected)
+    assert info["model"]["slicing"] == slicing.as_json() and info["model"]["runtime"] == "onnx"
 
 
 def test_the_service_refuses_a_missing_model_in_one_sentence(

@@ -11,6 +11,7 @@ One name per idea, in every command:
 ``--overwrite``           let the command replace files it wrote before (never one it reads)
 ``--device DEVICE``       ``auto`` (default: a CUDA GPU when there is one), ``cpu``, ``cuda:N``
 ``--batch-size N``        images per forward pass
+``--slice SIZE``          sliced inference on tiles of SIZE pixels (with ``--slice-*`` settings)
 ``--quiet`` / ``--verbose``  fewer or more log lines
 ========================  ====================================================================
 
@@ -32,7 +33,7 @@ from typing import NoReturn, TypeAlias, TypeVar
 
 from detlit.common.outputs import write_failure
 from detlit.common.paths import name_failure, name_message, printable, too_long, undecodable
-from detlit.common.ranges import MAX_BATCH_SIZE, MAX_SEED
+from detlit.common.ranges import MAX_BATCH_SIZE, MAX_OVERLAP, MAX_SEED, MIN_TILE_SIZE
 from detlit.errors import ConfigError, DetlitError
 
 EXIT_OK = 0
@@ -282,4 +283,59 @@ def add_batch_size(parser: argparse.ArgumentParser, default: int = 4) -> None:
         default=default,
         metavar="N",
         help=f"images per forward pass (default: {default})",
+    )
+
+
+def overlap(text: str) -> float:
+    """An argparse type: a tile overlap, a fraction from 0 to :data:`~detlit.common.ranges.MAX_OVERLAP`."""
+    value = fraction(text)
+    if value > MAX_OVERLAP:
+        raise argparse.ArgumentTypeError(f"{value} is above {MAX_OVERLAP}; 0.2 is usual")
+    return value
+
+
+def add_slicing(parser: argparse.ArgumentParser) -> None:
+    """The options of sliced inference (:class:`~detlit.inference.slicing.Slicing`): off unless ``--slice``."""
+    group = parser.add_argument_group(
+        "sliced inference", "small objects in large images: run the model on overlapping tiles at full resolution"
+    )
+    group.add_argument(
+        "--slice",
+        type=whole_number(MIN_TILE_SIZE, small="below the smallest tile"),
+        metavar="SIZE",
+        help="cut each image into tiles of SIZE x SIZE pixels (of the original image), run the model on each and "
+        "merge the detections (default: the whole image, resized)",
+    )
+    group.add_argument(
+        "--slice-overlap",
+        type=overlap,
+        default=0.2,
+        metavar="F",
+        help=f"overlap of neighbouring tiles, a fraction of SIZE, 0 to {MAX_OVERLAP} (default: 0.2)",
+    )
+    group.add_argument(
+        "--slice-full-image",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run the model on the whole image, for objects larger than a tile (default: on)",
+    )
+    group.add_argument(
+        "--slice-merge",
+        choices=["greedynmm", "nms"],
+        default="greedynmm",
+        help="merge the detections of one object: greedynmm grows the best box to their union, nms keeps the best "
+        "box only (default: greedynmm)",
+    )
+    group.add_argument(
+        "--slice-match",
+        choices=["ios", "iou"],
+        default="ios",
+        help="when two detections are one object: intersection over the smaller box, or over the union (default: ios)",
+    )
+    group.add_argument(
+        "--slice-match-threshold",
+        type=fraction,
+        default=0.5,
+        metavar="T",
+        help="overlap at which two detections of one class are one object (default: 0.5)",
     )

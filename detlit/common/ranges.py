@@ -172,3 +172,17 @@ def _image_size(named: str, size: Any) -> None:
             f"{named} {size}, more than {MAX_IMAGE_SIDE} pixels: one image would need tens of GB of memory; "
             f"give {MAX_IMAGE_SIDE} or less (tile larger images instead)"
         )
+
+
+MIN_TILE_SIZE = 32
+"""Smallest tile side (sliced inference, tiled data): below a detector's largest stride (32 for
+FPN's P5) a tile holds less than one feature-map cell."""
+
+MAX_OVERLAP = 0.9
+"""Largest overlap between neighbouring tiles, as a fraction of the tile side: at 0.9 every pixel
+is already seen by about 100 tiles."""
+
+MAX_TILES_PER_IMAGE = 10_000
+"""Most tiles one image may be cut into (sliced inference, tiled data): 10,000 tiles of 640 px
+with 20% overlap cover a 51,000 x 51,000 px image; a smaller tile or a larger overlap that asks
+for more is refused before any tile is cut."""

@@ -73,6 +73,7 @@ from detlit.data.images import READ_ERRORS, ImageTooLarge, max_image_pixels, ope
 from detlit.errors import ConfigError
 from detlit.evaluation.matching import xyxy_to_xywh
 from detlit.inference.predictor import Prediction, Predictor
+from detlit.inference.slicing import Slicing
 
 log = logging.getLogger(__name__)
 
@@ -105,10 +106,15 @@ class ServeSettings:
     score_threshold: float | None = None
     batch_size: int = 4
     max_pixels: int = DEFAULT_MAX_PIXELS
+    slicing: Slicing | None = None
 
     def predictor(self) -> Predictor:
         return Predictor.load(
-            self.model, device=self.device, score_threshold=self.score_threshold, batch_size=self.batch_size
+            self.model,
+            device=self.device,
+            score_threshold=self.score_threshold,
+            batch_size=self.batch_size,
+            slicing=self.slicing,
         )
 
 
@@ -492,8 +498,10 @@ def serve(
     device: str = "auto",
     score_threshold: float | None = None,
     limits: Limits | None = None,
+    slicing: Slicing | None = None,
 ) -> None:
-    """``python -m detlit.serve``: serve ``model`` (a checkpoint or an exported model) until stopped.
+    """``python -m detlit.serve``: serve ``model`` (a checkpoint or an exported model) until stopped;
+    with ``slicing``, every image is predicted from its tiles (:mod:`detlit.inference.slicing`).
 
     The settings are checked and the model is loaded once here first, so a bad setting, file or
     device ends in one sentence before the service starts.
@@ -512,10 +520,10 @@ def serve(
             f"{model} does not exist; pass a .ckpt of a training run or a model of python -m detlit.export"
         )
     require_free_port(host, port)
-    settings = ServeSettings(model, device, score_threshold, limits.batch_size, limits.max_pixels)
+    settings = ServeSettings(model, device, score_threshold, limits.batch_size, limits.max_pixels, slicing)
     checked = settings.predictor()
     facts = checked.facts
-    info = {"model": str(model), "runtime": checked.runtime.name, "device": str(checked.device), **facts.as_json()}
+    info = {"model": str(model), "device": str(checked.device), **checked.settings(), **facts.as_json()}
     del checked
     server = litserve.LitServer(
         DetectionAPI(settings, limits.batch_size, limits.batch_timeout),

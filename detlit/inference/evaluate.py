@@ -36,6 +36,7 @@ from detlit.evaluation.cocoeval import COCO_NAMES, COCO_TITLES
 from detlit.evaluation.evaluation import Evaluation
 from detlit.evaluation.metric import DetectionMetrics
 from detlit.inference.exported import is_exported
+from detlit.inference.slicing import Slicing
 from detlit.pictures import plots
 
 log = logging.getLogger(__name__)
@@ -50,16 +51,17 @@ Inputs = tuple[list[dict[str, torch.Tensor]], list[dict[str, torch.Tensor]]]
 
 
 def predict_dataset(
-    dataset: CocoDataset, model: Path, device: str, batch_size: int
-) -> tuple[Inputs, list[dict[str, Any]], LabelMap]:
+    dataset: CocoDataset, model: Path, device: str, batch_size: int, slicing: Slicing | None = None
+) -> tuple[Inputs, list[dict[str, Any]], LabelMap, dict[str, Any]]:
     """Run a checkpoint or exported model on every image of a dataset: the metric's inputs, the COCO
-    results, and the model's label map. Every detection the model keeps counts (its own test threshold).
+    results, the model's label map, and how it ran (:meth:`~detlit.inference.predictor.Predictor.settings`).
+    Every detection the model keeps counts (its own test threshold).
 
     An image that cannot be read is logged and left out (its objects are then not counted).
     """
     from detlit.inference.predictor import Predictor  # the model's imports, only when a model is evaluated
 
-    predictor = Predictor.load(model, device=device, batch_size=batch_size, all_detections=True)
+    predictor = Predictor.load(model, device=device, batch_size=batch_size, all_detections=True, slicing=slicing)
     label_map = predictor.label_map
     records = dataset.images
     preds, targets, image_ids, predictions = [], [], [], []
@@ -74,7 +76,7 @@ def predict_dataset(
         targets.append(eval_target(record, label_map))
         image_ids.append(record.id)
         predictions.append(prediction)
-    return (preds, targets), coco_results(predictions, image_ids, label_map), label_map
+    return (preds, targets), coco_results(predictions, image_ids, label_map), label_map, predictor.settings()
 
 
 def metrics_document(evaluation: Evaluation, meta: dict[str, Any]) -> dict[str, Any]:
@@ -130,6 +132,7 @@ def evaluate(
     batch_size: int = 4,
     score_threshold: float = 0.5,
     iou_threshold: float = 0.5,
+    slicing: Slicing | None = None,
     overwrite: bool = False,
 ) -> int:
     """``python -m detlit.evaluate``: every metric of a model (``model``: a checkpoint or an exported
@@ -138,6 +141,8 @@ def evaluate(
     if (model is None) == (results is None):
         raise ConfigError("give either --ckpt or --model (a model to run) or --results (a results file), not both")
     option = "--model" if model is not None and is_exported(model) else "--ckpt"
+    if slicing is not None and model is None:
+        raise ConfigError("--slice runs a model on tiles: give --ckpt or --model (a results file holds detections)")
     if model is not None and images is None:
         raise ConfigError(f"{option} runs the model on the images: give --images, the folder of the json's images")
     if not 0.0 < iou_threshold <= 1.0:
@@ -151,6 +156,7 @@ def evaluate(
         check_outputs(outputs, inputs=inputs, overwrite=overwrite)
         started = time.perf_counter()
         written: list[Path] = []
+        ran: dict[str, Any] = {}  # how the model ran (Predictor.settings); nothing for a results file
         if model is not None:
             problem = not_a_file(model)  # a named pipe or a device would block, or never end
             if problem is not None:
@@ -158,7 +164,7 @@ def evaluate(
                 raise ConfigError(f"{option} {model} {problem}; pass a file written by {written_by}")
             dataset = load_checked(json_path, images or Path("."), "--images", files=True)
             check_not_images(outputs, [(dataset.image_root, dataset.images.file_names())])
-            (preds, targets), coco, label_map = predict_dataset(dataset, model, device, batch_size)
+            (preds, targets), coco, label_map, ran = predict_dataset(dataset, model, device, batch_size, slicing)
             written.append(write_results(coco, out / RESULTS_FILE))
             log.info("wrote %s (%d detections)", out / RESULTS_FILE, len(coco))
         else:
@@ -175,6 +181,7 @@ def evaluate(
             "images": len(targets),
             "category_ids": list(label_map.category_ids),
             "seconds": round(time.perf_counter() - started, 2),
+            **ran,
         }
         written += write_outputs(evaluation, out, meta)
     print_tables(evaluation, Console())

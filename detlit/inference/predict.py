@@ -62,6 +62,7 @@ from detlit.errors import ConfigError
 from detlit.evaluation.coco_results import coco_results
 from detlit.inference.exported import is_exported
 from detlit.inference.predictor import Precision, Prediction, Predictor, Resize
+from detlit.inference.slicing import Slicing
 
 log = logging.getLogger(__name__)
 
@@ -178,9 +179,13 @@ def output_paths(out: Path, names: Sequence[str], write_csv: bool) -> list[Path]
 
 
 def write_predictions_json(
-    path: Path, images: list[dict[str, Any]], results: list[dict[str, Any]], label_map: LabelMap
+    path: Path,
+    images: list[dict[str, Any]],
+    results: list[dict[str, Any]],
+    label_map: LabelMap,
+    info: dict[str, Any] | None = None,
 ) -> None:
-    """``predictions.json``: ``images``, ``categories`` and the results as ``annotations``.
+    """``predictions.json``: ``info`` (how the model ran), ``images``, ``categories``, the results as ``annotations``.
 
     Each result also gets the ``id``, ``area`` and ``iscrowd`` that a COCO dataset needs, so the
     file loads with ``pycocotools.COCO`` (and in tools that show COCO files) as it is.
@@ -193,7 +198,7 @@ def write_predictions_json(
         {"id": int(category_id), "name": name}
         for category_id, name in zip(label_map.category_ids, label_map.names, strict=True)
     ]
-    document = {"images": images, "categories": categories, "annotations": annotations}
+    document = {"info": info or {}, "images": images, "categories": categories, "annotations": annotations}
     write_text(path, json.dumps(document, indent=1))
 
 
@@ -283,7 +288,8 @@ def predict_images(
             )
             predictions.append(prediction)
     results = coco_results(predictions, [r["id"] for r in records], predictor.label_map)
-    write_predictions_json(out / JSON_NAME, records, results, predictor.label_map)
+    info = {"description": "detections of python -m detlit.predict", **predictor.settings()}
+    write_predictions_json(out / JSON_NAME, records, results, predictor.label_map, info)
     if write_csv:
         write_predictions_csv(out / CSV_NAME, records, predictions)
     return PredictSummary(records, predictions, skipped, out)
@@ -299,6 +305,7 @@ def predict(
     precision: Precision = "32",
     score_threshold: float | None = None,
     resize: Resize = "detlit",
+    slicing: Slicing | None = None,
     write_csv: bool = False,
     overwrite: bool = False,
 ) -> int:
@@ -334,8 +341,11 @@ def predict(
             precision=precision,
             batch_size=batch_size,
             resize=resize,
+            slicing=slicing,
         )
         log.info("predicting %d images with %s on %s", len(images), model, predictor.device)
+        if slicing is not None:
+            log.info("sliced inference: %s", slicing.as_json())
         summary = predict_images(predictor, images, out, write_csv)
     outputs = f"drawn images and {JSON_NAME}" + (f" and {CSV_NAME}" if write_csv else "")
     print(

@@ -53,10 +53,12 @@ from detlit.common.devices import AUTO
 from detlit.data.images import ImageInput, load_image, to_model_image
 from detlit.data.samplers import shape_batches
 from detlit.data.transforms import eval_transform
+from detlit.data.windows import Window
 from detlit.errors import ConfigError, DataError, WeightsError
 from detlit.inference.exported import is_exported
 from detlit.inference.facts import ModelFacts
 from detlit.inference.runtimes import EagerRuntime, LoadedCheckpoint, Precision, Runtime, load_exported
+from detlit.inference.slicing import Slicing, concatenated, merge_detections, shifted
 from detlit.model.detections import Detections, postprocess
 from detlit.pictures.drawing import draw_predictions
 
@@ -136,6 +138,8 @@ class Predictor:
         batch_size: images per forward pass.
         resize: ``detlit`` (OpenCV, as in training and validation) or ``detectron2`` (PIL, as
             detectron2's DefaultPredictor); see the module docstring.
+        slicing: run the model on overlapping tiles of each image at full resolution and merge
+            their detections (:class:`~detlit.inference.slicing.Slicing`); None: the whole image.
 
     Raises:
         ConfigError: an unknown precision or resize, an unavailable device, precision the device
@@ -151,6 +155,7 @@ class Predictor:
         precision: Precision = "32",
         batch_size: int = 4,
         resize: Resize = "detlit",
+        slicing: Slicing | None = None,
     ):
         if precision not in get_args(Precision):
             raise ConfigError(f"precision '{precision}' is unknown; use one of {', '.join(get_args(Precision))}")
@@ -173,6 +178,7 @@ class Predictor:
         self.label_map: LabelMap = facts.label_map
         self.batch_size = batch_size
         self.resize = resize
+        self.slicing = slicing
         self.image_format = facts.image_format
         self.min_size, self.max_size = facts.min_size, facts.max_size
         self.model_threshold = facts.score_floor
@@ -220,6 +226,17 @@ class Predictor:
             ConfigError: the device cannot run the model, or onnxruntime is missing.
         """
         return cls(load_exported(Path(path), device), **kwargs)
+
+    def settings(self) -> dict[str, Any]:
+        """How this predictor runs its model, as predictions.json, metrics.json and the service's
+        ``/info`` record it: the runtime, the resize and the test size, and the slicing (None: whole images)."""
+        return {
+            "runtime": self.runtime.name,
+            "resize": self.resize,
+            "min_size_test": self.min_size,
+            "max_size_test": self.max_size,
+            "slicing": None if self.slicing is None else self.slicing.as_json(),
+        }
 
     @property
     def class_names(self) -> list[str]:
@@ -275,13 +292,46 @@ class Predictor:
 
     def predict(self, images: Sequence[np.ndarray]) -> list[Prediction]:
         """Predictions for RGB uint8 arrays (as :func:`~detlit.data.images.load_image` returns them), in order."""
+        if self.slicing is not None:
+            return [self._prediction(self._sliced(image, self.slicing), *image.shape[:2]) for image in images]
         inputs = [self.preprocess(image) for image in images]
+        detections = self._detections(inputs)
+        return [
+            self._prediction(found, int(item["height"]), int(item["width"]))
+            for found, item in zip(detections, inputs, strict=True)
+        ]
+
+    def _detections(self, inputs: Sequence[dict[str, Any]]) -> list[Detections]:
+        """The detections of preprocessed images in their original pixels, down to the lowest class
+        threshold; images of one resized shape share batches."""
+        floor = float(self._thresholds.min())
         shapes = [(int(item["image"].shape[1]), int(item["image"].shape[2])) for item in inputs]
-        results: list[Prediction | None] = [None] * len(inputs)
+        results: list[Detections | None] = [None] * len(inputs)
         for batch in shape_batches(shapes, self.batch_size):
-            for index, output in zip(batch, self._forward([inputs[i] for i in batch]), strict=True):
-                results[index] = output
+            raw = self.runtime([inputs[i]["image"] for i in batch], floor)
+            for index, found in zip(batch, raw, strict=True):
+                item = inputs[index]
+                results[index] = postprocess(found, shapes[index], (int(item["height"]), int(item["width"])))
         return [r for r in results if r is not None]
+
+    def _sliced(self, image: np.ndarray, slicing: Slicing) -> Detections:
+        """One image's detections from its tiles (and the whole image, with ``full_image``), merged.
+
+        Tiles are preprocessed and run a few batches at a time, so an image of thousands of tiles
+        never holds more than those resized tiles in memory.
+        """
+        height, width = image.shape[:2]
+        windows: list[Window | None] = list(slicing.windows(height, width))
+        if slicing.full_image and len(windows) > 1:
+            windows.append(None)  # the whole image, resized as without slicing
+        parts = []
+        chunk = self.batch_size * CHUNK_BATCHES
+        for start in range(0, len(windows), chunk):
+            part = windows[start : start + chunk]
+            crops = [image if w is None else np.ascontiguousarray(image[w.y0 : w.y1, w.x0 : w.x1]) for w in part]
+            found = self._detections([self.preprocess(crop) for crop in crops])
+            parts += [d if w is None else shifted(d, w) for d, w in zip(found, part, strict=True)]
+        return merge_detections(concatenated(parts), slicing)
 
     def predict_files(self, paths: Sequence[Path]) -> Iterator[FilePrediction]:
         """Predict image files a few batches at a time (so images of one size share batches);
@@ -301,15 +351,8 @@ class Predictor:
                 outcome.prediction = prediction
             yield from outcomes
 
-    def _forward(self, batch: list[dict[str, Any]]) -> list[Prediction]:
-        floor = float(self._thresholds.min())
-        raw = self.runtime([item["image"] for item in batch], floor)
-        return [self._prediction(detections, item) for detections, item in zip(raw, batch, strict=True)]
-
-    def _prediction(self, raw: Detections, item: dict[str, Any]) -> Prediction:
-        height, width = int(item["height"]), int(item["width"])
-        input_size = (int(item["image"].shape[1]), int(item["image"].shape[2]))
-        detections = postprocess(raw, input_size, (height, width))
+    def _prediction(self, detections: Detections, height: int, width: int) -> Prediction:
+        """A :class:`Prediction` of detections in the image's pixels: the per-class thresholds applied."""
         labels = detections.labels.numpy().astype(np.int64)
         scores = detections.scores.float().numpy()
         keep = scores >= self._thresholds[labels]
