@@ -13,6 +13,7 @@ COMMANDS = {
     "test": "test a checkpoint on data.test_json with a fit config (python -m detlit.fit test)",
     "check": "validate (and repair) a COCO dataset",
     "split": "split a COCO dataset into train and val",
+    "tile": "cut a COCO dataset of large images into tiles, for small objects",
     "evaluate": "COCO metrics, precision / recall / F1 of a model or a results file",
     "predict": "run a trained model on images and folders",
     "export": "export a checkpoint to TorchScript or ONNX, with a parity check",

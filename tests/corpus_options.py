@@ -110,6 +110,12 @@ CASES: list[Case] = [
         args("{sample}/train.json", "--images", "{sample}/train", "--out", "{root}/s-opt", "--seed", "-1"),
         r"--seed: -1 is below 0",
     ),
+    Case(
+        "tile with a tile size below the smallest tile",
+        "tile",
+        args("--json", "{sample}/train.json", "--images", "{sample}/train", "--out", "{root}/t-opt", "--size", "8"),
+        r"--size: 8 is below the smallest tile; give 32 or more",
+    ),
     Case("browse with a huge grid cell", "browse", args("--config", "x.yaml", "--cell", "100000"), r"--cell: 100000"),
     Case(
         "predict with a huge batch",

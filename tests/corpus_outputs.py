@@ -19,6 +19,12 @@ atexit.register(_held.close)
 
 CASES: list[Case] = [
     Case(
+        "tile into its image folder",
+        "tile",
+        args("--json", "{sample}/train.json", "--images", "{sample}/train", "--out", "{sample}/train/tiles"),
+        r"--out .*train/tiles lies inside the image folder .*train: the tiles would go among the images",
+    ),
+    Case(
         "split with a file name that climbs out of the image folder",
         "split",
         args("{root}/climbs-out.json", "--images", "{sample}/train", "--out", "{root}/split-climbs"),

@@ -5,9 +5,9 @@
 the number of objects per category, with "no objects" as one more label so that empty images
 are split in proportion too; a balancing pass then makes the validation set hold
 ``round(fraction x images)`` images (exactly, unless groups make that impossible). Images with
-identical file content, and images of one group (``--group-by FIELD`` or ``--group-pattern``),
-always land on the same side. Every original id and field is kept, and the same inputs and
-seed give byte-identical files.
+identical file content, tiles of one source image (``python -m detlit.tile``'s ``"tile"`` field),
+and images of one group (``--group-by FIELD`` or ``--group-pattern``) always land on the same
+side. Every original id and field is kept, and the same inputs and seed give byte-identical files.
 
 The two files are one result: both are written in full before either replaces a file, and each
 carries the pair's marker (``"detlit_split": {"id": ..., "part": "train"}``, the id a digest of
@@ -159,7 +159,8 @@ def group_images(
     group_by: str | None,
     group_pattern: str | None,
 ) -> list[list[int]]:
-    """Image ids that must stay together: same content, same ``group_by`` value, same pattern match."""
+    """Image ids that must stay together: same content, tiles of one source image, same ``group_by``
+    value, same pattern match."""
     ids, names = dataset.images.ids.tolist(), dataset.images.file_names()
     parent = {image_id: image_id for image_id in ids}
 
@@ -180,6 +181,7 @@ def group_images(
                 first[key] = image_id
 
     union_by(hashes)
+    union_by({iid: tile_source(raw_images[iid]) for iid in parent})
     if group_by:
         union_by({iid: _hashable(raw_images[iid].get(group_by)) for iid in parent})
     pattern = group_regex(group_pattern)
@@ -193,6 +195,15 @@ def group_images(
     for image_id in ids:
         groups[find(image_id)].append(image_id)
     return list(groups.values())
+
+
+def tile_source(raw_image: dict[str, Any]) -> tuple[Any, Any] | None:
+    """The source image of a tile (``python -m detlit.tile``'s ``"tile"`` field), or None for an image
+    that is no tile: tiles of one source overlap, so they stay on one side."""
+    tile = raw_image.get("tile")
+    if not isinstance(tile, dict) or "source_id" not in tile:
+        return None
+    return _hashable(tile.get("source_id")), _hashable(tile.get("source_file"))
 
 
 def group_regex(text: str | None) -> re.Pattern[str] | None:
