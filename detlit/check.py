@@ -5,6 +5,7 @@ Examples::
     python -m detlit.check data/train.json --images data/images
     python -m detlit.check data/train.json --images data/images --fix data/train.fixed.json
     python -m detlit.check data/train.json --images data/images --report check.json --quiet
+    python -m detlit.check data/train.json --images data/images --config configs/sample_cpu.yaml
 
 Exit status: 0 when no error remains (in the repaired copy, with ``--fix``), 1 when errors
 remain, 2 when the input cannot be read at all.
@@ -16,6 +17,8 @@ import argparse
 from pathlib import Path
 
 from detlit.common import command
+from detlit.common.ranges import MAX_IMAGE_SIDE
+from detlit.data.checks import Resize
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,13 +34,38 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--val-images", type=Path, metavar="FOLDER", help="folder of --val's images (default: --images)"
     )
+    sizes = parser.add_argument_group(
+        "object sizes after the resize",
+        "the resizes of training and inference, as python -m detlit.fit's data.* settings: each option given, else "
+        "--config's, else the default",
+    )
+    sizes.add_argument("--config", type=Path, metavar="CONFIG.yaml", help="a fit config to take the sizes from")
+    side, default = command.whole_number(1, MAX_IMAGE_SIDE, " (tile larger images instead)"), Resize()
+    for key, what in (
+        ("min_size_test", "shortest edge at inference"),
+        ("max_size_test", "cap on the longest edge at inference"),
+        ("min_size_train", "shortest-edge sizes in training"),
+        ("max_size_train", "cap on the longest edge in training"),
+    ):
+        value = getattr(default, key)
+        shown = " ".join(map(str, value)) if isinstance(value, tuple) else value
+        many = "+" if isinstance(value, tuple) else None
+        option = f"--{key.replace('_', '-')}"
+        sizes.add_argument(option, type=side, nargs=many, metavar="N", help=f"{what} (default: {shown})")
     command.add_overwrite(parser)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
-    from detlit.data.check import check
+    from detlit.data.check import check, resize_settings
 
+    resize = resize_settings(
+        config=args.config,
+        min_size_train=args.min_size_train,
+        max_size_train=args.max_size_train,
+        min_size_test=args.min_size_test,
+        max_size_test=args.max_size_test,
+    )
     return check(
         json_path=args.json,
         images=args.images,
@@ -49,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         quiet=args.quiet,
         val=args.val,
         val_images=args.val_images,
+        resize=resize,
     )
 
 

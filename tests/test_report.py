@@ -36,6 +36,10 @@ from detlit.reporting.advice import (
     FEW_INSTANCES,
     LOW_CLASS_AP,
     OVERFIT_VAL_RISE,
+    SLICING_AP_GAP,
+    SLICING_AP_RATIO,
+    SLICING_MIN_GAIN,
+    SLICING_MIN_OBJECTS,
     SMALL_AP_RATIO,
     SMALL_OBJECT_SHARE,
     STILL_RISING_GAIN,
@@ -45,6 +49,7 @@ from detlit.reporting.advice import (
     rule_nonfinite_batches,
     rule_overfitting,
     rule_skipped_images,
+    rule_slicing,
     rule_small_objects,
     rule_still_improving,
     rule_weak_rare_classes,
@@ -435,6 +440,45 @@ def test_findings_in_a_report_name_their_numbers(sample_dir: Path, tmp_path: Pat
     assert "Nothing alarming" not in text
 
 
+def large_images_with_small_objects(root: Path, images: int = 3) -> Path:
+    """A COCO json (no image files) of 4000 x 3000 photos, each with 10 cars of 20 x 20 px (COCO
+    small) and 10 buildings of 200 x 200 px (COCO large)."""
+    records, annotations = [], []
+    for i in range(1, images + 1):
+        records.append({"id": i, "file_name": f"{i}.jpg", "width": 4000, "height": 3000})
+        for k in range(20):
+            side, category = (20, 1) if k < 10 else (200, 2)
+            box = [100 + 190 * k, 100 + 100 * i, side, side]
+            annotations.append(
+                {"id": len(annotations) + 1, "image_id": i, "category_id": category, "bbox": box, "area": side * side}
+            )
+    path = root / "drone.json"
+    root.mkdir(parents=True, exist_ok=True)
+    categories = [{"id": 1, "name": "car"}, {"id": 2, "name": "building"}]
+    path.write_text(json.dumps({"images": records, "annotations": annotations, "categories": categories}))
+    return path
+
+
+def test_a_report_names_slicing_when_small_objects_are_shrunk_and_missed(tmp_path: Path) -> None:
+    val = large_images_with_small_objects(tmp_path / "data")
+    data = {"train_json": str(val), "train_images": "photos", "val_json": str(val), "val_images": "photos"}
+    data |= {"min_size_test": 800, "max_size_test": 1333}
+    scalars = {"val/map": [(10, 0.35)], "val/map_small": [(10, 0.05)], "val/map_large": [(10, 0.6)]}
+    folder = write_run(tmp_path / "runs" / "drone" / "version_0", scalars, data, log=False)
+    assert report_main(["--run", str(folder), "--max-images", "0"]) == 0
+    text = (folder / "report.md").read_text()
+    assert "**Small objects found far worse than large ones: slice.**" in text
+    assert "AP_small is 0.050 against AP_large 0.600 (30 small and 30 large validation objects)" in text
+    assert "leaves the small objects a median of 5.3 px, and in tiles of 640 px they would be 25.0 px" in text
+    assert f"`python -m detlit.evaluate --ckpt CHECKPOINT --json {val} --images photos --slice 640" in text
+    assert f"`python -m detlit.tile --json {val} --images photos --out tiles --size 640`" in text
+    # the same numbers on photos the resize does not shrink: tiles would change nothing, no finding
+    shutil.rmtree(folder)
+    write_run(folder, scalars, {**data, "min_size_test": 3000, "max_size_test": 4000}, log=False)
+    assert report_main(["--run", str(folder), "--max-images", "0", "--overwrite"]) == 0
+    assert "found far worse than large ones" not in (folder / "report.md").read_text()
+
+
 def test_an_existing_report_is_kept_unless_overwrite(
     sample_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -552,6 +596,50 @@ def test_rule_small_objects() -> None:
     assert rule_small_objects(sizes, 0.5, 0.5 * SMALL_AP_RATIO + 0.01) is None
     assert rule_small_objects(sizes, 0.5, float("nan")) is None
     assert SMALL_OBJECT_SHARE <= 0.5
+
+
+def slicing(**changes: Any) -> Any:
+    """:func:`rule_slicing` on a drone-like case (small objects shrunk to 5 px, 25 px in tiles), with ``changes``."""
+    numbers: dict[str, Any] = {
+        "map_small": 0.10,
+        "map_large": 0.60,
+        "small_objects": 150,
+        "large_objects": 40,
+        "tile": 640,
+        "resized_side": 5.3,
+        "sliced_side": 25.0,
+        "min_size_test": 800,
+        "command": "python -m detlit.evaluate --ckpt best.ckpt --json val.json --images val --slice 640",
+        "tile_command": "python -m detlit.tile --json train.json --images train --out tiles --size 640",
+    }
+    return rule_slicing(**{**numbers, **changes})
+
+
+def test_rule_slicing() -> None:
+    found = slicing()
+    assert found is not None and found.rule == "slicing"
+    assert "AP_small is 0.100 against AP_large 0.600 (150 small and 40 large validation objects)" in found.evidence
+    assert "min_size_test 800 leaves the small objects a median of 5.3 px, and in tiles of 640 px" in found.evidence
+    assert "`python -m detlit.evaluate --ckpt best.ckpt --json val.json --images val --slice 640`" in found.advice
+    assert "`python -m detlit.tile --json train.json --images train --out tiles --size 640`" in found.advice
+    # AP_small against half of AP_large: 0.29 fires, 0.31 does not (the gap, 0.31 and 0.29, is no limit here)
+    assert slicing(map_small=0.29) is not None
+    assert slicing(map_small=SLICING_AP_RATIO * 0.6 + 0.01) is None
+    # the gap: AP_large 0.3 and AP_small 0.09 (gap 0.21) fire; 0.11 (gap 0.19) does not, though under half
+    assert slicing(map_large=0.3, map_small=0.09) is not None
+    assert slicing(map_large=0.3, map_small=0.3 - SLICING_AP_GAP + 0.01) is None
+    # enough objects of each size for the two APs to mean something
+    assert slicing(small_objects=SLICING_MIN_OBJECTS) is not None
+    assert slicing(small_objects=SLICING_MIN_OBJECTS - 1) is None
+    assert slicing(large_objects=SLICING_MIN_OBJECTS) is not None
+    assert slicing(large_objects=SLICING_MIN_OBJECTS - 1) is None
+    # no small (or no large) object: COCOeval's -1, read as NaN
+    assert slicing(map_small=float("nan")) is None and slicing(map_large=float("nan")) is None
+    # tiles must show the small objects larger: 1.5x fires, less does not (COCO's enlarged photos: 1x)
+    assert slicing(sliced_side=SLICING_MIN_GAIN * 5.3) is not None
+    assert slicing(sliced_side=SLICING_MIN_GAIN * 5.3 - 0.01) is None
+    assert slicing(sliced_side=5.3) is None
+    assert SLICING_AP_RATIO == 0.5 and SLICING_AP_GAP == 0.2
 
 
 def test_rule_overfitting() -> None:

@@ -9,15 +9,19 @@ import sys
 from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
 from detlit.common.outputs import check_outputs, write_lock, write_text, write_together
-from detlit.data.checks import Report, apply_repairs, check_dataset, check_file, compare_splits
+from detlit.common.ranges import check_image_sizes
+from detlit.common.safe_yaml import read_yaml
+from detlit.data.checks import SIZE_BOUNDS, Report, Resize, apply_repairs, check_dataset, check_file, compare_splits
 from detlit.data.coco import read_coco, read_json
 from detlit.data.findings import Severity, log_summary
 from detlit.data.split import check_pair
+from detlit.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +45,8 @@ def print_report(report: Report, console: Console, examples: int = 3) -> None:
     )
     overview.add_row("crowd regions", str(stats["crowd"]))
     console.print(overview)
+    if "object_sizes" in stats:
+        console.print(size_table(stats["object_sizes"]))
 
     categories = Table(title="objects per category")
     categories.add_column("category (id name)")
@@ -64,6 +70,85 @@ def print_report(report: Report, console: Console, examples: int = 3) -> None:
             text += f"\n... and {count - examples} more"
         table.add_row(f"[{STYLE[severity]}]{severity.value}[/]", kind, str(count), text, same[0].fix or "")
     console.print(table)
+
+
+def size_table(sizes: dict[str, Any]) -> Table:
+    """The object sizes after the resize (:func:`detlit.data.checks.object_sizes`), one row per resize."""
+    table = Table(
+        title="object sizes after the resize",
+        caption=f"size: {sizes['measure']}; training: at its smallest shortest-edge size",
+    )
+    table.add_column("resize (edge/cap)", no_wrap=True)
+    table.add_column("objects", justify="right")
+    for bound in SIZE_BOUNDS:
+        table.add_column(f"<{bound} px", justify="right", no_wrap=True)
+    table.add_column("median", justify="right", no_wrap=True)
+    for name, title in (("test", "inference"), ("train", "training")):
+        row = sizes[name]
+        shares = [f"{row[f'under_{b}']:.1%}" if row["objects"] else "-" for b in SIZE_BOUNDS]
+        median = f"{row['median']:.1f} px" if row["objects"] else "-"
+        table.add_row(f"{title} {row['min_size']}/{row['max_size']}", str(row["objects"]), *shares, median)
+    return table
+
+
+RESIZE_KEYS = ("min_size_train", "max_size_train", "min_size_test", "max_size_test")
+
+
+def _shown(value: Any) -> str:
+    return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def resize_settings(
+    config: Path | None = None,
+    min_size_train: list[int] | None = None,
+    max_size_train: int | None = None,
+    min_size_test: int | None = None,
+    max_size_test: int | None = None,
+) -> Resize:
+    """The resizes ``check`` measures object sizes at: each size given, else the ``data.*`` setting
+    of the fit config ``config``, else the data module's default (:class:`Resize`).
+
+    Raises:
+        ConfigError: the config cannot be read, one of its sizes is out of range, or a cap on the
+            longest edge is below its shortest-edge size.
+    """
+    values: dict[str, Any] = {key: getattr(Resize(), key) for key in RESIZE_KEYS}
+    names = {key: f"the default {key} {_shown(values[key])}" for key in RESIZE_KEYS}
+    if config is not None:
+        source = f"--config {config}"
+        document = read_yaml(config, source)
+        data = (document.get("data") or {}) if isinstance(document, dict) else None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source} is not a python -m detlit.fit config: it has no data section of settings")
+        for key in RESIZE_KEYS:
+            if key in data:
+                values[key], names[key] = data[key], f"data.{key} {_shown(data[key])} of {config}"
+        try:
+            check_image_sizes("data.", *(values[key] for key in RESIZE_KEYS))
+        except ConfigError as err:
+            raise ConfigError(f"{source}: {err}") from err
+    given = {
+        "min_size_train": min_size_train or None,
+        "max_size_train": max_size_train,
+        "min_size_test": min_size_test,
+        "max_size_test": max_size_test,
+    }
+    for key, value in given.items():
+        if value is not None:
+            values[key], names[key] = value, f"--{key.replace('_', '-')} {_shown(value)}"
+    for cap, size in (("max_size_train", "min_size_train"), ("max_size_test", "min_size_test")):
+        largest = max(values[size]) if isinstance(values[size], (list, tuple)) else values[size]
+        if values[cap] < largest:
+            raise ConfigError(
+                f"{names[cap]} is below {names[size]}: no image would be resized to that shortest edge; "
+                f"give --{cap.replace('_', '-')} {largest} or more"
+            )
+    return Resize(
+        min_size_train=tuple(int(size) for size in values["min_size_train"]),
+        max_size_train=int(values["max_size_train"]),
+        min_size_test=int(values["min_size_test"]),
+        max_size_test=int(values["max_size_test"]),
+    )
 
 
 def write_fixed(report: Report, out: Path) -> Report:
@@ -101,10 +186,12 @@ def check(
     quiet: bool = False,
     val: Path | None = None,
     val_images: Path | None = None,
+    resize: Resize | None = None,
 ) -> int:
     """``python -m detlit.check``: check a dataset, print and log the findings, write a report
     and a repaired copy on request. With ``val`` (the validation json of this training json), also
-    the classes that one of the two has no object of.
+    the classes that one of the two has no object of; with ``resize`` (:func:`resize_settings`),
+    the object sizes after the resizes of training and inference.
 
     The folders of ``fix`` and ``report_path`` are held against other commands while it runs; no
     output may be the json, ``val``, one of the dataset's images, or the other output.
@@ -127,7 +214,18 @@ def check(
         check_outputs(outputs, inputs=inputs, overwrite=overwrite, images=[(images, dataset.images.file_names())])
         if val is not None:
             check_pair(json_path, val)
-        report = check_dataset(dataset, structure, decode=decode)
+        report = check_dataset(dataset, structure, decode=decode, resize=resize)
+        if resize is not None:
+            test = report.stats["object_sizes"]["test"]
+            log.info(
+                "%s: %d objects after the resize to min_size_test %d: %s under %d px, median %s px",
+                json_path,
+                test["objects"],
+                resize.min_size_test,
+                f"{test[f'under_{SIZE_BOUNDS[0]}']:.1%}" if test["objects"] else "none",
+                SIZE_BOUNDS[0],
+                test["median"],
+            )
         if val is not None:
             other, _ = read_coco(val, val_images or images)
             report.findings += compare_splits(dataset, other)

@@ -21,12 +21,13 @@ from typing import Any
 import numpy as np
 
 from detlit.common.paths import not_a_file
+from detlit.common.ranges import MIN_TILE_SIZE
 from detlit.data.coco import Annotation, CocoDataset, ImageRecord, raise_on_errors, read_coco, require_images
 from detlit.data.findings import Finding, Repair, Severity, errors, log_summary
 from detlit.data.headers import FileInfo, Headers, inspect_file, read_headers
 from detlit.data.images import IMAGE_SUFFIXES
 
-__all__ = ["FileInfo", "Report", "check_dataset", "check_file", "inspect_file", "load_checked"]
+__all__ = ["FileInfo", "Report", "Resize", "check_dataset", "check_file", "inspect_file", "load_checked"]
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,15 @@ AREA_TOLERANCE = 1.01  # a segment area may be smaller than its box, never large
 FEW_OBJECTS = 10  # objects of a class below which a detector can hardly learn it ...
 FEW_OBJECTS_SHARE = 0.5  # ... when the class also has less than half the objects of the median class
 COCO_SMALL, COCO_LARGE = 32**2, 96**2  # COCO's object size ranges (area in pixels)
+SIZE_BOUNDS = (8, 16, 32)  # pixels after the resize: the statistics count the objects below each
+TINY_OBJECT_SIDE = 8  # pixels after the resize: a detector almost never finds an object this small ...
+TINY_OBJECTS_SHARE = 0.2  # ... and when this share of the objects is, the check says so
+SLICE_TARGET_SIDE = 24.0  # pixels: the tile size suggested brings the tiny objects' median to this ...
+SLICE_ZOOM = 1.25  # ... and is at most min_size_test / SLICE_ZOOM, so tiles always enlarge
+SLICE_STEP = 32  # suggested tile sizes are multiples of this
+
+Sizes = tuple[np.ndarray, np.ndarray]
+"""(widths, heights) of the images, one entry each."""
 
 
 @dataclass
@@ -606,6 +616,163 @@ def check_duplicate_images(dataset: CocoDataset, headers: Headers | None) -> lis
     return findings
 
 
+# --- object sizes after the resize -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Resize:
+    """The shortest-edge resizes of training and inference, named as the data module's settings
+    (``data.min_size_train`` ...), with its defaults: detectron2's ``ResizeShortestEdge``, the
+    shortest edge to a size, the longest at most the cap."""
+
+    min_size_train: tuple[int, ...] = (640, 672, 704, 736, 768, 800)
+    max_size_train: int = 1333
+    min_size_test: int = 800
+    max_size_test: int = 1333
+
+
+def resize_factors(dataset: CocoDataset, min_size: int, max_size: int, sizes: Sizes | None = None) -> np.ndarray:
+    """(N, 2) factors (x, y) by which the resize scales each image: its size after detectron2's
+    ``ResizeShortestEdge`` (rounded as detectron2 rounds) over its size; NaN where the size is unknown.
+
+    Args:
+        dataset: the records.
+        min_size: the shortest edge after the resize.
+        max_size: the cap on the longest edge.
+        sizes: (widths, heights) per image; the json's sizes by default.
+    """
+    # albumentations and OpenCV take seconds to import: only the size statistics need the rule
+    from detlit.data.transforms import resized_shape
+
+    images = dataset.images
+    widths, heights = sizes if sizes is not None else (images.widths, images.heights)
+    factors = np.full((len(images), 2), np.nan)
+    usable = (widths > 0) & (heights > 0)
+    if not usable.any():
+        return factors
+    # images of one size share one factor: the rule runs once per distinct size
+    shapes, inverse = np.unique(np.stack([heights[usable], widths[usable]], axis=1), axis=0, return_inverse=True)
+    resized = np.array([resized_shape(int(h), int(w), min_size, max_size) for h, w in shapes.tolist()], np.float64)
+    factors[usable] = (resized / shapes)[:, ::-1][inverse.reshape(-1)]
+    return factors
+
+
+def object_sides(dataset: CocoDataset, factors: np.ndarray | None = None) -> np.ndarray:
+    """The size of every object: the side of a square of its box's area, in pixels of the image
+    scaled by ``factors`` (:func:`resize_factors`; None: the image's own pixels). NaN for crowd
+    regions and for boxes or images whose size is not usable."""
+    images = dataset.images
+    width, height = images.bboxes[:, 2], images.bboxes[:, 3]
+    with np.errstate(invalid="ignore"):
+        area = width * height
+        if factors is not None:
+            owners = images.owners
+            area = area * factors[owners, 0] * factors[owners, 1]
+        usable = ~images.crowd & (width > 0) & (height > 0) & np.isfinite(area)
+    return np.where(usable, np.sqrt(np.where(usable, area, 0.0)), np.nan)
+
+
+def size_summary(sides: np.ndarray) -> dict[str, Any]:
+    """The number of objects with a size, the share below each of :data:`SIZE_BOUNDS` and the median."""
+    known = sides[np.isfinite(sides)]
+    summary: dict[str, Any] = {"objects": len(known)}
+    for bound in SIZE_BOUNDS:
+        summary[f"under_{bound}"] = round(float((known < bound).mean()), 4) if len(known) else None
+    summary["median"] = round(float(np.median(known)), 2) if len(known) else None
+    return summary
+
+
+def object_sizes(dataset: CocoDataset, resize: Resize, sizes: Sizes | None = None) -> dict[str, Any]:
+    """Object sizes after the resize of inference (``test``) and of training at its smallest size
+    (``train``, where objects are smallest): :func:`size_summary` of :func:`object_sides`."""
+    out: dict[str, Any] = {"measure": "the side of a square of the box's area, in pixels"}
+    for name, min_size, max_size in (
+        ("test", resize.min_size_test, resize.max_size_test),
+        ("train", min(resize.min_size_train), resize.max_size_train),
+    ):
+        sides = object_sides(dataset, resize_factors(dataset, min_size, max_size, sizes))
+        out[name] = {"min_size": min_size, "max_size": max_size, **size_summary(sides)}
+    return out
+
+
+@dataclass(frozen=True)
+class SlicedSizes:
+    """Some objects as the model sees them with and without sliced inference.
+
+    Attributes:
+        size: the tile size suggested (``--slice SIZE``).
+        resized: their median size after the resize of the whole image, in pixels.
+        sliced: their median size in tiles of ``size`` pixels, each resized to ``min_size_test``.
+    """
+
+    size: int
+    resized: float
+    sliced: float
+
+    @property
+    def gain(self) -> float:
+        """How many times larger the model sees them in the tiles."""
+        return self.sliced / self.resized if self.resized > 0 else math.nan
+
+
+def sliced_sizes(
+    dataset: CocoDataset, which: np.ndarray, min_size_test: int, max_size_test: int, sizes: Sizes | None = None
+) -> SlicedSizes | None:
+    """The tile size that makes the objects ``which`` (a mask over all objects) large enough, and
+    their median size with and without it; None when none of them has a size.
+
+    The tile is the largest multiple of :data:`SLICE_STEP` that brings their median to
+    :data:`SLICE_TARGET_SIDE` pixels, and at most ``min_size_test / SLICE_ZOOM`` (every tile is
+    then enlarged), at least :data:`~detlit.common.ranges.MIN_TILE_SIZE`. A tile of SIZE pixels is
+    resized to ``min_size_test``: its objects grow by ``min_size_test / SIZE``. An image whose
+    shortest edge is not longer than the tile is one tile, resized as the whole image is.
+    """
+    images = dataset.images
+    resized = object_sides(dataset, resize_factors(dataset, min_size_test, max_size_test, sizes))[which]
+    original = object_sides(dataset)[which]
+    known = np.isfinite(resized)
+    if not known.any():
+        return None
+    resized, original = resized[known], original[known]
+    zoom = min(1 / SLICE_ZOOM, float(np.median(original)) / SLICE_TARGET_SIDE)
+    size = max(MIN_TILE_SIZE, int(min_size_test * zoom) // SLICE_STEP * SLICE_STEP)
+    widths, heights = sizes if sizes is not None else (images.widths, images.heights)
+    shortest = np.minimum(widths, heights)[images.owners][which][known]
+    sliced = np.where(shortest > size, original * min_size_test / size, resized)
+    return SlicedSizes(size, float(np.median(resized)), float(np.median(sliced)))
+
+
+def check_object_sizes(dataset: CocoDataset, resize: Resize, sizes: Sizes | None = None) -> list[Finding]:
+    """At least :data:`TINY_OBJECTS_SHARE` of the objects under :data:`TINY_OBJECT_SIDE` pixels after
+    the resize of inference: the finding names the tile size to slice at, and the tiling command."""
+    min_size, max_size = resize.min_size_test, resize.max_size_test
+    sides = object_sides(dataset, resize_factors(dataset, min_size, max_size, sizes))
+    known = np.isfinite(sides)
+    if not known.any():
+        return []
+    with np.errstate(invalid="ignore"):
+        tiny = known & (sides < TINY_OBJECT_SIDE)
+    share = tiny.sum() / known.sum()
+    if share < TINY_OBJECTS_SHARE:
+        return []
+    sliced = sliced_sizes(dataset, tiny, min_size, max_size, sizes)
+    assert sliced is not None  # tiny objects have a size
+    tile = sliced.size
+    return [
+        _finding(
+            Severity.WARNING,
+            "tiny_objects",
+            f"{share:.0%} of the objects are smaller than {TINY_OBJECT_SIDE} px after the resize (min_size_test "
+            f"{min_size}, max_size_test {max_size}; median {np.median(sides[known]):.1f} px, measured as the side of "
+            "a square of the box's area), where a detector almost never finds them: slice at inference (--slice "
+            f"{tile} on python -m detlit.predict / evaluate: in {tile} px tiles they reach a median of "
+            f"{sliced.sliced:.1f} px instead of {sliced.resized:.1f}), train on tiles of that size (python -m "
+            f"detlit.tile --json {dataset.json_path} --images {dataset.image_root} --out tiles --size {tile}), or "
+            "raise data.min_size_test and data.min_size_train",
+        )
+    ]
+
+
 # --- statistics ----------------------------------------------------------------------------
 
 
@@ -644,6 +811,7 @@ def check_dataset(
     files: bool = True,
     decode: bool = True,
     unlisted: bool = True,
+    resize: Resize | None = None,
 ) -> Report:
     """Run every check on a parsed dataset.
 
@@ -653,6 +821,8 @@ def check_dataset(
         files: look at the image files (existence, size, EXIF orientation, mode).
         decode: also decode and hash every image (unreadable files, duplicate content).
         unlisted: report images on disk that the json omits.
+        resize: the resizes of training and inference: with them, the object sizes after the
+            resize (statistics ``object_sizes``) and the ``tiny_objects`` finding.
     """
     report = Report(dataset.json_path, dataset.image_root, list(structure))
     headers = inspect_files(dataset, decode) if files else None
@@ -669,7 +839,11 @@ def check_dataset(
     report.findings += check_crowd(dataset)
     report.findings += check_duplicate_annotations(dataset)
     report.findings += check_duplicate_images(dataset, headers)
+    if resize is not None:
+        report.findings += check_object_sizes(dataset, resize, sizes)
     report.stats = statistics(dataset)
+    if resize is not None:
+        report.stats["object_sizes"] = object_sizes(dataset, resize, sizes)
     return report
 
 

@@ -25,6 +25,10 @@ FEW_INSTANCES = 100  # training objects of a class: fewer than this is few
 FEW_INSTANCES_RATIO = 0.5  # ... and so is fewer than half the median class
 SMALL_OBJECT_SHARE = 0.3  # share of small training objects (COCO: area < 32 x 32) worth a look
 SMALL_AP_RATIO = 0.7  # AP_small below 70% of the overall AP
+SLICING_AP_RATIO = 0.5  # AP_small below half of AP_large ...
+SLICING_AP_GAP = 0.2  # ... and at least this much below it ...
+SLICING_MIN_OBJECTS = 20  # ... each measured on at least this many validation objects ...
+SLICING_MIN_GAIN = 1.5  # ... and tiles would show the small objects at least this many times larger
 OVERFIT_VAL_RISE = 0.1  # val/loss 10% above its lowest point while train/loss kept falling
 MIN_VALIDATIONS = 3  # validations needed before a trend is read
 STILL_RISING_WINDOW = 3  # the last validations a metric's trend is read over
@@ -104,6 +108,52 @@ def rule_small_objects(
         f"{map_small:.3f} against AP {map_all:.3f} over all sizes.",
         f"Raise the input resolution (`data.min_size_train` / `data.min_size_test`{now}) or give the RPN "
         "smaller anchors (`model.overrides` `MODEL.ANCHOR_GENERATOR.SIZES`, e.g. [[16], [32], [64], [128], [256]]).",
+    )
+
+
+def rule_slicing(
+    map_small: float,
+    map_large: float,
+    small_objects: int,
+    large_objects: int,
+    tile: int,
+    resized_side: float,
+    sliced_side: float,
+    min_size_test: Any,
+    command: str,
+    tile_command: str,
+) -> Recommendation | None:
+    """Small objects found far worse than large ones where the resize shrinks them: slicing is the
+    likely fix.
+
+    Fires when AP_small is below :data:`SLICING_AP_RATIO` x AP_large and at least
+    :data:`SLICING_AP_GAP` below it, both measured on at least :data:`SLICING_MIN_OBJECTS`
+    validation objects (COCO small: area under 32 x 32 pixels; large: over 96 x 96), and tiles of
+    ``tile`` pixels would show the small objects (median ``resized_side`` pixels after the resize
+    of the whole image) at least :data:`SLICING_MIN_GAIN` times larger (``sliced_side``): where the
+    resize does not shrink them (COCO's photos at 800), tiles change nothing.
+
+    Args:
+        command: the ``python -m detlit.evaluate ... --slice`` command that measures it.
+        tile_command: the ``python -m detlit.tile`` command that cuts the training data into tiles.
+    """
+    if not (math.isfinite(map_small) and math.isfinite(map_large)):
+        return None
+    if small_objects < SLICING_MIN_OBJECTS or large_objects < SLICING_MIN_OBJECTS:
+        return None
+    if map_small >= SLICING_AP_RATIO * map_large or map_large - map_small < SLICING_AP_GAP:
+        return None
+    if not resized_side > 0 or sliced_side < SLICING_MIN_GAIN * resized_side:
+        return None
+    return Recommendation(
+        "slicing",
+        "Small objects found far worse than large ones: slice",
+        f"AP_small is {map_small:.3f} against AP_large {map_large:.3f} ({small_objects} small and {large_objects} "
+        f"large validation objects); the resize to min_size_test {min_size_test} leaves the small objects a median "
+        f"of {resized_side:.1f} px, and in tiles of {tile} px they would be {sliced_side:.1f} px.",
+        f"Slicing is the likely fix: measure it with `{command}`; if AP_small rises, predict with the same `--slice "
+        f"{tile}`, and train on tiles of that size (`{tile_command}`) so that the model learns objects at the size it "
+        "will see them.",
     )
 
 

@@ -9,6 +9,7 @@ Whatever a run folder lacks is named in its section.
 from __future__ import annotations
 
 import math
+import shlex
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -18,7 +19,9 @@ from typing import Any
 import numpy as np
 
 from detlit.common.env import collect_env
+from detlit.common.ranges import is_whole
 from detlit.common.run_folder import CONFIG, HPARAMS, METRICS, RECORD
+from detlit.data.checks import COCO_SMALL, Resize, sliced_sizes
 from detlit.evaluation.cocoeval import COCO_NAMES, COCO_TITLES
 from detlit.evaluation.evaluation import Evaluation
 from detlit.pictures import plots
@@ -32,6 +35,7 @@ from detlit.reporting.advice import (
     rule_nonfinite_batches,
     rule_overfitting,
     rule_skipped_images,
+    rule_slicing,
     rule_small_objects,
     rule_still_improving,
     rule_weak_rare_classes,
@@ -45,6 +49,7 @@ from detlit.reporting.run_reader import (
     DataSplit,
     FinalMetrics,
     Run,
+    choose_checkpoint,
     float_or_nan,
     metrics_from_evaluation,
 )
@@ -243,6 +248,7 @@ def recommendations(context: Context) -> list[Recommendation]:
                 run.data_setting("min_size_test"),
             )
         )
+    found.append(_slicing(context))
     found.append(rule_overfitting(run.series("train/loss"), run.series("val/loss")))
     found.append(rule_still_improving(run.series("val/map")))
     train_objects = None
@@ -261,6 +267,54 @@ def recommendations(context: Context) -> list[Recommendation]:
             errors.update(f"{split.name} {f.kind}" for f in split.report.errors)
     found.append(rule_dataset_errors(errors))
     return [r for r in found if r is not None]
+
+
+def _image_size(run: Run, key: str) -> int:
+    """The run's ``data.<key>`` image size; the data module's default when the run has none."""
+    value = run.data_setting(key)
+    return int(value) if is_whole(value) and value > 0 else int(getattr(Resize(), key))
+
+
+def _path(value: Path | str | None, placeholder: str) -> str:
+    return shlex.quote(str(value)) if value else placeholder
+
+
+def _slicing(context: Context) -> Recommendation | None:
+    """:func:`rule_slicing` on the final metrics and the validation set's small objects, with the
+    commands for this run's best checkpoint and data."""
+    metrics, val, train, run = context.metrics, context.val, context.train, context.run
+    if metrics is None or val.report is None or val.dataset is None:
+        return None
+    min_size, max_size = _image_size(run, "min_size_test"), _image_size(run, "max_size_test")
+    images = val.dataset.images
+    small = ~images.crowd & (images.effective_areas() < COCO_SMALL)
+    sliced = sliced_sizes(val.dataset, small, min_size, max_size)
+    if sliced is None:
+        return None
+    checkpoint, _ = choose_checkpoint(run)
+    val_images = val.image_root or run.data_setting("val_images")
+    command = (
+        f"python -m detlit.evaluate --ckpt {_path(checkpoint, 'CHECKPOINT')} --json {_path(val.json_path, 'VAL.json')} "
+        f"--images {_path(val_images, 'FOLDER')} --slice {sliced.size} --out eval/sliced-{sliced.size}"
+    )
+    train_images = train.image_root or run.data_setting("train_images")
+    tile_command = (
+        f"python -m detlit.tile --json {_path(train.json_path, 'TRAIN.json')} --images {_path(train_images, 'FOLDER')} "
+        f"--out tiles --size {sliced.size}"
+    )
+    sizes = val.report.stats.get("box_sizes", {})
+    return rule_slicing(
+        metrics.overall.get("map_small", math.nan),
+        metrics.overall.get("map_large", math.nan),
+        int(sizes.get("small", 0)),
+        int(sizes.get("large", 0)),
+        tile=sliced.size,
+        resized_side=sliced.resized,
+        sliced_side=sliced.sliced,
+        min_size_test=min_size,
+        command=command,
+        tile_command=tile_command,
+    )
 
 
 def findings_section(context: Context) -> list[Block]:
