@@ -17,6 +17,7 @@ from pycocotools.coco import COCO
 
 from detlit.evaluate import main as evaluate
 from detlit.evaluation.evaluation import Evaluation
+from detlit.inference.predictor import Predictor
 from detlit.model.detections import Detections
 from detlit.model.module import DetectionModule
 
@@ -127,7 +128,8 @@ def test_validation_and_evaluate_find_the_same_detections(sample_dir: Path, chec
     assert sum(len(d.scores) for d in validated) > 50  # enough detections to tell two paths apart
 
     # the detections themselves, unrounded, as the metric gets them
-    (preds, _), _, _ = predict_dataset(dataset, checkpoint, device="cpu", batch_size=batch_size)
+    predictor = Predictor.load(checkpoint, device="cpu", batch_size=batch_size, all_detections=True)
+    (preds, _), _, _ = predict_dataset(dataset, predictor)
     for ours, theirs in zip(validated, preds, strict=True):
         for key, value in ours.metric_input().items():
             assert torch.equal(value.cpu(), theirs[key]), key

@@ -335,3 +335,31 @@ def test_predict_and_evaluate_record_the_slicing(
     refused = subprocess.run([*run, "--slice", "8"], cwd=REPO, capture_output=True, text=True)
     assert refused.returncode == 2, refused.stderr
     assert "argument --slice: 8 is below the smallest tile; give 32 or more" in refused.stderr
+
+
+# --- validation during training ---------------------------------------------------------------------
+
+
+def test_sliced_validation_logs_what_evaluate_slice_measures(sample_dir: Path) -> None:
+    from detlit.data.checks import load_checked
+    from detlit.evaluation.metric import DetectionMetrics
+    from detlit.inference.evaluate import predict_dataset
+    from detlit.training.sliced_validation import SlicedValidation
+
+    module = tiny_module()
+    callback = SlicedValidation(size=128, overlap=0.25, merge="nms")
+    trainer = quiet_trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=2, callbacks=[callback])
+    trainer.fit(module, datamodule=tiny_datamodule(sample_dir))
+    logged = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_sliced/")}
+    assert {"val_sliced/map", "val_sliced/map_small", "val_sliced/map50", "val_sliced/f1"} <= set(logged)
+
+    # The same model through evaluate's path with the same slicing: the same numbers, to the last digit.
+    dataset = load_checked(sample_dir / "val.json", sample_dir / "val", "--images", files=True)
+    predictor = Predictor(module, device="cpu", all_detections=True, slicing=callback.slicing)
+    (preds, targets), _, label_map = predict_dataset(dataset, predictor, progress=False)
+    metric = DetectionMetrics(label_map.names)
+    metric.update(preds, targets)
+    expected = metric.compute().logged("val_sliced")
+    for name in ("val_sliced/map", "val_sliced/map50", "val_sliced/map_small", "val_sliced/recall"):
+        assert logged[name] == pytest.approx(expected[name], abs=1e-6), name
+    assert len(targets) == len(dataset.images)  # every validation image, not the 2 batches Lightning ran

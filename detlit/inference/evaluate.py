@@ -18,7 +18,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from rich.console import Console
@@ -39,6 +39,9 @@ from detlit.inference.exported import is_exported
 from detlit.inference.slicing import Slicing
 from detlit.pictures import plots
 
+if TYPE_CHECKING:
+    from detlit.inference.predictor import Predictor
+
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"
@@ -51,23 +54,20 @@ Inputs = tuple[list[dict[str, torch.Tensor]], list[dict[str, torch.Tensor]]]
 
 
 def predict_dataset(
-    dataset: CocoDataset, model: Path, device: str, batch_size: int, slicing: Slicing | None = None
-) -> tuple[Inputs, list[dict[str, Any]], LabelMap, dict[str, Any]]:
-    """Run a checkpoint or exported model on every image of a dataset: the metric's inputs, the COCO
-    results, the model's label map, and how it ran (:meth:`~detlit.inference.predictor.Predictor.settings`).
-    Every detection the model keeps counts (its own test threshold).
+    dataset: CocoDataset, predictor: Predictor, progress: bool = True
+) -> tuple[Inputs, list[dict[str, Any]], LabelMap]:
+    """Run a model (a :class:`~detlit.inference.predictor.Predictor` made with ``all_detections``, so
+    every detection the model keeps counts) on every image of a dataset: the metric's inputs, the
+    COCO results, and the model's label map.
 
     An image that cannot be read is logged and left out (its objects are then not counted).
     """
-    from detlit.inference.predictor import Predictor  # the model's imports, only when a model is evaluated
-
-    predictor = Predictor.load(model, device=device, batch_size=batch_size, all_detections=True, slicing=slicing)
     label_map = predictor.label_map
     records = dataset.images
     preds, targets, image_ids, predictions = [], [], [], []
     paths = [dataset.image_root / record.file_name for record in records]
     outcomes = predictor.predict_files(paths)
-    for outcome in track(outcomes, total=len(paths), description="predicting", transient=True):
+    for outcome in track(outcomes, total=len(paths), description="predicting", transient=True, disable=not progress):
         if outcome.prediction is None:
             log.warning("left out of the evaluation: %s", outcome.error)
             continue
@@ -76,7 +76,7 @@ def predict_dataset(
         targets.append(eval_target(record, label_map))
         image_ids.append(record.id)
         predictions.append(prediction)
-    return (preds, targets), coco_results(predictions, image_ids, label_map), label_map, predictor.settings()
+    return (preds, targets), coco_results(predictions, image_ids, label_map), label_map
 
 
 def metrics_document(evaluation: Evaluation, meta: dict[str, Any]) -> dict[str, Any]:
@@ -164,7 +164,13 @@ def evaluate(
                 raise ConfigError(f"{option} {model} {problem}; pass a file written by {written_by}")
             dataset = load_checked(json_path, images or Path("."), "--images", files=True)
             check_not_images(outputs, [(dataset.image_root, dataset.images.file_names())])
-            (preds, targets), coco, label_map, ran = predict_dataset(dataset, model, device, batch_size, slicing)
+            from detlit.inference.predictor import Predictor  # the model's imports, only when a model is evaluated
+
+            predictor = Predictor.load(
+                model, device=device, batch_size=batch_size, all_detections=True, slicing=slicing
+            )
+            (preds, targets), coco, label_map = predict_dataset(dataset, predictor)
+            ran = predictor.settings()
             written.append(write_results(coco, out / RESULTS_FILE))
             log.info("wrote %s (%d detections)", out / RESULTS_FILE, len(coco))
         else:
