@@ -116,6 +116,26 @@ CASES: list[Case] = [
         args("--json", "{sample}/train.json", "--images", "{sample}/train", "--out", "{root}/t-opt", "--size", "8"),
         r"--size: 8 is below the smallest tile; give 32 or more",
     ),
+    Case(
+        "predict with a slice below the smallest tile",
+        "predict",
+        args("--ckpt", "{ckpt}", "{sample}/val", "--out", "{root}/p-slice", "--slice", "8"),
+        r"argument --slice: 8 is below the smallest tile; give 32 or more",
+    ),
+    Case(
+        "evaluate a results file with sliced inference",
+        "evaluate",
+        args(
+            "--results", "{sample}/val.json", "--json", "{sample}/val.json", "--out", "{root}/e-slice", "--slice", "640"
+        ),
+        r"--slice runs a model on tiles: give --ckpt or --model \(a results file holds detections\)",
+    ),
+    Case(
+        "serve with a slice overlap above 0.9",
+        "serve",
+        args("--ckpt", "{ckpt}", "--slice", "640", "--slice-overlap", "0.95"),
+        r"argument --slice-overlap: 0\.95 is above 0\.9; 0\.2 is usual",
+    ),
     Case("browse with a huge grid cell", "browse", args("--config", "x.yaml", "--cell", "100000"), r"--cell: 100000"),
     Case(
         "predict with a huge batch",
