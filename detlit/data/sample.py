@@ -5,6 +5,13 @@ JPEG images under ``OUT_DIR/train/`` and ``OUT_DIR/val/`` (``file_name`` is rela
 folders). Objects are circles, squares and triangles of varied size, colour and overlap on
 textured backgrounds; category ids are deliberately not contiguous (1, 3, 7) and some images
 hold no object at all. The same seed gives the same files.
+
+A :class:`Layout` sets the image sizes, the object sizes and how many objects an image holds. The
+default is the demo's (images of 240 to 320 px, objects of 24 to 110 px, 1 to 8 per image; its
+files are those of detlit 0.1); :meth:`Layout.small_objects` is a set for sliced inference and
+tiled training (images of 1600 to 2400 px, objects of 8 to 32 px, 20 to 80 per image: fewer than
+the 100 detections per image that COCO's AP counts). A json records a layout other than the
+default in its ``info``.
 """
 
 from __future__ import annotations
@@ -12,7 +19,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +28,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from detlit.common.outputs import check_outputs, write_image, write_lock, write_text
+from detlit.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +43,89 @@ MAX_OBJECTS = 8
 MIN_SIDE, MAX_SIDE = 24, 110
 MAX_OVERLAP = 0.35  # of the smaller box covered by the other: objects overlap, none hides
 MIN_CONTRAST = 120  # L1 distance (0..765) between an object's colour and the background under it
+MIN_IMAGE_SIDE, MAX_IMAGE_SIDE = 32, 4096  # above 4096 px one image takes over 1 GB while it is drawn
+MIN_OBJECT_SIDE = 4  # a smaller shape is a few pixels of JPEG noise, neither circle nor triangle
+MAX_OBJECTS_PER_IMAGE = 1000
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What the images of a sample look like.
+
+    Attributes:
+        image_size: smallest and largest image side in pixels, width and height drawn apart; None:
+            the demo's three sizes (256 x 256, 320 x 240, 240 x 320).
+        object_size: smallest and largest object side in pixels (drawn on a log scale, so small and
+            large objects are about as common per factor of size).
+        objects: fewest and most objects in an image that holds any (some images hold none).
+    """
+
+    image_size: tuple[int, int] | None = None
+    object_size: tuple[int, int] = (MIN_SIDE, MAX_SIDE)
+    objects: tuple[int, int] = (1, MAX_OBJECTS)
+
+    def __post_init__(self) -> None:
+        if self.image_size is not None:
+            _check_range("--image-size", self.image_size, MIN_IMAGE_SIDE, MAX_IMAGE_SIDE, "pixels")
+        _check_range("--object-size", self.object_size, MIN_OBJECT_SIDE, MAX_IMAGE_SIDE, "pixels")
+        _check_range("--objects", self.objects, 1, MAX_OBJECTS_PER_IMAGE, "objects")
+        smallest_image = min(self.image_size) if self.image_size is not None else min(min(s) for s in IMAGE_SIZES)
+        if self.object_size[1] > smallest_image:
+            raise ConfigError(
+                f"--object-size {self.object_size[1]} is larger than the smallest image side ({smallest_image} px); "
+                "give smaller objects or a larger --image-size"
+            )
+
+    @classmethod
+    def small_objects(cls) -> Layout:
+        """Large images with many small objects: what sliced inference and tiled training are for."""
+        return cls(image_size=(1600, 2400), object_size=(8, 32), objects=(20, 80))
+
+    @classmethod
+    def chosen(
+        cls,
+        small_objects: bool = False,
+        image_size: Sequence[int] | None = None,
+        object_size: Sequence[int] | None = None,
+        objects: Sequence[int] | None = None,
+    ) -> Layout:
+        """The demo's layout, or with ``small_objects`` :meth:`small_objects`, with the ranges given
+        (pairs of smallest and largest) in place of its own.
+
+        Raises:
+            ConfigError: a range out of bounds or in the wrong order, or objects larger than the images.
+        """
+        base = cls.small_objects() if small_objects else cls()
+        given: dict[str, tuple[int, int]] = {}
+        for name, pair in (("image_size", image_size), ("object_size", object_size), ("objects", objects)):
+            if pair is not None:
+                first, last = pair
+                given[name] = (first, last)
+        return replace(base, **given)
+
+    @property
+    def is_default(self) -> bool:
+        return self == Layout()
+
+    def as_json(self) -> dict[str, list[int] | None]:
+        """The layout as the sample's json records it."""
+        return {f.name: None if getattr(self, f.name) is None else list(getattr(self, f.name)) for f in fields(self)}
+
+    def describe(self) -> str:
+        sizes = "240 to 320" if self.image_size is None else f"{self.image_size[0]} to {self.image_size[1]}"
+        return (
+            f"images of {sizes} px, objects of {self.object_size[0]} to {self.object_size[1]} px, "
+            f"{self.objects[0]} to {self.objects[1]} per image"
+        )
+
+
+def _check_range(option: str, pair: tuple[int, int], low: int, high: int, unit: str) -> None:
+    """Refuse a (smallest, largest) pair outside ``low``..``high`` or in the wrong order, in one sentence."""
+    first, last = pair
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in pair) or not low <= first <= last <= high:
+        raise ConfigError(
+            f"{option} {first} {last} is not two whole numbers from {low} to {high} {unit}; give two, the smaller first"
+        )
 
 
 @dataclass(frozen=True)
@@ -84,10 +176,12 @@ def _contrasting_color(rng: np.random.Generator, under: np.ndarray) -> tuple[int
     return int(color[0]), int(color[1]), int(color[2])
 
 
-def _random_outline(rng: np.random.Generator, width: int, height: int) -> tuple[int, list[tuple[float, float]]]:
-    """A random category and the polygon of one object of it, inside the image."""
+def _random_outline(
+    rng: np.random.Generator, width: int, height: int, sides: tuple[int, int] = (MIN_SIDE, MAX_SIDE)
+) -> tuple[int, list[tuple[float, float]]]:
+    """A random category and the polygon of one object of it (its side within ``sides``), inside the image."""
     category = CATEGORIES[int(rng.integers(len(CATEGORIES)))]
-    side = float(np.exp(rng.uniform(math.log(MIN_SIDE), math.log(MAX_SIDE))))
+    side = float(np.exp(rng.uniform(math.log(sides[0]), math.log(sides[1]))))
     cx = float(rng.uniform(side / 2, width - side / 2))
     cy = float(rng.uniform(side / 2, height - side / 2))
     r = side / 2
@@ -115,21 +209,32 @@ def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> float:
     return inter / smaller if smaller > 0 else 0.0
 
 
-def make_image(rng: np.random.Generator) -> tuple[Image.Image, list[Shape]]:
+def _image_size(rng: np.random.Generator, layout: Layout) -> tuple[int, int]:
+    """(width, height) of the next image."""
+    if layout.image_size is None:
+        return IMAGE_SIZES[int(rng.integers(len(IMAGE_SIZES)))]
+    low, high = layout.image_size
+    width, height = rng.integers(low, high + 1, size=2)
+    return int(width), int(height)
+
+
+def make_image(rng: np.random.Generator, layout: Layout = Layout()) -> tuple[Image.Image, list[Shape]]:
     """Draw one image and return it with its objects (possibly none)."""
-    width, height = IMAGE_SIZES[int(rng.integers(len(IMAGE_SIZES)))]
+    width, height = _image_size(rng, layout)
     image = _background(rng, width, height)
+    pixels = np.asarray(image)  # the background: objects are drawn once all are placed
     shapes: list[Shape] = []
-    wanted = 0 if rng.random() < EMPTY_FRACTION else int(rng.integers(1, MAX_OBJECTS + 1))
+    fewest, most = layout.objects
+    wanted = 0 if rng.random() < EMPTY_FRACTION else int(rng.integers(fewest, most + 1))
     for _ in range(wanted * 10):
         if len(shapes) == wanted:
             break
-        category_id, polygon = _random_outline(rng, width, height)
+        category_id, polygon = _random_outline(rng, width, height, layout.object_size)
         candidate = Shape(category_id, polygon, (0, 0, 0))
         box = candidate.bbox(width, height)
         if all(_overlap(box, s.bbox(width, height)) <= MAX_OVERLAP for s in shapes):
             x, y, w, h = (int(v) for v in box)
-            under = np.asarray(image)[y : y + max(h, 1), x : x + max(w, 1)].reshape(-1, 3).mean(axis=0)
+            under = pixels[y : y + max(h, 1), x : x + max(w, 1)].reshape(-1, 3).mean(axis=0)
             shapes.append(Shape(category_id, polygon, _contrasting_color(rng, under)))
     draw = ImageDraw.Draw(image)
     for shape in shapes:
@@ -137,14 +242,16 @@ def make_image(rng: np.random.Generator) -> tuple[Image.Image, list[Shape]]:
     return image, shapes
 
 
-def write_split(out_dir: Path, split: str, count: int, rng: np.random.Generator, first_ann_id: int) -> dict[str, Any]:
+def write_split(
+    out_dir: Path, split: str, count: int, rng: np.random.Generator, first_ann_id: int, layout: Layout = Layout()
+) -> dict[str, Any]:
     """Write ``count`` images under ``out_dir/split`` and return the COCO dict for them."""
     image_dir = out_dir / split
     image_dir.mkdir(parents=True, exist_ok=True)
     images, annotations = [], []
     ann_id = first_ann_id
     for index in range(count):
-        image, shapes = make_image(rng)
+        image, shapes = make_image(rng, layout)
         file_name = f"{split}_{index:04d}.jpg"
         write_image(image_dir / file_name, image, "JPEG", quality=92)  # whole, or not there at all
         image_id = index + 1
@@ -164,8 +271,11 @@ def write_split(out_dir: Path, split: str, count: int, rng: np.random.Generator,
                 }
             )
             ann_id += 1
+    info: dict[str, Any] = {"description": f"detlit synthetic shapes ({split})", "version": "1"}
+    if not layout.is_default:
+        info["layout"] = layout.as_json()
     return {
-        "info": {"description": f"detlit synthetic shapes ({split})", "version": "1"},
+        "info": info,
         "licenses": [],
         "categories": CATEGORIES,
         "images": images,
@@ -178,13 +288,16 @@ def sample_outputs(out_dir: Path) -> list[Path]:
     return [out_dir / name for name in ("train.json", "val.json", "train", "val")]
 
 
-def write_sample(out_dir: Path, train: int = 200, val: int = 40, seed: int = 0) -> tuple[Path, Path]:
+def write_sample(
+    out_dir: Path, train: int = 200, val: int = 40, seed: int = 0, layout: Layout = Layout()
+) -> tuple[Path, Path]:
     """Write the synthetic dataset; return the paths of the train and val json files."""
     rng = np.random.default_rng(seed)
     paths = []
     first_ann_id = 1
+    log.info("drawing %s (seed %d)", layout.describe(), seed)
     for split, count in (("train", train), ("val", val)):
-        coco = write_split(out_dir, split, count, rng, first_ann_id)
+        coco = write_split(out_dir, split, count, rng, first_ann_id, layout)
         first_ann_id += len(coco["annotations"])
         path = out_dir / f"{split}.json"
         write_text(path, json.dumps(coco, indent=1))
@@ -199,10 +312,12 @@ def write_sample(out_dir: Path, train: int = 200, val: int = 40, seed: int = 0) 
     return paths[0], paths[1]
 
 
-def sample(out_dir: Path, train: int = 200, val: int = 40, seed: int = 0, overwrite: bool = False) -> int:
+def sample(
+    out_dir: Path, train: int = 200, val: int = 40, seed: int = 0, layout: Layout = Layout(), overwrite: bool = False
+) -> int:
     """``python -m detlit.sample``: write the dataset unless that would replace files (``overwrite``),
     holding ``out_dir`` against other commands meanwhile."""
     with write_lock(out_dir):
         check_outputs(sample_outputs(out_dir), overwrite=overwrite)
-        write_sample(out_dir, train, val, seed)
+        write_sample(out_dir, train, val, seed, layout)
     return 0
