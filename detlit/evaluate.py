@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.5,
         help="IoU of P/R/F1 and the confusion matrix (default 0.5)",
     )
-    command.add_slicing(parser)
+    command.add_slicing(parser, merge="nms")  # every detection is kept: greedy merging would grow boxes
     command.add_overwrite(parser)
     return parser
 

@@ -294,8 +294,11 @@ def overlap(text: str) -> float:
     return value
 
 
-def add_slicing(parser: argparse.ArgumentParser) -> None:
-    """The options of sliced inference (:class:`~detlit.inference.slicing.Slicing`): off unless ``--slice``."""
+def add_slicing(parser: argparse.ArgumentParser, merge: str = "greedynmm") -> None:
+    """The options of sliced inference (:class:`~detlit.inference.slicing.Slicing`): off unless ``--slice``.
+
+    ``merge``: the default of ``--slice-merge``; ``nms`` where every detection is kept (evaluate),
+    since greedy merging lets low-scoring boxes grow the good ones."""
     group = parser.add_argument_group(
         "sliced inference", "small objects in large images: run the model on overlapping tiles at full resolution"
     )
@@ -322,9 +325,9 @@ def add_slicing(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--slice-merge",
         choices=["greedynmm", "nms"],
-        default="greedynmm",
+        default=merge,
         help="merge the detections of one object: greedynmm grows the best box to their union, nms keeps the best "
-        "box only (default: greedynmm)",
+        f"box only (default: {merge})",
     )
     group.add_argument(
         "--slice-match",

@@ -56,7 +56,7 @@ class SlicedValidation(Callback):
         size: int,
         overlap: float = 0.2,
         full_image: bool = True,
-        merge: Merge = "greedynmm",
+        merge: Merge = "nms",  # every detection is kept: greedy merging would grow boxes
         match: Match = "ios",
         match_threshold: float = 0.5,
         json: str | None = None,
