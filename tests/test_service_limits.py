@@ -303,6 +303,32 @@ def test_a_lone_request_runs_at_once_and_concurrent_ones_are_batched(waiting: in
     assert len(BatchedLoop().get_batch_requests(api, lone, None)[0]) == 1 and lone.waits > 0
 
 
+def test_an_image_of_too_many_tiles_is_refused_with_413() -> None:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from detlit.deploy.serve import DetectionAPI, Rejected, ServeSettings
+    from detlit.inference.slicing import Slicing
+
+    def png(width: int, height: int) -> bytes:
+        body = io.BytesIO()
+        Image.fromarray(np.zeros((height, width, 3), dtype=np.uint8)).save(body, format="PNG")
+        return body.getvalue()
+
+    api = DetectionAPI(ServeSettings(Path("unused.ckpt"), slicing=Slicing(size=32, overlap=0.5)), 8, 0.05)
+    # 1,700 x 1,700 px in tiles of 32 px every 16 px: 106 x 106 = 11,236 tiles, over 10,000.
+    refused = api.decode_request(png(1700, 1700))
+    assert isinstance(refused, Rejected) and refused.status == 413
+    assert refused.message == (
+        "the image is 1700x1700: in tiles of 32 px (overlap 0.5) that is 11,236 tiles, more than 10,000; send a "
+        "smaller image, or start the service with a larger --slice"
+    )
+    accepted = api.decode_request(png(1600, 1600))  # 99 x 99 = 9,801 tiles
+    assert not isinstance(accepted, Rejected) and accepted.shape == (1600, 1600, 3)
+
+
 # --- the real service -----------------------------------------------------------------------------
 
 

@@ -69,6 +69,8 @@ from starlette.datastructures import UploadFile
 from starlette.types import Message, Receive
 
 from detlit.common import ranges, safe_json
+from detlit.common.ranges import MAX_TILES_PER_IMAGE
+from detlit.data import windows
 from detlit.data.images import READ_ERRORS, ImageTooLarge, max_image_pixels, open_image, to_rgb
 from detlit.errors import ConfigError
 from detlit.evaluation.matching import xyxy_to_xywh
@@ -323,6 +325,20 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray | Rejected:
         return Rejected(400, f"the request body is not an image that can be read ({reason}); {HOW_TO_POST}")
 
 
+def too_many_tiles(image: np.ndarray, slicing: Slicing) -> Rejected | None:
+    """413 for an image that sliced inference would cut into more tiles than one image may take."""
+    height, width = image.shape[:2]
+    tiles = windows.count(height, width, slicing.size, slicing.overlap)
+    if tiles <= MAX_TILES_PER_IMAGE:
+        return None
+    return Rejected(
+        413,
+        f"the image is {width}x{height}: in tiles of {slicing.size} px (overlap {slicing.overlap:g}) that is "
+        f"{tiles:,} tiles, more than {MAX_TILES_PER_IMAGE:,}; send a smaller image, or start the service with a "
+        "larger --slice",
+    )
+
+
 def response(prediction: Prediction, thresholds: dict[str, float]) -> dict[str, Any]:
     """The JSON answer for one image."""
     xywh = xyxy_to_xywh(prediction.boxes)
@@ -394,7 +410,11 @@ class DetectionAPI(litserve.LitAPI):
         self.thresholds = dict(zip(names, values, strict=True))
 
     def decode_request(self, request: ImageRequest) -> np.ndarray | Rejected:
-        return decode_image(request, self.settings.max_pixels)
+        image = decode_image(request, self.settings.max_pixels)
+        slicing = self.settings.slicing
+        if isinstance(image, Rejected) or slicing is None:
+            return image
+        return too_many_tiles(image, slicing) or image
 
     def batch(self, inputs: list[Any]) -> list[Any]:
         return list(inputs)  # images of several sizes: the Predictor groups them by shape
