@@ -150,3 +150,33 @@ def coco_ground_truth_and_results(
         ],
     }
     return ground_truth, results
+
+
+def default_predictor(module: Any, folder: Any, device: str = "cpu") -> Any:
+    """detectron2's own ``DefaultPredictor`` on a :class:`~detlit.model.module.DetectionModule`'s
+    weights and config (saved into ``folder`` as detectron2 loads them)."""
+    from pathlib import Path
+
+    from detectron2.engine import DefaultPredictor
+
+    import detlit.compat  # noqa: F401  (prepares detectron2 for today's Pillow)
+
+    weights = Path(folder) / "model.pth"
+    torch.save({"model": module.model.state_dict()}, weights)
+    cfg = module.cfg.clone()
+    cfg.defrost()
+    cfg.MODEL.WEIGHTS = str(weights)
+    cfg.MODEL.DEVICE = device
+    cfg.freeze()
+    return DefaultPredictor(cfg)
+
+
+def sahi_model(module: Any, folder: Any, confidence: float) -> Any:
+    """SAHI's detectron2 model class around :func:`default_predictor` (what SAHI's users run),
+    keeping detections scoring at least ``confidence``."""
+    from sahi.models.detectron2 import Detectron2DetectionModel
+
+    model = Detectron2DetectionModel(confidence_threshold=confidence, device="cpu", load_at_init=False)
+    model.model = default_predictor(module, folder)
+    model.category_mapping = {str(label): name for label, name in enumerate(module.hparams.class_names)}
+    return model

@@ -20,6 +20,7 @@ from detlit.pictures.drawing import class_color
 from detlit.predict import main
 
 from .conftest import REPO, quiet_trainer, tiny_datamodule, tiny_module
+from .reference import default_predictor as reference_default_predictor
 
 CATEGORY_IDS = {1, 3, 7}
 EXIF_ORIENTATION = 0x0112
@@ -287,19 +288,10 @@ def test_mixed_precision_runs_on_cpu(checkpoint: Path, sample_dir: Path) -> None
 
 @pytest.fixture(scope="module")
 def default_predictor(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from detectron2.engine import DefaultPredictor
-
-    import detlit.compat  # noqa: F401  (prepares detectron2 for today's Pillow)
     from detlit.model.module import DetectionModule
 
     module = DetectionModule.load_from_checkpoint(checkpoint, map_location="cpu")
-    weights = tmp_path_factory.mktemp("d2") / "model.pth"
-    torch.save({"model": module.model.state_dict()}, weights)
-    cfg = module.cfg.clone()
-    cfg.defrost()
-    cfg.MODEL.WEIGHTS = str(weights)
-    cfg.MODEL.DEVICE = "cpu"
-    return DefaultPredictor(cfg)
+    return reference_default_predictor(module, tmp_path_factory.mktemp("d2"))
 
 
 def _assert_same(ours: Any, theirs: Any) -> None:

@@ -18,8 +18,10 @@ from detlit.errors import ConfigError
 from detlit.inference.predictor import Predictor
 from detlit.inference.slicing import Slicing, merge_detections
 from detlit.model.detections import Detections
+from detlit.model.module import DetectionModule
 
 from .conftest import REPO, quiet_trainer, tiny_datamodule, tiny_module
+from .reference import sahi_model
 
 NAMES = ["circle", "square", "triangle"]
 
@@ -245,26 +247,6 @@ def test_an_image_smaller_than_a_tile_is_predicted_whole(checkpoint: Path, mosai
 # --- SAHI's own sliced prediction on the same model -------------------------------------------------
 
 
-def _sahi_model(checkpoint: Path, tmp_path: Path) -> Any:
-    from detectron2.engine import DefaultPredictor
-    from sahi.models.detectron2 import Detectron2DetectionModel
-
-    import detlit.compat  # noqa: F401  (prepares detectron2 for today's Pillow)
-    from detlit.model.module import DetectionModule
-
-    module = DetectionModule.load_from_checkpoint(checkpoint, map_location="cpu")
-    weights = tmp_path / "model.pth"
-    torch.save({"model": module.model.state_dict()}, weights)
-    cfg = module.cfg.clone()
-    cfg.defrost()
-    cfg.MODEL.WEIGHTS = str(weights)
-    cfg.MODEL.DEVICE = "cpu"
-    model = Detectron2DetectionModel(confidence_threshold=0.05, device="cpu", load_at_init=False)
-    model.model = DefaultPredictor(cfg)
-    model.category_mapping = {str(index): name for index, name in enumerate(NAMES)}
-    return model
-
-
 @pytest.mark.parametrize("merge", ["greedynmm", "nms"])
 def test_sliced_detections_equal_sahis(checkpoint: Path, mosaic: np.ndarray, tmp_path: Path, merge: str) -> None:
     from sahi.predict import get_sliced_prediction
@@ -275,7 +257,7 @@ def test_sliced_detections_equal_sahis(checkpoint: Path, mosaic: np.ndarray, tmp
     ours = predictor(mosaic)
     result = get_sliced_prediction(
         mosaic,
-        _sahi_model(checkpoint, tmp_path),
+        sahi_model(DetectionModule.load_from_checkpoint(checkpoint, map_location="cpu"), tmp_path, 0.05),
         slice_height=160,
         slice_width=160,
         overlap_height_ratio=0.2,

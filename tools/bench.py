@@ -95,7 +95,7 @@ from detlit.model.schedule import build_scheduler
 # detectron2's own training loop and data path, the baselines: the benchmark imports them itself.
 from detectron2.data import DatasetMapper  # isort: skip
 from detectron2.data.transforms import RandomFlip as D2RandomFlip  # isort: skip
-from detectron2.engine import AMPTrainer, DefaultPredictor, HookBase, SimpleTrainer  # isort: skip
+from detectron2.engine import AMPTrainer, HookBase, SimpleTrainer  # isort: skip
 from detectron2.engine.hooks import LRScheduler as D2LRScheduler  # isort: skip
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
@@ -136,7 +136,12 @@ from benchkit import (  # noqa: E402
     usable_cores,
 )
 
-from tests.reference import coco_ground_truth_and_results, pycocotools_stats, synthetic_data  # noqa: E402
+from tests.reference import (  # noqa: E402
+    coco_ground_truth_and_results,
+    default_predictor,
+    pycocotools_stats,
+    synthetic_data,
+)
 
 Batch = list[dict[str, Any]]
 
@@ -823,14 +828,8 @@ def predict_rates(
     """Images/s per turn of Predictor at batch 1 and 8 and of DefaultPredictor, the same weights and images."""
     dm = datamodule(spec, folder)
     module = detection_module(spec, dm)
-    weights = weights_dir / "model.pth"
-    torch.save({"model": module.model.state_dict()}, weights)
-    cfg = module.cfg.clone()
-    cfg.defrost()
-    cfg.MODEL.WEIGHTS = str(weights)
-    cfg.MODEL.DEVICE = device
-    cfg.freeze()
-    theirs = DefaultPredictor(cfg)
+    theirs = default_predictor(module, weights_dir, device)
+    cfg = theirs.cfg
     # detectron2's default score threshold (SCORE_THRESH_TEST) for both: the same detections come out.
     threshold = float(cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST)
     ours = {size: Predictor(module, device=device, score_threshold=threshold, batch_size=size) for size in (1, 8)}
@@ -845,14 +844,14 @@ def predict_rates(
     def batch_8(count: int) -> None:
         ours[8].predict(images[:count])
 
-    def default_predictor(count: int) -> None:
+    def detectron2_predictor(count: int) -> None:
         for image in bgr[:count]:
             theirs(image)
 
     sides: dict[str, Callable[[int], None]] = {
         "batch 1": batch_1,
         "batch 8": batch_8,
-        "DefaultPredictor": default_predictor,
+        "DefaultPredictor": detectron2_predictor,
     }
     for run in sides.values():  # warm-up: one full batch of 8
         run(min(8, len(images)))

@@ -57,6 +57,7 @@ from detlit.inference.evaluate import predict_dataset
 from detlit.inference.predictor import Prediction, Predictor
 from detlit.inference.slicing import Slicing
 from detlit.model.module import DetectionModule
+from tests.reference import sahi_model
 
 NAME = "small_objects"
 OVERLAP = 0.2
@@ -255,24 +256,6 @@ def accuracy(dataset: CocoDataset, predictor: Predictor) -> Accuracy:
 # --- speed against SAHI ------------------------------------------------------------------------------
 
 
-def sahi_model(checkpoint: Path, folder: Path, floor: float) -> Any:
-    """The checkpoint's model in SAHI's detectron2 model class (detectron2's DefaultPredictor inside)."""
-    from detectron2.engine import DefaultPredictor
-    from sahi.models.detectron2 import Detectron2DetectionModel
-
-    module = DetectionModule.load_from_checkpoint(checkpoint, map_location="cpu")
-    weights = folder / "model.pth"
-    torch.save({"model": module.model.state_dict()}, weights)
-    cfg = module.cfg.clone()
-    cfg.defrost()
-    cfg.MODEL.WEIGHTS = str(weights)
-    cfg.MODEL.DEVICE = "cpu"
-    model = Detectron2DetectionModel(confidence_threshold=floor, device="cpu", load_at_init=False)
-    model.model = DefaultPredictor(cfg)
-    model.category_mapping = {str(label): name for label, name in enumerate(module.hparams.class_names)}
-    return model
-
-
 Found = list[tuple[int, float, tuple[float, ...]]]  # (label, score, XYXY box) of each detection
 
 
@@ -377,7 +360,8 @@ def race(checkpoint: Path, images: list[np.ndarray], slicing: Slicing, ctx: Cont
     ours.runtime = timed  # type: ignore[assignment]  # called for every batch of tiles
     resize = Stopwatch(ours.preprocess)
     ours.preprocess = resize  # type: ignore[method-assign]
-    theirs = sahi_model(checkpoint, ctx.tmp / NAME, ours.model_threshold)
+    module = DetectionModule.load_from_checkpoint(checkpoint, map_location="cpu")
+    theirs = sahi_model(module, ctx.tmp / NAME, ours.model_threshold)
     inner = Stopwatch(theirs.model)
     theirs.model = inner  # SAHI's model calls its DefaultPredictor once per tile
 
