@@ -244,6 +244,20 @@ def test_an_image_smaller_than_a_tile_is_predicted_whole(checkpoint: Path, mosai
     np.testing.assert_allclose(sliced.boxes, merged.boxes.numpy(), atol=1e-5)
 
 
+def test_an_image_of_too_many_tiles_is_skipped_naming_it(checkpoint: Path, mosaic: np.ndarray, tmp_path: Path) -> None:
+    from PIL import Image
+
+    Image.fromarray(mosaic[:64, :64]).save(tmp_path / "ok.png")  # 3 x 3 tiles
+    Image.fromarray(np.zeros((1700, 1700, 3), dtype=np.uint8)).save(tmp_path / "huge.png")
+    predictor = Predictor.from_checkpoint(checkpoint, slicing=Slicing(size=32, overlap=0.5))
+    huge, ok = predictor.predict_files([tmp_path / "huge.png", tmp_path / "ok.png"])
+    assert huge.prediction is None and str(huge.error) == (
+        f"{tmp_path / 'huge.png'} is 1700x1700: in tiles of 32 px (overlap 0.5) that is 11,236 tiles, more than "
+        "10,000; choose a larger --slice for it"
+    )
+    assert ok.prediction is not None and (ok.prediction.height, ok.prediction.width) == (64, 64)
+
+
 # --- SAHI's own sliced prediction on the same model -------------------------------------------------
 
 

@@ -50,10 +50,12 @@ import torch
 from PIL import Image
 
 from detlit.common.devices import AUTO
+from detlit.common.ranges import MAX_TILES_PER_IMAGE
 from detlit.data.images import ImageInput, load_image, to_model_image
 from detlit.data.samplers import shape_batches
 from detlit.data.transforms import eval_transform
 from detlit.data.windows import Window
+from detlit.data.windows import count as count_tiles
 from detlit.errors import ConfigError, DataError, WeightsError
 from detlit.inference.exported import is_exported
 from detlit.inference.facts import ModelFacts
@@ -301,6 +303,22 @@ class Predictor:
             for found, item in zip(detections, inputs, strict=True)
         ]
 
+    def _check_tiles(self, image: np.ndarray, path: Path) -> None:
+        """Refuse, naming the file, an image that slicing would cut into more tiles than one image may take.
+
+        Raises:
+            DataError: more than :data:`~detlit.common.ranges.MAX_TILES_PER_IMAGE` tiles.
+        """
+        if self.slicing is None:
+            return
+        height, width = image.shape[:2]
+        tiles = count_tiles(height, width, self.slicing.size, self.slicing.overlap)
+        if tiles > MAX_TILES_PER_IMAGE:
+            raise DataError(
+                f"{path} is {width}x{height}: in tiles of {self.slicing.size} px (overlap {self.slicing.overlap:g}) "
+                f"that is {tiles:,} tiles, more than {MAX_TILES_PER_IMAGE:,}; choose a larger --slice for it"
+            )
+
     def _detections(self, inputs: Sequence[dict[str, Any]]) -> list[Detections]:
         """The detections of preprocessed images in their original pixels, down to the lowest class
         threshold; images of one resized shape share batches."""
@@ -342,7 +360,9 @@ class Predictor:
             outcomes = []
             for index in range(start, min(start + chunk, len(paths))):
                 try:
-                    outcomes.append(FilePrediction(index, pixels=load_image(paths[index])))
+                    pixels = load_image(paths[index])
+                    self._check_tiles(pixels, paths[index])
+                    outcomes.append(FilePrediction(index, pixels=pixels))
                 except DataError as err:
                     outcomes.append(FilePrediction(index, error=err))
             readable = [o for o in outcomes if o.pixels is not None]
