@@ -3,10 +3,12 @@
 Examples::
 
     python -m detlit.split data/all.json --images data/images --out data/split
+    python -m detlit.split data/all.json --images data/images --out data/folds --folds 5
     python -m detlit.split export/train.json export/valid.json --images export/train export/valid \\
         --out data/split --val-fraction 0.15 --group-pattern '(.+)\\.rf\\.'
 
-Writes ``--out/train.json`` and ``--out/val.json`` together, both or neither (see
+Writes ``--out/train.json`` and ``--out/val.json`` together, both or neither (with ``--folds K``:
+``--out/fold_1/train.json`` ... ``--out/fold_K/val.json``, all or none; see
 :mod:`detlit.data.split`). Ctrl-C stops it with exit status 130 and one line, before or after
 the pair is written, never between.
 """
@@ -18,6 +20,7 @@ import sys
 from pathlib import Path
 
 from detlit.common import command
+from detlit.common.ranges import MAX_FOLDS
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 
@@ -37,7 +40,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--out", type=Path, required=True, metavar="FOLDER", help="folder for train.json and val.json")
     parser.add_argument(
-        "--val-fraction", type=val_fraction, default=0.1, help="share of the images in val (default 0.1)"
+        "--val-fraction", type=val_fraction, help="share of the images in val (default 0.1; not with --folds)"
+    )
+    parser.add_argument(
+        "--folds",
+        type=command.whole_number(
+            2, MAX_FOLDS, " (every fold writes the whole dataset again)", "too few to cross-validate"
+        ),
+        metavar="K",
+        help="K train/val pairs in --out/fold_1 ... fold_K, every image in exactly one val.json (instead of "
+        "--val-fraction)",
     )
     parser.add_argument("--seed", type=command.seed, default=0, help="seed of the split (default 0)")
     parser.add_argument("--group-by", metavar="FIELD", help="image field whose equal values stay together")
@@ -51,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.folds and args.val_fraction is not None:
+        command.say(
+            f"--folds {args.folds} sets each val share to 1/{args.folds}; leave out --val-fraction, "
+            "or --folds for one split"
+        )
+        return 2
     try:
         from detlit.data.split import split
 
@@ -58,12 +76,13 @@ def run(args: argparse.Namespace) -> int:
             jsons=args.json,
             images=args.images,
             out=args.out,
-            val_fraction=args.val_fraction,
+            val_fraction=0.1 if args.val_fraction is None else args.val_fraction,
             seed=args.seed,
             group_by=args.group_by,
             group_pattern=args.group_pattern,
             overwrite=args.overwrite,
             quiet=args.quiet,
+            folds=args.folds,
         )
     except KeyboardInterrupt:
         print("stopped by Ctrl-C; split writes train.json and val.json together or not at all", file=sys.stderr)

@@ -186,3 +186,7 @@ MAX_TILES_PER_IMAGE = 10_000
 """Most tiles one image may be cut into (sliced inference, tiled data): 10,000 tiles of 640 px
 with 20% overlap cover a 51,000 x 51,000 px image; a smaller tile or a larger overlap that asks
 for more is refused before any tile is cut."""
+
+MAX_FOLDS = 100
+"""Most folds ``split --folds`` makes: each fold writes the whole dataset's json again (as its
+train and val parts), and cross-validation rarely uses more than 10."""

@@ -9,6 +9,11 @@ identical file content, tiles of one source image (``python -m detlit.tile``'s `
 and images of one group (``--group-by FIELD`` or ``--group-pattern``) always land on the same
 side. Every original id and field is kept, and the same inputs and seed give byte-identical files.
 
+``--folds K`` makes K train/val pairs instead (``OUT_DIR/fold_1/train.json`` ... ``OUT_DIR/fold_K/val.json``)
+with the same guarantees: the same stratification with K equal parts (:func:`assign_parts`),
+folds of equal size within one image (:func:`balance_folds`), every image in exactly one fold's
+val side, groups never across folds; all 2K files are written together.
+
 The two files are one result: both are written in full before either replaces a file, and each
 carries the pair's marker (``"detlit_split": {"id": ..., "part": "train"}``, the id a digest of
 both parts), so a train.json and a val.json of one folder from two different runs (an
@@ -250,8 +255,17 @@ def label_matrix(dataset: CocoDataset, groups: list[list[int]]) -> tuple[np.ndar
 
 def stratify(counts: np.ndarray, sizes: np.ndarray, val_fraction: float, rng: np.random.Generator) -> np.ndarray:
     """Iterative stratification of groups into train (0) / val (1), then size balancing."""
-    fractions = np.array([1.0 - val_fraction, val_fraction])
-    wanted = np.outer(fractions, counts.sum(axis=0)).astype(np.float64)  # (2, labels)
+    side = assign_parts(counts, sizes, np.array([1.0 - val_fraction, val_fraction]), rng)
+    return balance(side, counts, sizes, val_fraction)
+
+
+def assign_parts(counts: np.ndarray, sizes: np.ndarray, fractions: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Iterative stratification: the part (0 .. len(fractions) - 1) of each group.
+
+    The rarest label still unassigned goes first; each of its groups joins the part that wants
+    that label most (ties: the part that wants most images, then chance).
+    """
+    wanted = np.outer(fractions, counts.sum(axis=0)).astype(np.float64)  # (parts, labels)
     wanted_images = fractions * sizes.sum()
     side = np.full(len(sizes), -1, dtype=np.int64)
     remaining = counts.copy()
@@ -279,7 +293,70 @@ def stratify(counts: np.ndarray, sizes: np.ndarray, val_fraction: float, rng: np
             wanted[choice] -= counts[g]
             wanted_images[choice] -= sizes[g]
             remaining[g] = 0
-    return balance(side, counts, sizes, val_fraction)
+    return side
+
+
+def balance_folds(fold: np.ndarray, counts: np.ndarray, sizes: np.ndarray, folds: int) -> np.ndarray:
+    """Equal fold sizes, then even category shares.
+
+    First groups move from the largest fold to the smallest until no two folds differ by more than
+    one image (unless groups make that impossible), each move the one that hurts the strata least.
+    Then groups of equal size are exchanged between the fold that holds the most of some category
+    (relative to its share) and the fold that holds the least, while that makes the folds' shares
+    closer (images with many objects can leave the first assignment uneven).
+    """
+    fold = fold.copy()
+    totals = counts.sum(axis=0)
+    share = 1.0 / folds
+    for _ in range(len(sizes) * folds):
+        images = np.bincount(fold, weights=sizes, minlength=folds)
+        big, small = int(np.argmax(images)), int(np.argmin(images))
+        gap = int(images[big] - images[small])
+        candidates = np.flatnonzero((fold == big) & (sizes < gap))
+        if gap <= 1 or candidates.size == 0:
+            break
+        big_counts, small_counts = counts[fold == big].sum(axis=0), counts[fold == small].sum(axis=0)
+        cost = _imbalance(big_counts - counts[candidates], totals, share) + _imbalance(
+            small_counts + counts[candidates], totals, share
+        )
+        fold[candidates[int(np.argmin(cost))]] = small
+    for _ in range(min(len(sizes), 50 * folds)):  # bounded: each exchange looks at up to 200 x 200 pairs per fold
+        if not _exchange(fold, counts, sizes, totals, folds):
+            break
+    return fold
+
+
+def _exchange(
+    fold: np.ndarray, counts: np.ndarray, sizes: np.ndarray, totals: np.ndarray, folds: int, limit: int = 200
+) -> bool:
+    """Swap the pair of equal-sized groups between the most unbalanced fold and any other fold
+    that lowers the two folds' imbalance most; False when no swap helps."""
+    share = 1.0 / folds
+    fold_counts = np.stack([counts[fold == f].sum(axis=0) for f in range(folds)])
+    cost = _imbalance(fold_counts, totals, share)  # per fold
+    high = int(np.argmax(cost))
+    givers = np.flatnonzero(fold == high)[:limit]
+    best: tuple[float, int, int] | None = None
+    for other in range(folds):
+        if other == high:
+            continue
+        takers = np.flatnonzero(fold == other)[:limit]
+        pairs = np.argwhere(sizes[givers][:, None] == sizes[takers][None, :])
+        if not len(pairs):
+            continue
+        moved = counts[takers[pairs[:, 1]]] - counts[givers[pairs[:, 0]]]  # what the high fold gains
+        after = _imbalance(fold_counts[high] + moved, totals, share) + _imbalance(
+            fold_counts[other] - moved, totals, share
+        )
+        gain = cost[high] + cost[other] - after
+        k = int(np.argmax(gain))
+        if gain[k] > 1e-12 and (best is None or gain[k] > best[0]):
+            best = (float(gain[k]), int(givers[pairs[k, 0]]), int(takers[pairs[k, 1]]))
+    if best is None:
+        return False
+    _, g, t = best
+    fold[g], fold[t] = fold[t], fold[g]
+    return True
 
 
 def _imbalance(val_counts: np.ndarray, totals: np.ndarray, fraction: float) -> np.ndarray:
@@ -333,6 +410,29 @@ def _swap(
     return True
 
 
+def _grouped(
+    dataset: CocoDataset, raw_images: dict[int, dict[str, Any]], group_by: str | None, group_pattern: str | None
+) -> tuple[list[list[int]], np.ndarray, np.ndarray, list[int]]:
+    """The groups of images that stay together, in a deterministic order, with their label matrix."""
+    hashes = content_hashes(dataset)
+    groups = group_images(dataset, raw_images, hashes, group_by, group_pattern)
+    groups.sort(key=min)  # a deterministic order, independent of hashing
+    counts, sizes, category_ids = label_matrix(dataset, groups)
+    return groups, counts, sizes, category_ids
+
+
+def _as_split(
+    dataset: CocoDataset, groups: list[list[int]], counts: np.ndarray, category_ids: list[int], val: np.ndarray
+) -> Split:
+    """The Split whose val side holds the groups ``val`` marks."""
+    val_ids = sorted(iid for g, ids in enumerate(groups) if val[g] for iid in ids)
+    train_ids = sorted(iid for g, ids in enumerate(groups) if not val[g] for iid in ids)
+    names = {c.id: c.name for c in dataset.categories}
+    shares = {names[cid]: (int(counts[~val, i].sum()), int(counts[val, i].sum())) for i, cid in enumerate(category_ids)}
+    shares["(no objects)"] = (int(counts[~val, -1].sum()), int(counts[val, -1].sum()))
+    return Split(train_ids, val_ids, shares, len(groups))
+
+
 def split_dataset(
     dataset: CocoDataset,
     raw_images: dict[int, dict[str, Any]],
@@ -344,20 +444,35 @@ def split_dataset(
     """Assign every image to train or val (see the module docstring)."""
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"--val-fraction {val_fraction} must be between 0 and 1")
-    hashes = content_hashes(dataset)
-    groups = group_images(dataset, raw_images, hashes, group_by, group_pattern)
-    groups.sort(key=min)  # a deterministic order, independent of hashing
-    counts, sizes, category_ids = label_matrix(dataset, groups)
+    groups, counts, sizes, category_ids = _grouped(dataset, raw_images, group_by, group_pattern)
     side = stratify(counts, sizes, val_fraction, np.random.default_rng(seed))
-    val_ids = sorted(iid for g, ids in enumerate(groups) if side[g] == 1 for iid in ids)
-    train_ids = sorted(iid for g, ids in enumerate(groups) if side[g] == 0 for iid in ids)
-    names = {c.id: c.name for c in dataset.categories}
-    shares = {
-        names[cid]: (int(counts[side == 0, i].sum()), int(counts[side == 1, i].sum()))
-        for i, cid in enumerate(category_ids)
-    }
-    shares["(no objects)"] = (int(counts[side == 0, -1].sum()), int(counts[side == 1, -1].sum()))
-    return Split(train_ids, val_ids, shares, len(groups))
+    return _as_split(dataset, groups, counts, category_ids, side == 1)
+
+
+def fold_dataset(
+    dataset: CocoDataset,
+    raw_images: dict[int, dict[str, Any]],
+    folds: int,
+    seed: int = 0,
+    group_by: str | None = None,
+    group_pattern: str | None = None,
+) -> list[Split]:
+    """K train/val pairs: every image in exactly one fold's val side, folds of equal size (within
+    one image, unless groups make that impossible), stratified by category, groups kept together.
+
+    Raises:
+        DataError: fewer groups of images than folds.
+    """
+    groups, counts, sizes, category_ids = _grouped(dataset, raw_images, group_by, group_pattern)
+    if folds > len(groups):
+        raise DataError(
+            f"{folds} folds need at least {folds} images (or groups of images that stay together) and "
+            f"{dataset.json_path} has {len(groups)}; give fewer --folds"
+        )
+    rng = np.random.default_rng(seed)
+    fold = assign_parts(counts, sizes, np.full(folds, 1.0 / folds), rng)
+    fold = balance_folds(fold, counts, sizes, folds)
+    return [_as_split(dataset, groups, counts, category_ids, fold == f) for f in range(folds)]
 
 
 def subset(raw: dict[str, Any], image_ids: list[int]) -> dict[str, Any]:
@@ -448,6 +563,26 @@ def print_split(split: Split, console: Console) -> None:
     console.print(table)
 
 
+def print_folds(folds: list[Split], console: Console) -> None:
+    """Objects of each category in each fold's val side (the fold's share of the category)."""
+    table = Table(title=f"{len(folds)} folds of {len(folds[0].train_ids) + len(folds[0].val_ids)} images")
+    table.add_column("category")
+    for number in range(1, len(folds) + 1):
+        table.add_column(f"fold {number}", justify="right")
+    table.add_row("images", *(str(len(fold.val_ids)) for fold in folds))
+    for name in folds[0].category_shares:
+        vals = [fold.category_shares[name][1] for fold in folds]
+        total = sum(folds[0].category_shares[name])
+        if total:
+            table.add_row(name, *(f"{v} ({100 * v / total:.0f}%)" for v in vals))
+    console.print(table)
+
+
+def fold_outputs(out: Path, folds: int) -> list[Path]:
+    """``out/fold_1/train.json``, ``out/fold_1/val.json``, ..., ``out/fold_K/val.json``."""
+    return [out / f"fold_{k}" / f"{part}.json" for k in range(1, folds + 1) for part in ("train", "val")]
+
+
 def split(
     jsons: list[Path],
     images: list[Path],
@@ -458,13 +593,18 @@ def split(
     group_pattern: str | None = None,
     overwrite: bool = False,
     quiet: bool = False,
+    folds: int | None = None,
 ) -> int:
     """``python -m detlit.split``: merge the inputs, split them, write ``train.json`` and ``val.json``
-    together (both or neither), holding ``out`` against other commands meanwhile."""
+    together (both or neither), holding ``out`` against other commands meanwhile.
+
+    With ``folds`` K: K pairs ``out/fold_k/train.json`` and ``out/fold_k/val.json`` instead, every
+    image in exactly one ``val.json``, all 2K files written together.
+    """
     if len(images) != len(jsons):
         raise DataError(f"{len(jsons)} json file(s) but {len(images)} --images folder(s); give one folder per json")
     group_regex(group_pattern)  # a bad pattern stops the command before any work
-    outputs = [out / "train.json", out / "val.json"]
+    outputs = fold_outputs(out, folds) if folds else [out / "train.json", out / "val.json"]
     with write_lock(out):
         raw, root = merge_inputs(list(zip(jsons, images, strict=True)))
         names = [i["file_name"] for i in raw["images"] if isinstance(i, dict) and isinstance(i.get("file_name"), str)]
@@ -473,26 +613,35 @@ def split(
         dataset, findings = parse_coco(raw, source, root)
         raise_on_errors(findings, source, root)
         log.info("read %d images, %d annotations from %s", len(dataset.images), dataset.num_annotations, source)
-        result = split_dataset(
-            dataset, {image["id"]: image for image in raw["images"]}, val_fraction, seed, group_by, group_pattern
-        )
-        for side, ids in (("validation", result.val_ids), ("training", result.train_ids)):
-            if not ids:
-                raise DataError(
-                    f"splitting {source} ({len(dataset.images)} images, --val-fraction {val_fraction:g}) gives "
-                    f"the {side} set no image; give more images or another --val-fraction"
-                )
-        parts = [subset(raw, ids) for ids in (result.train_ids, result.val_ids)]
+        raw_images = {image["id"]: image for image in raw["images"]}
+        if folds:
+            results = fold_dataset(dataset, raw_images, folds, seed, group_by, group_pattern)
+        else:
+            results = [split_dataset(dataset, raw_images, val_fraction, seed, group_by, group_pattern)]
+            _refuse_empty_side(results[0], source, len(dataset.images), val_fraction)
+        parts = [subset(raw, ids) for result in results for ids in (result.train_ids, result.val_ids)]
         for path, part in zip(outputs, parts, strict=True):
             unresolved = [i["file_name"] for i in part["images"] if not (root / i["file_name"]).is_file()]
             if unresolved:
                 raise DataError(
                     f"{path}: {len(unresolved)} image path(s) do not resolve under {root} (first: {unresolved[0]})"
                 )
-        if not quiet:
-            print_split(result, Console())
-        write_together(dict(zip(outputs, encode_pair(*parts), strict=True)))
+        if not quiet and folds:
+            print_folds(results, Console())
+        elif not quiet:
+            print_split(results[0], Console())
+        encoded = [data for k in range(0, len(parts), 2) for data in encode_pair(parts[k], parts[k + 1])]
+        write_together(dict(zip(outputs, encoded, strict=True)))
     for path, part in zip(outputs, parts, strict=True):
         log.info("wrote %s: %d images, %d annotations", path, len(part["images"]), len(part["annotations"]))
-    log.info("file names in both files are relative to %s: train with --data.train_images=%s", root, root)
+    log.info("file names in every file are relative to %s: train with --data.train_images=%s", root, root)
     return 0
+
+
+def _refuse_empty_side(result: Split, source: Path, images: int, val_fraction: float) -> None:
+    for side, ids in (("validation", result.val_ids), ("training", result.train_ids)):
+        if not ids:
+            raise DataError(
+                f"splitting {source} ({images} images, --val-fraction {val_fraction:g}) gives "
+                f"the {side} set no image; give more images or another --val-fraction"
+            )
