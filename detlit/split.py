@@ -42,14 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--val-fraction", type=val_fraction, help="share of the images in val (default 0.1; not with --folds)"
     )
+    folds = command.whole_number(
+        2, MAX_FOLDS, " (every fold writes the whole dataset again)", "too few to cross-validate"
+    )
     parser.add_argument(
         "--folds",
-        type=command.whole_number(
-            2, MAX_FOLDS, " (every fold writes the whole dataset again)", "too few to cross-validate"
-        ),
+        type=folds,
         metavar="K",
-        help="K train/val pairs in --out/fold_1 ... fold_K, every image in exactly one val.json (instead of "
-        "--val-fraction)",
+        help="K train/val pairs in --out/fold_1 ... fold_K (not with --val-fraction)",
     )
     parser.add_argument("--seed", type=command.seed, default=0, help="seed of the split (default 0)")
     parser.add_argument("--group-by", metavar="FIELD", help="image field whose equal values stay together")
@@ -63,12 +63,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.folds and args.val_fraction is not None:
-        command.say(
-            f"--folds {args.folds} sets each val share to 1/{args.folds}; leave out --val-fraction, "
-            "or --folds for one split"
-        )
-        return 2
     try:
         from detlit.data.split import split
 
@@ -76,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
             jsons=args.json,
             images=args.images,
             out=args.out,
-            val_fraction=0.1 if args.val_fraction is None else args.val_fraction,
+            val_fraction=args.val_fraction,
             seed=args.seed,
             group_by=args.group_by,
             group_pattern=args.group_pattern,

@@ -587,7 +587,7 @@ def split(
     jsons: list[Path],
     images: list[Path],
     out: Path,
-    val_fraction: float = 0.1,
+    val_fraction: float | None = None,
     seed: int = 0,
     group_by: str | None = None,
     group_pattern: str | None = None,
@@ -599,8 +599,14 @@ def split(
     together (both or neither), holding ``out`` against other commands meanwhile.
 
     With ``folds`` K: K pairs ``out/fold_k/train.json`` and ``out/fold_k/val.json`` instead, every
-    image in exactly one ``val.json``, all 2K files written together.
+    image in exactly one ``val.json``, all 2K files written together; ``val_fraction`` (default 0.1)
+    is for one split only.
     """
+    if folds and val_fraction is not None:
+        raise ConfigError(
+            f"--folds {folds} sets each val share to 1/{folds}; leave out --val-fraction, or --folds for one split"
+        )
+    val_fraction = 0.1 if val_fraction is None else val_fraction
     if len(images) != len(jsons):
         raise DataError(f"{len(jsons)} json file(s) but {len(images)} --images folder(s); give one folder per json")
     group_regex(group_pattern)  # a bad pattern stops the command before any work
