@@ -20,7 +20,6 @@ import sys
 from pathlib import Path
 
 from detlit.common import command
-from detlit.common.ranges import MAX_FOLDS
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 
@@ -42,12 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--val-fraction", type=val_fraction, help="share of the images in val (default 0.1; not with --folds)"
     )
-    folds = command.whole_number(
-        2, MAX_FOLDS, " (every fold writes the whole dataset again)", "too few to cross-validate"
-    )
     parser.add_argument(
         "--folds",
-        type=folds,
+        type=command.folds,
         metavar="K",
         help="K train/val pairs in --out/fold_1 ... fold_K (not with --val-fraction)",
     )

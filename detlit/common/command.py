@@ -33,7 +33,7 @@ from typing import NoReturn, TypeAlias, TypeVar
 
 from detlit.common.outputs import write_failure
 from detlit.common.paths import name_failure, name_message, printable, too_long, undecodable
-from detlit.common.ranges import MAX_BATCH_SIZE, MAX_OVERLAP, MAX_SEED, MIN_TILE_SIZE
+from detlit.common.ranges import MAX_BATCH_SIZE, MAX_FOLDS, MAX_OVERLAP, MAX_SEED, MIN_TILE_SIZE
 from detlit.errors import ConfigError, DetlitError
 
 EXIT_OK = 0
@@ -181,6 +181,9 @@ def whole_number(low: int, high: int | None = None, why: str = "", small: str = 
 
 seed = whole_number(0, MAX_SEED, " (seeds are 32-bit)")
 """An argparse type: a seed, 0 to 2**32 - 1 (what numpy's and Optuna's generators take)."""
+
+folds = whole_number(2, MAX_FOLDS, " (every fold writes the whole dataset again)", "too few to cross-validate")
+"""An argparse type: a number of cross-validation folds, 2 to 100."""
 
 batch_size = whole_number(1, MAX_BATCH_SIZE, " (far more images than fit in memory at once)")
 """An argparse type: images per forward pass."""
