@@ -106,6 +106,39 @@ def test_gpu_config_parses(tmp_path: Path) -> None:
     assert "detectron2://ImageNetPretrained/MSRA/R-50.pkl" in result.stdout
 
 
+def test_gpu_config_trains_on_a_machine_without_a_gpu(sample_dir: Path, tmp_path: Path) -> None:
+    """The README's main config (accelerator auto, 16-mixed) runs where there is no CUDA GPU, in 32-bit."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU: the config trains in mixed precision on it")
+    config = REPO / "configs" / "faster_rcnn_R50_FPN.yaml"
+    result = run(["detlit.fit", f"--config={config}", *tiny_cli_args(sample_dir), "--trainer.fast_dev_run=1"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "precision 16-mixed is for CUDA GPUs and none will be used: training in 32-true on the CPU" in result.stderr
+    assert "bf16" not in result.stderr and "training finished" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("accelerator", "precision", "cuda", "expected"),
+    [
+        ("auto", "16-mixed", False, "32-true"),
+        ("auto", "16-mixed", True, "16-mixed"),
+        ("cpu", "16-mixed", True, "32-true"),
+        ("cpu", "16", False, "32-true"),
+        ("auto", "bf16-mixed", False, "bf16-mixed"),  # asked for by name: kept
+        ("gpu", "16-mixed", False, "16-mixed"),  # Lightning's own sentence: no GPU
+        ("auto", "32-true", False, "32-true"),
+    ],
+)
+def test_precision_fits_the_device(accelerator: str, precision: str, cuda: bool, expected: str) -> None:
+    from detlit.training.settings import fit_precision_to_device
+
+    config = {"trainer": {"accelerator": accelerator, "precision": precision}}
+    fit_precision_to_device(config, cuda=cuda)
+    assert config["trainer"]["precision"] == expected
+
+
 def test_rbc_config_parses_with_the_tuned_values(tmp_path: Path) -> None:
     result = run(["detlit.fit", f"--config={REPO / 'configs' / 'rbc_cpu.yaml'}", "--print_config"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]

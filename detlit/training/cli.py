@@ -52,7 +52,7 @@ from detlit.training.callbacks import (
     planned_folder,
 )
 from detlit.training.checkpointing import AtomicCheckpointIO, SaveOnSigterm
-from detlit.training.settings import build_optimizer, check_fit_settings
+from detlit.training.settings import build_optimizer, check_fit_settings, fit_precision_to_device
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +131,7 @@ class DetlitCLI(LightningCLI):
         # Every setting of the trainer, its checkpoints and this command in range before the seed is
         # set or anything is built (training/settings): Lightning checks some late, some never.
         check_fit_settings(self.config)
+        fit_precision_to_device(self.config)
 
     def before_instantiate_classes(self) -> None:
         # A resumed (or evaluated) run continues in the run folder its checkpoint came from; `--ckpt

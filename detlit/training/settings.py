@@ -10,6 +10,7 @@ written, and ends a value outside it in one sentence naming the setting
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections.abc import Callable
@@ -22,6 +23,8 @@ import torch
 
 from detlit.common import ranges
 from detlit.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 DURATION = re.compile(r"(\d+):(\d\d):(\d\d):(\d\d)")  # Lightning's DD:HH:MM:SS (lightning/pytorch/callbacks/timer.py)
 
@@ -103,6 +106,35 @@ def check_fit_settings(config: Any) -> None:
             check(f"{section}.{name}", fields.get(name), rule)
     _check_order(trainer, "min_epochs", "max_epochs", "epochs")
     _check_order(trainer, "min_steps", "max_steps", "optimizer steps")
+
+
+HALF_ON_CUDA = ("16-mixed", "16")  # fp16 automatic mixed precision: CUDA's; Lightning's "16" is its old name
+CPU_PRECISION = "32-true"
+
+
+def fit_precision_to_device(config: Any, cuda: bool | None = None) -> None:
+    """Train a config's fp16 mixed precision in 32-bit where no CUDA GPU will run it.
+
+    The shipped GPU config sets ``16-mixed`` with ``accelerator: auto`` so that it runs anywhere:
+    on a CUDA GPU it trains in mixed precision; on the CPU Lightning would switch fp16 to bfloat16,
+    which CPUs without bfloat16 units run slower than fp32, and in which detectron2's box
+    arithmetic loses precision. ``bf16-mixed`` asked for by name is kept.
+
+    Args:
+        config: the fit command's parsed config (``trainer.accelerator``, ``trainer.precision``).
+        cuda: whether a CUDA GPU is there (default: torch's answer).
+    """
+    trainer = _fields(config, "trainer")
+    precision, accelerator = str(trainer.get("precision")), str(trainer.get("accelerator") or "auto")
+    if precision not in HALF_ON_CUDA or accelerator not in ("auto", "cpu"):
+        return
+    if accelerator == "auto" and (torch.cuda.is_available() if cuda is None else cuda):
+        return
+    if isinstance(config, dict):
+        config["trainer"]["precision"] = CPU_PRECISION
+    else:
+        config.trainer.precision = CPU_PRECISION
+    log.info("precision %s is for CUDA GPUs and none will be used: training in %s on the CPU", precision, CPU_PRECISION)
 
 
 def _fields(config: Any, section: str) -> dict[str, Any]:
