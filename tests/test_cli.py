@@ -84,7 +84,8 @@ def test_every_run_gets_detlits_callbacks_and_checkpoint_writer(
     if switched_off:
         assert [n for n in names if n not in ("SaveRunConfig", "RichModelSummary")] == ours
     else:
-        assert names[: len(ours) + 2] == [*ours, "LearningRateMonitor", "RichProgressBar"]
+        # pytest's captured output is no terminal: progress comes as log lines
+        assert names[: len(ours) + 2] == [*ours, "LearningRateMonitor", "PlainProgress"]
         checkpoints = [c for c in cli.trainer.callbacks if isinstance(c, ModelCheckpoint)]  # type: ignore[attr-defined]
         assert [(c.monitor, c.save_top_k, c.save_last) for c in checkpoints] == [("val/map", 1, False), (None, 0, True)]
     assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
@@ -104,6 +105,22 @@ def test_gpu_config_parses(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "detectron2://ImageNetPretrained/MSRA/R-50.pkl" in result.stdout
+
+
+def test_progress_lines_when_output_is_not_a_terminal(sample_dir: Path, tmp_path: Path) -> None:
+    """Output to a pipe: a plain line per step (--progress_seconds 0) on the console and in run.log."""
+    config = REPO / "configs" / "sample_cpu.yaml"
+    args = ["--trainer.max_epochs=2", "--trainer.limit_train_batches=3", "--trainer.limit_val_batches=1"]
+    result = run(
+        ["detlit.fit", f"--config={config}", *tiny_cli_args(sample_dir), *args, "--progress_seconds=0"], tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if "step " in line and "images/s" in line]
+    assert [line.split("step ")[1].split(" ")[0] for line in lines] == ["1/6", "2/6", "3/6", "4/6", "5/6", "6/6"]
+    assert "epoch 2/2 batch 3/3" in lines[-1] and "loss " in lines[-1] and "left 0:00:00" in lines[-1]
+    assert "validating after epoch 2: 1 batch" in result.stderr  # the config validates every 5 epochs, and the last
+    run_log = (tmp_path / "runs" / "sample" / "version_0" / "run.log").read_text()
+    assert "step 6/6 (100.0%), epoch 2/2 batch 3/3" in run_log
 
 
 def test_gpu_config_trains_on_a_machine_without_a_gpu(sample_dir: Path, tmp_path: Path) -> None:

@@ -52,6 +52,7 @@ from detlit.training.callbacks import (
     planned_folder,
 )
 from detlit.training.checkpointing import AtomicCheckpointIO, SaveOnSigterm
+from detlit.training.progress import PlainProgress
 from detlit.training.settings import build_optimizer, check_fit_settings, fit_precision_to_device
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,12 @@ class DetlitCLI(LightningCLI):
             help="run Lightning's learning-rate finder on the data, print its suggestion and exit",
         )
         parser.add_argument("--tune_lr_steps", type=int, default=100, help="steps of the learning-rate range test")
+        parser.add_argument(
+            "--progress_seconds",
+            type=float,
+            default=30.0,
+            help="when output is not a terminal: seconds between progress lines (console and run.log)",
+        )
         for name in LINKED_FROM_DATA_AT_PARSE:
             parser.link_arguments(f"data.{name}", f"model.{name}")
         for name in LINKED_FROM_DATA_AT_INSTANTIATION:
@@ -189,7 +196,9 @@ class DetlitCLI(LightningCLI):
         if settings.get("logger") is not False:
             callbacks.append(LearningRateMonitor("step"))
         if settings.get("enable_progress_bar") is not False:
-            callbacks.append(RichProgressBar())
+            # A bar on a terminal; in a file, a pipe or a CI log it would show nothing until the end.
+            terminal = sys.stdout.isatty()
+            callbacks.append(RichProgressBar() if terminal else PlainProgress(self.config.progress_seconds))
         return callbacks
 
 

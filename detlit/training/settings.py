@@ -80,6 +80,7 @@ CHECKPOINT = {
 COMMAND = {
     "seed_everything": Rule("seed", 0, f"use true, false or a seed from 0 to {ranges.MAX_SEED}"),
     "tune_lr_steps": Rule("whole", 1, "use 1 or more steps of the learning-rate range test"),
+    "progress_seconds": Rule("number", 0, "use 0 (a line every step) or more seconds between progress lines"),
 }
 """The fit command's own settings with a range."""
 
