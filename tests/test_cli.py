@@ -121,6 +121,12 @@ def test_progress_lines_when_output_is_not_a_terminal(sample_dir: Path, tmp_path
     assert "validating after epoch 2: 1 batch" in result.stderr  # the config validates every 5 epochs, and the last
     run_log = (tmp_path / "runs" / "sample" / "version_0" / "run.log").read_text()
     assert "step 6/6 (100.0%), epoch 2/2 batch 3/3" in run_log
+    # run.log has every message from the start (the data check's, before the run folder existed),
+    # each once; the console has Lightning's messages once, without its adverts and warnings about itself
+    assert run_log.index("detlit.data.coco: read") < run_log.index("detlit: command:")
+    assert run_log.count("`Trainer.fit` stopped") == 1 and result.stderr.count("`Trainer.fit` stopped") == 1
+    for noise in ("args parameter is intended", "Tip:", "LeafSpec", "\nINFO: "):
+        assert noise not in result.stderr and noise not in run_log
 
 
 def test_gpu_config_trains_on_a_machine_without_a_gpu(sample_dir: Path, tmp_path: Path) -> None:

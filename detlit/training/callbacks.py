@@ -10,6 +10,7 @@ the logger (TensorBoard, CSV, MLflow, or none).
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import shlex
 import sys
 import time
@@ -41,6 +42,13 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Lightning's logger does not propagate to the root logger, so it gets the handler too.
 CAPTURED_LOGGERS = ("", "lightning.pytorch", "lightning.fabric")
 DATA_SPLITS = ("train", "val", "test")
+
+
+def captured_loggers() -> list[logging.Logger]:
+    """The loggers whose messages run.log keeps: the root, and Lightning's where they do not pass
+    their messages on to it (once each)."""
+    loggers = [logging.getLogger(name) for name in CAPTURED_LOGGERS]
+    return [logger for logger in loggers if logger is loggers[0] or not logger.propagate]
 
 
 def _fmt(metrics: dict[str, Any], prefix: str) -> str:
@@ -133,6 +141,46 @@ class Detectron2Export(RunFolderCallback):
         log.info("detectron2 weights and config: %s, %s", run.detectron2_weights, run.detectron2_config)
 
 
+EARLY_MESSAGES = 10_000  # messages kept from before run.log exists (the data check's, the config's)
+
+
+class EarlyMessages(logging.handlers.BufferingHandler):
+    """Holds the messages logged before the run folder exists, for ``run.log`` (bounded: past
+    :data:`EARLY_MESSAGES` the oldest are dropped)."""
+
+    def __init__(self) -> None:
+        super().__init__(EARLY_MESSAGES)
+        self.setLevel(logging.INFO)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if len(self.buffer) >= self.capacity:
+            del self.buffer[0]
+        self.buffer.append(record)
+
+    def shouldFlush(self, record: logging.LogRecord) -> bool:
+        return False
+
+
+def hold_early_messages() -> EarlyMessages:
+    """Start keeping messages for ``run.log``: :class:`RunLog` writes them first when it opens it."""
+    held = EarlyMessages()
+    for logger in captured_loggers():
+        logger.addHandler(held)
+    return held
+
+
+def _release_early_messages(handler: logging.Handler) -> None:
+    """Write the held messages to ``handler`` and stop holding."""
+    for name in CAPTURED_LOGGERS:
+        logger = logging.getLogger(name)
+        for held in [h for h in logger.handlers if isinstance(h, EarlyMessages)]:
+            for record in held.buffer:
+                if record.levelno >= handler.level:
+                    handler.handle(record)
+            held.buffer.clear()
+            logger.removeHandler(held)
+
+
 class RunLog(RunFolderCallback):
     """Writes ``run.log`` in the run folder: command, environment, config, every log message,
     and the metrics of each epoch; prints where the results are at the end of training."""
@@ -159,8 +207,9 @@ class RunLog(RunFolderCallback):
         self.handler = logging.FileHandler(folder / self.file_name, encoding="utf-8")
         self.handler.setFormatter(logging.Formatter(LOG_FORMAT))
         self.handler.setLevel(logging.INFO)
-        for name in CAPTURED_LOGGERS:
-            logging.getLogger(name).addHandler(self.handler)
+        _release_early_messages(self.handler)
+        for logger in captured_loggers():
+            logger.addHandler(self.handler)
         logging.captureWarnings(True)
         if self.described:  # a later stage of the same command (the test after training)
             log.info("%s stage", getattr(stage, "value", stage))

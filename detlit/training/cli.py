@@ -49,10 +49,11 @@ from detlit.training.callbacks import (
     RunRecord,
     SaveRunConfig,
     ValidateLastEpoch,
+    hold_early_messages,
     planned_folder,
 )
 from detlit.training.checkpointing import AtomicCheckpointIO, SaveOnSigterm
-from detlit.training.progress import PlainProgress
+from detlit.training.progress import PlainProgress, quiet_lightning
 from detlit.training.settings import build_optimizer, check_fit_settings, fit_precision_to_device
 
 log = logging.getLogger(__name__)
@@ -134,7 +135,15 @@ class DetlitCLI(LightningCLI):
         return super().init_parser(**{**kwargs, "parser_mode": register_cli_loader()})
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        super().parse_arguments(parser, args)
+        # detlit's command hands Lightning the command line it read (less the stage word) as
+        # ``args``; with the same words in sys.argv Lightning would warn, listing both, every run.
+        argv = sys.argv
+        if args is not None:
+            sys.argv = argv[:1]
+        try:
+            super().parse_arguments(parser, args)
+        finally:
+            sys.argv = argv
         # Every setting of the trainer, its checkpoints and this command in range before the seed is
         # set or anything is built (training/settings): Lightning checks some late, some never.
         check_fit_settings(self.config)
@@ -214,6 +223,8 @@ def cli_main(args: list[str] | None = None, stage: str = "fit") -> None:
     if stage not in STAGES:
         raise ConfigError(f"unknown stage '{stage}'; use one of {', '.join(STAGES)}")
     check_config_files(sys.argv[1:] if args is None else args)
+    quiet_lightning()
+    hold_early_messages()  # run.log starts with them
     cli = DetlitCLI(
         DetectionModule,
         CocoDataModule,

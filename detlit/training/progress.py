@@ -1,4 +1,5 @@
-"""Stage 7, training: progress as plain log lines, for output that is not a terminal.
+"""Stage 7, training: what a run prints: progress as plain log lines for output that is not a
+terminal, and Lightning's own messages once each, without its adverts (:func:`quiet_lightning`).
 
 A progress bar redraws one line of a terminal; written to a file, a pipe or a CI log it shows
 nothing until its end. :class:`PlainProgress` logs instead, at the first step, then every
@@ -15,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import warnings
 from datetime import timedelta
 from typing import Any
 
@@ -23,6 +25,35 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ProgressBar
 
 log = logging.getLogger(__name__)
+
+
+ADVERTS = ("\N{ELECTRIC LIGHT BULB} Tip:",)  # Lightning's suggestions to install its cloud products
+LIGHTNING_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric")
+# Deprecations inside Lightning that a user cannot act on (its own use of torch's pytree API).
+FOREIGN_DEPRECATIONS = (r".*isinstance\(treespec, LeafSpec\)` is deprecated",)
+
+
+def _no_advert(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(ADVERTS)
+
+
+def quiet_lightning() -> None:
+    """Lightning's messages through detlit's one handler (console and run.log), once each.
+
+    Lightning gives its top-level logger a console handler of its own, so with detlit's every
+    message printed twice; its adverts and the deprecation warnings of its own internals are
+    dropped. Its warnings and errors are kept.
+    """
+    for name in LIGHTNING_LOGGERS:
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            if type(handler) is logging.StreamHandler:
+                logger.removeHandler(handler)
+        logger.propagate = True
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_no_advert)
+    for message in FOREIGN_DEPRECATIONS:
+        warnings.filterwarnings("ignore", message=message)
 
 
 def duration(seconds: float) -> str:
