@@ -159,3 +159,25 @@ def test_rbc_folds_keep_source_images_together(rbc_dir: Path, tmp_path: Path) ->
             assert fold_of.setdefault(source, k) == k
     assert max(sizes) - min(sizes) <= 2  # groups of augmented copies may keep folds one image apart
     assert max(objects) / min(objects) < 1.25, objects
+
+
+def test_tables_are_not_cut_when_output_is_a_pipe(shapes: Path, tmp_path: Path) -> None:
+    """Piped (``split ... | tee``), a table keeps every class name whole, as wide as its content."""
+    import subprocess
+    import sys
+
+    coco = _load(shapes / "train.json")
+    for category in coco["categories"]:
+        category["name"] = f"{category['name']} with a name far longer than eighty columns allow in a table cell"
+    (tmp_path / "long.json").write_text(json.dumps(coco))
+    args = [str(tmp_path / "long.json"), "--images", str(shapes / "train"), "--out", str(tmp_path / "f")]
+    for extra in ([], ["--folds", "3"]):
+        out = tmp_path / "f" if not extra else tmp_path / "g"
+        args[-1] = str(out)
+        result = subprocess.run(
+            [sys.executable, "-m", "detlit.split", *args, *extra], capture_output=True, text=True, timeout=300
+        )
+        assert result.returncode == 0, result.stderr
+        for category in coco["categories"]:
+            assert category["name"] in result.stdout
+        assert "…" not in result.stdout

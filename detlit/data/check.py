@@ -14,6 +14,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from detlit.common.console import console as rich_console
 from detlit.common.outputs import check_outputs, write_lock, write_text, write_together
 from detlit.common.ranges import check_image_sizes
 from detlit.common.safe_yaml import read_yaml
@@ -231,7 +232,7 @@ def check(
             report.findings += compare_splits(dataset, other)
         log_summary(report.findings, log, str(json_path), examples=len(report.findings) if verbose else 0)
         if not quiet:
-            print_report(report, Console(stderr=False))
+            print_report(report, rich_console())
         if report_path:
             write_text(report_path, json.dumps(report.as_dict(), indent=1))
             log.info("wrote %s", report_path)

@@ -43,6 +43,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from detlit.common.console import console as rich_console
 from detlit.common.outputs import check_outputs, same_file, write_lock, write_together
 from detlit.data.checks import escapes_root, path_escapes_root
 from detlit.data.coco import CocoDataset, parse_coco, raise_on_errors, read_json
@@ -633,9 +634,9 @@ def split(
                     f"{path}: {len(unresolved)} image path(s) do not resolve under {root} (first: {unresolved[0]})"
                 )
         if not quiet and folds:
-            print_folds(results, Console())
+            print_folds(results, rich_console())
         elif not quiet:
-            print_split(results[0], Console())
+            print_split(results[0], rich_console())
         encoded = [data for k in range(0, len(parts), 2) for data in encode_pair(parts[k], parts[k + 1])]
         write_together(dict(zip(outputs, encoded, strict=True)))
     for path, part in zip(outputs, parts, strict=True):

@@ -51,9 +51,9 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from detlit.common.console import console as rich_console
 from detlit.common.outputs import check_folder, check_outputs, write_image, write_lock, write_text
 from detlit.common.paths import not_a_file
 from detlit.data.coco import LabelMap
@@ -262,7 +262,7 @@ def predict_images(
         BarColumn(),
         MofNCompleteColumn(),
         TimeRemainingColumn(),
-        console=Console(stderr=True),
+        console=rich_console(stderr=True),
         disable=len(images) < PROGRESS_FROM,
     )
     with progress:

@@ -18,7 +18,6 @@ Nothing is shown after Lightning's sanity check, and only the first process draw
 
 from __future__ import annotations
 
-import io
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,8 +25,8 @@ from typing import Any, Protocol, cast
 
 import numpy as np
 from lightning.pytorch import Callback, LightningModule, Trainer
-from rich.console import Console
 
+from detlit.common.console import plain_text
 from detlit.data.coco import LabelMap
 from detlit.data.images import read_image
 from detlit.evaluation.evaluation import Evaluation
@@ -50,11 +49,9 @@ class Evaluated(Protocol):
     test_evaluation: Evaluation | None
 
 
-def render_table(table: Any, width: int = 120) -> str:
-    """A rich table as plain text, for the log."""
-    console = Console(width=width, record=True, file=io.StringIO(), color_system=None)
-    console.print(table)
-    return console.export_text().rstrip()
+def render_table(table: Any) -> str:
+    """A rich table as plain text at full width (no class name cut), for the log."""
+    return plain_text(table)
 
 
 def experiment(trainer: Trainer) -> Any:

@@ -40,11 +40,11 @@ from typing import Any
 import optuna
 import yaml
 from lightning.pytorch import Callback, LightningModule, Trainer
-from rich.console import Console
 from rich.table import Table
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
+from detlit.common.console import console as rich_console
 from detlit.common.paths import not_a_file
 from detlit.common.safe_yaml import read_yaml
 from detlit.errors import ConfigError
@@ -386,7 +386,7 @@ def summarise(study: optuna.Study, space: SearchSpace, out: Path, base: dict[str
         params = [decode(trial.params.get(n, "")) for n in names]
         table.add_row(str(trial.number), trial.state.name.lower(), value, *(short_value(v) for v in params))
         rows.append([str(trial.number), trial.state.name.lower(), value, *(str(v) for v in params)])
-    console = Console()
+    console = rich_console()
     console.print(table)
     if any(short != name for short, name in zip(short_names(names), names, strict=True)):
         console.print("columns: " + ", ".join(f"{s} = {n}" for s, n in zip(short_names(names), names, strict=True)))
