@@ -22,6 +22,8 @@ from PIL import Image
 from detlit.check import main as check
 from detlit.data.checks import check_file
 
+from .conftest import REPO
+
 W, H = 64, 48
 
 
@@ -404,3 +406,27 @@ def test_classes_missing_from_train_or_val_are_reported(tmp_path: Path, caplog: 
     with caplog.at_level("WARNING"):
         assert _run([*argv, "--verbose"]) == 0
     assert "category 2 'dog' has 4 training object(s) but none in val" in caplog.text
+
+
+def test_every_finding_code_is_documented() -> None:
+    """Each finding kind the data checks can report has its row in docs/data.md."""
+    import ast
+    import re
+
+    kinds: dict[str, str] = {}
+    for path in sorted((REPO / "detlit" / "data").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call):
+                continue
+            func = node.func
+            name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+            if name not in ("Finding", "_finding", "error"):
+                continue
+            for arg in node.args[:2]:  # Finding(severity, kind, ...), parser.error(kind, ...)
+                text = arg.value if isinstance(arg, ast.Constant) else None
+                if isinstance(text, str) and re.fullmatch(r"[a-z]+(_[a-z0-9]+)*", text):
+                    kinds.setdefault(text, path.name)
+    assert len(kinds) > 30  # the scan finds the checks
+    documented = (REPO / "docs" / "data.md").read_text()
+    missing = {kind: where for kind, where in kinds.items() if f"`{kind}`" not in documented}
+    assert not missing, f"finding kinds without a row in docs/data.md: {missing}"
