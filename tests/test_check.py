@@ -342,10 +342,14 @@ def test_valid_dataset_has_no_findings(tmp_path: Path) -> None:
     assert report.stats["box_sizes"] == {"small": 8, "medium": 0, "large": 0}
 
 
-def test_xyxy_repair_converts_the_box(tmp_path: Path) -> None:
+def test_xyxy_repair_converts_the_box(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     case = next(c for c in CASES if c.kind == "xyxy_as_xywh")
     path, _ = _materialise(case, tmp_path)
     assert _run([str(path), "--images", str(tmp_path / "images"), "--fix", str(tmp_path / "f.json"), "--quiet"]) == 0
+    # quiet, yet it says where the copy went
+    assert capsys.readouterr().out.strip() == (
+        f"wrote {tmp_path / 'f.json'} (0 error(s) remain; repairs in {tmp_path / 'f.repairs.txt'})"
+    )
     fixed = ann(json.loads((tmp_path / "f.json").read_text()), 11)
     assert fixed["bbox"] == [30, 20, 25, 20] and math.isclose(fixed["area"], 500)
 

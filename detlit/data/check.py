@@ -240,6 +240,8 @@ def check(
         if fix:
             remaining = write_fixed(report, fix).errors
             log.info("%s: %d error(s) remain after repair", fix, len(remaining))
+            if quiet:  # the log lines that name the copy are not shown: the one line that must be
+                print(f"wrote {fix} ({len(remaining)} error(s) remain; repairs in {repairs_path(fix)})")
         elif report.errors:
             first = report.errors[0].message
             print(
