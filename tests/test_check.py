@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -434,3 +435,78 @@ def test_every_finding_code_is_documented() -> None:
     documented = (REPO / "docs" / "data.md").read_text()
     missing = {kind: where for kind, where in kinds.items() if f"`{kind}`" not in documented}
     assert not missing, f"finding kinds without a row in docs/data.md: {missing}"
+
+
+# --- dropping and merging categories -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from detlit.data.sample import write_sample
+
+    root = tmp_path_factory.mktemp("shapes")
+    write_sample(root, train=10, val=1, seed=2)
+    return root
+
+
+def _categories_of(path: Path) -> tuple[list[tuple[int, str]], Counter[int]]:
+    coco = json.loads(path.read_text())
+    return [(c["id"], c["name"]) for c in coco["categories"]], Counter(a["category_id"] for a in coco["annotations"])
+
+
+def test_drop_and_merge_categories_in_the_fixed_copy(shapes: Path, tmp_path: Path) -> None:
+    source = shapes / "train.json"
+    before = source.read_bytes()
+    _, counts = _categories_of(source)
+    images = len(json.loads(before)["images"])
+    out = tmp_path / "fixed.json"
+    args = [str(source), "--images", str(shapes / "train"), "--fix", str(out), "--quiet"]
+    assert _run([*args, "--drop-category", "3", "--merge-category", "triangle=circle"]) == 0  # 3: square's id
+    categories, after = _categories_of(out)
+    assert categories == [(1, "circle")]
+    assert after == Counter({1: counts[1] + counts[7]})  # squares gone, triangles are circles now
+    assert len(json.loads(out.read_text())["images"]) == images  # images stay
+    assert source.read_bytes() == before  # the input untouched
+    changes = (tmp_path / "fixed.repairs.txt").read_text().splitlines()
+    assert sum(line.startswith("drop categories[") for line in changes) == 2
+    assert sum("category_id=1" in line for line in changes) == counts[7]
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        (
+            ["--drop-category", "hexagon"],
+            "--drop-category hexagon: no category has that name or id; the categories are 1 'circle'",
+        ),
+        (["--merge-category", "circle"], "--merge-category circle: give SOURCE=TARGET"),
+        (["--merge-category", "circle=circle"], "cannot be merged into itself"),
+        (["--merge-category", "circle=square", "--drop-category", "square"], "'square' is itself dropped or merged"),
+        (["--drop-category", "circle", "--drop-category", "1"], "already named by --drop-category circle"),
+    ],
+)
+def test_bad_category_changes_are_one_sentence(
+    shapes: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], words: str
+) -> None:
+    out = tmp_path / "fixed.json"
+    assert _run([str(shapes / "train.json"), "--images", str(shapes / "train"), "--fix", str(out), *extra]) == 2
+    err = capsys.readouterr().err
+    assert words in err and err.count("\n") == 1, err
+    assert not out.exists()
+
+
+def test_category_changes_need_fix(shapes: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _run([str(shapes / "train.json"), "--images", str(shapes / "train"), "--drop-category", "circle"]) == 2
+    assert "--drop-category changes the dataset: give --fix OUT.json" in capsys.readouterr().err
+
+
+def test_rbc_placeholder_category_dropped(rbc_dir: Path, tmp_path: Path) -> None:
+    """The real export: its placeholder category (id 0, no objects) dropped by name, then checked clean."""
+    source = rbc_dir / "valid" / "_annotations.coco.json"
+    placeholder = next(c["name"] for c in json.loads(source.read_text())["categories"] if c["id"] == 0)
+    out = tmp_path / "fixed.json"
+    assert (
+        _run([str(source), "--images", str(rbc_dir / "valid"), "--fix", str(out), "--drop-category", placeholder]) == 0
+    )
+    categories, _ = _categories_of(out)
+    assert 0 not in [cid for cid, _ in categories] and len(categories) >= 2

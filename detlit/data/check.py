@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 from collections import Counter
+from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,10 @@ from detlit.common.console import console as rich_console
 from detlit.common.outputs import check_outputs, write_lock, write_text, write_together
 from detlit.common.ranges import check_image_sizes
 from detlit.common.safe_yaml import read_yaml
+from detlit.data.categories import category_repairs
 from detlit.data.checks import SIZE_BOUNDS, Report, Resize, apply_repairs, check_dataset, check_file, compare_splits
 from detlit.data.coco import read_coco, read_json
-from detlit.data.findings import Severity, log_summary
+from detlit.data.findings import Repair, Severity, log_summary
 from detlit.data.split import check_pair
 from detlit.errors import ConfigError
 
@@ -152,13 +154,15 @@ def resize_settings(
     )
 
 
-def write_fixed(report: Report, out: Path) -> Report:
+def write_fixed(report: Report, out: Path, raw: dict[str, Any] | None = None, extra: Sequence[Repair] = ()) -> Report:
     """Write the repaired copy and its change log; return the check of the copy.
 
     The whole json is read again here, every field of it (the check reads only what detection
-    uses): the copy keeps what the repairs do not touch.
+    uses), unless the caller has it (``raw``): the copy keeps what the repairs do not touch.
+    ``extra`` are repairs of the caller's (the categories dropped or merged).
     """
-    fixed, changes = apply_repairs(read_json(report.json_path), report.repairs())
+    raw = read_json(report.json_path) if raw is None else raw
+    fixed, changes = apply_repairs(raw, [*report.repairs(), *extra])
     changes_path = repairs_path(out)
     write_together(
         {
@@ -187,12 +191,17 @@ def check(
     quiet: bool = False,
     val: Path | None = None,
     val_images: Path | None = None,
-    resize: Resize | None = None,
+    config: Path | None = None,
+    sizes: dict[str, Any] | None = None,
+    drop_categories: Sequence[str] = (),
+    merge_categories: Sequence[str] = (),
 ) -> int:
     """``python -m detlit.check``: check a dataset, print and log the findings, write a report
     and a repaired copy on request. With ``val`` (the validation json of this training json), also
-    the classes that one of the two has no object of; with ``resize`` (:func:`resize_settings`),
-    the object sizes after the resizes of training and inference.
+    the classes that one of the two has no object of; the object sizes after the resizes of
+    training and inference of ``config`` and ``sizes`` (:func:`resize_settings`). The copy that
+    ``fix`` writes also drops ``drop_categories`` and merges ``merge_categories`` (``a=b``;
+    :mod:`detlit.data.categories`).
 
     The folders of ``fix`` and ``report_path`` are held against other commands while it runs; no
     output may be the json, ``val``, one of the dataset's images, or the other output.
@@ -200,6 +209,10 @@ def check(
     Returns:
         1 while errors remain (in the repaired copy, with ``fix``), else 0.
     """
+    resize = resize_settings(config=config, **(sizes or {}))
+    if (drop_categories or merge_categories) and fix is None:
+        option = "--drop-category" if drop_categories else "--merge-category"
+        raise ConfigError(f"{option} changes the dataset: give --fix OUT.json, where the changed copy goes")
     outputs = {"--fix": [fix, repairs_path(fix)]} if fix is not None else {}
     if report_path is not None:
         outputs["--report"] = [report_path]
@@ -210,23 +223,26 @@ def check(
             if not any(folder.resolve() == other.resolve() for other in locked):
                 held.enter_context(write_lock(folder, option))
                 locked.append(folder)
+        raw, extra = None, []
+        if drop_categories or merge_categories:  # named categories checked before any other work
+            raw = read_json(json_path)
+            extra = category_repairs(raw, drop_categories, merge_categories)
         dataset, structure = read_coco(json_path, images)
         inputs = [json_path, *([val] if val is not None else [])]
         check_outputs(outputs, inputs=inputs, overwrite=overwrite, images=[(images, dataset.images.file_names())])
         if val is not None:
             check_pair(json_path, val)
         report = check_dataset(dataset, structure, decode=decode, resize=resize)
-        if resize is not None:
-            test = report.stats["object_sizes"]["test"]
-            log.info(
-                "%s: %d objects after the resize to min_size_test %d: %s under %d px, median %s px",
-                json_path,
-                test["objects"],
-                resize.min_size_test,
-                f"{test[f'under_{SIZE_BOUNDS[0]}']:.1%}" if test["objects"] else "none",
-                SIZE_BOUNDS[0],
-                test["median"],
-            )
+        test = report.stats["object_sizes"]["test"]
+        log.info(
+            "%s: %d objects after the resize to min_size_test %d: %s under %d px, median %s px",
+            json_path,
+            test["objects"],
+            resize.min_size_test,
+            f"{test[f'under_{SIZE_BOUNDS[0]}']:.1%}" if test["objects"] else "none",
+            SIZE_BOUNDS[0],
+            test["median"],
+        )
         if val is not None:
             other, _ = read_coco(val, val_images or images)
             report.findings += compare_splits(dataset, other)
@@ -238,7 +254,7 @@ def check(
             log.info("wrote %s", report_path)
         remaining = report.errors
         if fix:
-            remaining = write_fixed(report, fix).errors
+            remaining = write_fixed(report, fix, raw, extra).errors
             log.info("%s: %d error(s) remain after repair", fix, len(remaining))
             if quiet:  # the log lines that name the copy are not shown: the one line that must be
                 print(f"wrote {fix} ({len(remaining)} error(s) remain; repairs in {repairs_path(fix)})")

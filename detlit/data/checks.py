@@ -885,10 +885,10 @@ def load_checked(
 def apply_repairs(raw: dict[str, Any], repairs: Iterable[Repair]) -> tuple[dict[str, Any], list[str]]:
     """A repaired copy of a raw COCO dict and a log line per change; ``raw`` is not modified.
 
-    Dropping an image drops its annotations too.
+    Dropping an image drops its annotations too (a category's are dropped by their own repairs).
     """
     fixed = copy.deepcopy(raw)
-    drops: dict[str, set[int]] = {"images": set(), "annotations": set()}
+    drops: dict[str, set[int]] = {"images": set(), "annotations": set(), "categories": set()}
     changes: list[str] = []
     for repair in repairs:
         if repair.action == "drop":

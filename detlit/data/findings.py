@@ -29,7 +29,7 @@ class Severity(str, Enum):
 class Repair:
     """One change to the raw json: ``drop`` a record, or ``set`` some of its fields."""
 
-    section: str  # "images" | "annotations"
+    section: str  # "images" | "annotations" | "categories"
     index: int  # position in that list
     action: str  # "drop" | "set"
     values: dict[str, Any] = field(default_factory=dict)
