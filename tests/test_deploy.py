@@ -585,6 +585,14 @@ def test_the_service_answers_like_the_predictor_and_survives_bad_payloads(
         assert _request(f"{url}/health") == (200, "ok")
         status, info = _request(f"{url}/info")
         assert status == 200 and info["model"]["category_ids"] == [1, 3, 7] and info["model"]["runtime"] == "onnx"
+        assert info["model"]["thresholds_from"] == "the score threshold given"
+    # Each request logged once its answer is sent (method, path, status, milliseconds), and the stop.
+    served = next(tmp_path.glob("serve-*.log")).read_text()
+    requests = re.findall(r"(GET|POST) (/\w+) (\d{3}) \d+\.\d ms", served)
+    assert requests.count(("POST", "/predict", "200")) == 3 + len(files)
+    assert ("POST", "/predict", "413") in requests and ("POST", "/predict", "400") in requests
+    assert ("GET", "/info", "200") in requests
+    assert re.search(r"service on http://127\.0\.0\.1:\d+ stopped", served)
 
 
 @pytest.mark.cli
@@ -615,6 +623,36 @@ def test_the_service_slices(exported: dict[str, Path], sample_dir: Path, tmp_pat
     assert status == 200, answer
     _assert_answers(answer, expected)
     assert info["model"]["slicing"] == slicing.as_json() and info["model"]["runtime"] == "onnx"
+    assert info["model"]["thresholds_from"].startswith("the onnx model's metadata")
+
+
+@pytest.mark.cli
+def test_the_documented_clients_work(exported: dict[str, Path], sample_dir: Path, tmp_path: Path) -> None:
+    """docs/deploy.md's curl commands (the JSON body built in a file) and Python client, as written,
+    against a running service; the image made 600 kB, where base64 on curl's command line would fail."""
+    text = (REPO / "docs" / "deploy.md").read_text()
+    shell = re.search(r"```bash service\n(.*?)```", text, re.DOTALL)
+    python = re.search(r"```python service\n(.*?)```", text, re.DOTALL)
+    assert shell and python
+    work = tmp_path / "work"
+    (work / "data" / "sample" / "val").mkdir(parents=True)
+    big = np.random.default_rng(0).integers(0, 256, (700, 900, 3), dtype=np.uint8)  # noise: a large JPEG
+    big[100:400, 100:400] = np.asarray(
+        Image.open(sample_dir / "val" / "val_0000.jpg").convert("RGB").resize((300, 300))
+    )
+    Image.fromarray(big).save(work / "data" / "sample" / "val" / "val_0000.jpg", quality=95)
+    assert (work / "data" / "sample" / "val" / "val_0000.jpg").stat().st_size > 400_000
+    with running_service(tmp_path, "--model", str(exported["onnx"]), "--device", "cpu") as url:
+        for line in shell.group(1).strip().splitlines():
+            command = line.split("  #")[0].replace("http://127.0.0.1:8000", url)
+            result = subprocess.run(["bash", "-c", command], cwd=work, capture_output=True, text=True, timeout=120)
+            assert result.returncode == 0, (command, result.stderr)
+            if "/predict" in command:
+                assert "detections" in json.loads(result.stdout), (command, result.stdout[:300])
+        code = python.group(1).replace("http://127.0.0.1:8000", url)
+        result = subprocess.run([sys.executable, "-c", code], cwd=work, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+    assert (work / "request.json").stat().st_size > 500_000  # the base64 body went through a file
 
 
 def test_the_service_refuses_a_missing_model_in_one_sentence(

@@ -54,6 +54,7 @@ import os
 import re
 import signal
 import socket
+import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,7 +67,7 @@ from fastapi.responses import JSONResponse
 from litserve import Request
 from litserve.loops import BatchedLoop
 from starlette.datastructures import UploadFile
-from starlette.types import Message, Receive
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from detlit.common import ranges, safe_json
 from detlit.common.ranges import MAX_TILES_PER_IMAGE
@@ -364,6 +365,33 @@ def response(prediction: Prediction, thresholds: dict[str, float]) -> dict[str, 
     return {"width": prediction.width, "height": prediction.height, "detections": detections, "thresholds": thresholds}
 
 
+class RequestLog:
+    """One log line per HTTP request, when its answer has been sent: method, path, status and
+    milliseconds (``POST /predict 200 41.7 ms``). A plain ASGI layer: it reads no body and changes
+    no message."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start, status = time.perf_counter(), 500  # an application that fails before answering: 500
+
+        async def noted(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, noted)
+        finally:
+            elapsed = 1000 * (time.perf_counter() - start)
+            log.info("%s %s %d %.1f ms", scope.get("method", ""), scope.get("path", ""), status, elapsed)
+
+
 class PromptBatches(BatchedLoop):
     """LitServe's batched loop, but a lone request runs at once: the batch timeout starts only once a
     second request is waiting. LitServe's own loop waits ``batch_timeout`` for every batch to fill, so
@@ -553,6 +581,7 @@ def serve(
         timeout=REQUEST_TIMEOUT,
         model_metadata=info,
     )
+    server.app.add_middleware(RequestLog)
     server.app.state.bodies = ImageBodies(
         max_bytes=limits.max_bytes, body_timeout=limits.body_timeout, max_pending=limits.max_pending
     )
@@ -563,6 +592,9 @@ def serve(
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
     log.info("serving %s on http://%s:%d%s (health: /health)", model, host, port, API_PATH)
-    server.run(
-        host=host, port=port, num_api_servers=1, generate_client_file=False, log_level="warning", **SERVER_OPTIONS
-    )
+    try:
+        server.run(
+            host=host, port=port, num_api_servers=1, generate_client_file=False, log_level="warning", **SERVER_OPTIONS
+        )
+    finally:
+        log.info("service on http://%s:%d stopped", host, port)

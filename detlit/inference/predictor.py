@@ -188,8 +188,10 @@ class Predictor:
             None if facts.score_thresholds is None else list(facts.score_thresholds)
         )
         self._transform = eval_transform(self.min_size, self.max_size)
+        self.thresholds_from = ""  # where the score thresholds came from, in words (settings(), /info)
         if all_detections:
             self._thresholds = np.full(self.label_map.num_classes, self.model_threshold, dtype=np.float64)
+            self.thresholds_from = "none: every detection the model keeps"
         else:
             self._thresholds = self._choose_thresholds(score_threshold)
         below = float(self._thresholds.min()) < self.model_threshold
@@ -231,13 +233,15 @@ class Predictor:
 
     def settings(self) -> dict[str, Any]:
         """How this predictor runs its model, as predictions.json, metrics.json and the service's
-        ``/info`` record it: the runtime, the resize and the test size, and the slicing (None: whole images)."""
+        ``/info`` record it: the runtime, the resize and the test size, the slicing (None: whole
+        images), and where the score thresholds came from."""
         return {
             "runtime": self.runtime.name,
             "resize": self.resize,
             "min_size_test": self.min_size,
             "max_size_test": self.max_size,
             "slicing": None if self.slicing is None else self.slicing.as_json(),
+            "thresholds_from": self.thresholds_from,
         }
 
     @property
@@ -254,13 +258,17 @@ class Predictor:
         if given is not None:
             if not math.isfinite(given) or not 0.0 <= given <= 1.0:
                 raise ConfigError(f"score threshold {given} is not between 0 and 1")
+            self.thresholds_from = "the score threshold given"
             return np.full(classes, given, dtype=np.float64)
         saved = self.saved_thresholds
+        holder = "the checkpoint" if self.runtime.name == "checkpoint" else f"the {self.runtime.name} model's metadata"
         if saved is not None:
             if len(saved) != classes:
-                raise WeightsError(f"the checkpoint holds {len(saved)} score thresholds for {classes} classes")
-            log.info("score thresholds from the checkpoint: %s", _describe(self.class_names, saved))
+                raise WeightsError(f"{holder} holds {len(saved)} score thresholds for {classes} classes")
+            self.thresholds_from = f"{holder} (each class's F1-best score on the validation set)"
+            log.info("score thresholds from %s: %s", holder, _describe(self.class_names, saved))
             return np.asarray(saved, dtype=np.float64)
+        self.thresholds_from = f"the default {DEFAULT_SCORE_THRESHOLD:g}: {holder} holds none"
         return np.full(classes, DEFAULT_SCORE_THRESHOLD, dtype=np.float64)
 
     def preprocess(self, image: np.ndarray) -> dict[str, Any]:
