@@ -30,6 +30,7 @@ import numpy as np
 
 from detlit.common.paths import not_a_file
 from detlit.data.findings import Finding, Repair, Severity, errors
+from detlit.data.formats.detect import convert_hint
 from detlit.data.records import Annotation, ImageRecord, Records
 from detlit.errors import DataError
 
@@ -167,15 +168,22 @@ def read_json(path: Path) -> dict[str, Any]:
     """Read a COCO json file, turning every way it can fail into a one-sentence DataError.
 
     Only what makes the file unusable as a whole raises; problems of single records are
-    findings of :func:`parse_coco`.
+    findings of :func:`parse_coco`. Labels of another format (a YOLO folder, a VOC, LabelMe or CVAT
+    file) get the sentence that names ``python -m detlit.convert`` with its ``--from``.
     """
-    require_file(path)
     try:
-        # Windows tools often start a json with a UTF-8 byte-order mark: it is not part of the data.
-        data = msgspec.json.decode(path.read_bytes().removeprefix(codecs.BOM_UTF8))
-    except msgspec.DecodeError:
-        data = _read_json_text(path)  # not strict JSON (NaN, a BOM, ...), or not JSON: say where
-    return _require_coco(data, path)
+        require_file(path)
+        try:
+            # Windows tools often start a json with a UTF-8 byte-order mark: it is not part of the data.
+            data = msgspec.json.decode(path.read_bytes().removeprefix(codecs.BOM_UTF8))
+        except msgspec.DecodeError:
+            data = _read_json_text(path)  # not strict JSON (NaN, a BOM, ...), or not JSON: say where
+        return _require_coco(data, path)
+    except DataError as err:
+        other_format = convert_hint(path)
+        if other_format is None:
+            raise
+        raise DataError(other_format) from err
 
 
 def require_file(path: Path) -> None:
@@ -609,8 +617,7 @@ def read_coco(json_path: str | Path, image_root: str | Path) -> tuple[CocoDatase
         DataError: the file is not usable as a whole (missing, not JSON, not COCO).
     """
     json_path, image_root = Path(json_path), Path(image_root)
-    require_file(json_path)
-    dataset = _read_typed(json_path, image_root)
+    dataset = _read_typed(json_path, image_root) if not_a_file(json_path) is None else None
     if dataset is not None:
         return dataset, []
     return parse_coco(read_json(json_path), json_path, image_root)
