@@ -122,7 +122,8 @@ class CocoDataModule(LightningDataModule):
             less of each batch is padding.
         repeat_factor_threshold: show training images of categories found in fewer than this
             fraction of the images more often (detectron2 uses 0.001); ``None`` shows each once.
-        seed: seed of the training order (and of the repeats), a new order each epoch.
+        seed: seed of the training order (and of the repeats), a new order each epoch, and of the
+            augmentations (each process and loader worker its own stream of it).
         train_empty_images: train on images without objects too (as background only); ``False``
             leaves them out of training, as detectron2 does by default
             (``DATALOADER.FILTER_EMPTY_ANNOTATIONS``). Validation and test keep every image.
@@ -230,6 +231,7 @@ class CocoDataModule(LightningDataModule):
             hp["image_format"],
             on_unreadable,
             targets=not train,
+            augment_seed=(hp["seed"], self._processes()[1]) if train else None,
         )
 
     def setup(self, stage: str) -> None:

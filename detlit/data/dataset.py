@@ -32,7 +32,7 @@ from typing import Any, Literal
 import albumentations as A
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
 from detlit.compat import Boxes, Instances
 from detlit.data.coco import ImageRecord, LabelMap
@@ -80,6 +80,10 @@ class DetectionDataset(Dataset[dict[str, Any]]):
         targets: add ``target`` (the ground truth in original pixels, for metrics) to each item.
             Training leaves it out: every tensor an item holds costs a shared-memory transfer
             from a loader worker.
+        augment_seed: the seed of the augmentations' random draws (with the process's rank, say):
+            the main process and each loader worker draw from their own stream, seeded from it
+            and the worker's number, so a run's augmentations are the same run after run.
+            Albumentations' own default is a fresh random stream every time (None here too).
     """
 
     def __init__(
@@ -91,6 +95,7 @@ class DetectionDataset(Dataset[dict[str, Any]]):
         image_format: str = "BGR",
         on_unreadable: Literal["replace", "mark", "raise"] = "raise",
         targets: bool = True,
+        augment_seed: Sequence[int] | None = None,
     ):
         if image_format not in CHANNEL_ORDERS:
             raise ValueError(f"image_format must be 'BGR' or 'RGB', not '{image_format}'")
@@ -101,6 +106,19 @@ class DetectionDataset(Dataset[dict[str, Any]]):
         self.transform = transform
         self.image_format = image_format
         self.targets = targets
+        self.augment_seed = None if augment_seed is None else tuple(augment_seed)
+        self._stream: int | None = None  # the loader worker (-1: the main process) the stream is seeded for
+
+    def _seed_stream(self) -> None:
+        """Seed the augmentations for this process once: the main process and each loader worker
+        (whose copy of the dataset starts unseeded) draw from their own reproducible stream."""
+        info = get_worker_info()
+        worker = -1 if info is None else int(info.id)
+        if self.augment_seed is None or worker == self._stream:
+            return
+        self._stream = worker
+        entropy = [*self.augment_seed, worker + 1]
+        self.transform.set_random_seed(int(np.random.SeedSequence(entropy).generate_state(1)[0]))
 
     def __len__(self) -> int:
         return len(self.records)
@@ -137,6 +155,7 @@ class DetectionDataset(Dataset[dict[str, Any]]):
         raise DataError(f"none of the {len(self.records)} images under {self.image_root} can be read")
 
     def _item(self, record: ImageRecord, path: Path, image: np.ndarray) -> dict[str, Any]:
+        self._seed_stream()
         height, width = image.shape[:2]
         boxes, labels, crowd = _training_boxes(record, self.label_map, height, width)
         out = self.transform(image=image, bboxes=boxes, labels=labels, crowd=crowd)
