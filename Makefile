@@ -18,6 +18,8 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt tools/install_detectron2.py
 	# SAHI, the tests' oracle for sliced inference, without the opencv-python it pins (a second
 	# OpenCV whose cv2 files would overwrite the headless one detlit uses): docs/small-objects.md.
 	$(PIP) install -c constraints.txt --no-deps sahi==0.12.8
+	# tidecv, the tests' oracle for the error breakdown, without its opencv-python likewise.
+	$(PIP) install -c constraints.txt --no-deps tidecv==1.0.1
 	$(PY) tools/install_detectron2.py --constraints constraints.txt
 	touch $@
 

@@ -259,3 +259,32 @@ def confusion(
         ]
     )
     return np.bincount(rows * size + cols, minlength=size * size).reshape(size, size)
+
+
+COCO_RECALL_POINTS = np.linspace(0.0, 1.0, 101)
+"""COCOeval's recall thresholds (``recThrs``): 0, 0.01, ..., 1."""
+
+
+def interpolated_ap(is_true: np.ndarray, num_objects: int, recall_points: np.ndarray = COCO_RECALL_POINTS) -> float:
+    """COCO's interpolated AP of one class's detections in rank order (best first).
+
+    Precision is made non-increasing from the right (each point takes the best precision at any
+    higher recall) and read at each of ``recall_points`` at the first detection whose recall
+    reaches it, 0 beyond the highest recall reached; AP is the mean of those readings. NaN
+    without objects.
+
+    Args:
+        is_true: per detection in rank order, whether it found an object.
+        num_objects: the objects of the class.
+        recall_points: where precision is read (COCOeval's 101 by default).
+    """
+    if num_objects <= 0:
+        return math.nan
+    is_true = np.asarray(is_true, bool)
+    tp, fp = np.cumsum(is_true), np.cumsum(~is_true)
+    precision = np.maximum.accumulate((tp / np.maximum(tp + fp, 1))[::-1])[::-1]
+    index = np.searchsorted(tp / num_objects, recall_points, side="left")
+    readings = np.zeros(len(recall_points))
+    inside = index < len(precision)
+    readings[inside] = precision[index[inside]]
+    return sum(readings.tolist()) / len(readings)  # summed in order, to tidecv's last digit

@@ -6,8 +6,10 @@ the numbers themselves are :mod:`detlit.evaluation`'s (the metric, the
 
 Writes into the output folder (:data:`OUTPUTS`): ``metrics.json`` (the 12 COCO numbers, precision /
 recall / F1 overall and per class at the F1-optimal and at the fixed score threshold, the
-confusion matrix), ``per_class.csv``, ``coco_results.json`` (with a model), ``confusion_matrix.png``,
-``pr_curves.png`` and ``f1_curves.png``, and prints the tables.
+confusion matrix, and under ``errors`` the AP50 lost per error type,
+:class:`~detlit.evaluation.error_breakdown.ErrorBreakdown`), ``per_class.csv``,
+``coco_results.json`` (with a model), ``confusion_matrix.png``, ``pr_curves.png``,
+``f1_curves.png`` and ``error_breakdown.png``, and prints the tables.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from detlit.data.targets import eval_target
 from detlit.errors import ConfigError
 from detlit.evaluation.coco_results import coco_results, read_results, write_results
 from detlit.evaluation.cocoeval import COCO_NAMES, COCO_TITLES
+from detlit.evaluation.error_breakdown import ErrorBreakdown
 from detlit.evaluation.evaluation import Evaluation
 from detlit.evaluation.metric import DetectionMetrics
 from detlit.inference.exported import is_exported
@@ -48,7 +51,9 @@ METRICS_FILE = "metrics.json"
 PER_CLASS_FILE = "per_class.csv"
 RESULTS_FILE = "coco_results.json"
 PICTURES = ("confusion_matrix.png", "pr_curves.png", "f1_curves.png")
-OUTPUTS = (METRICS_FILE, PER_CLASS_FILE, RESULTS_FILE, *PICTURES)
+ERRORS_PICTURE = "error_breakdown.png"
+ERRORS_KEY = "errors"  # metrics.json's key of the error breakdown (older files, detlit 0.2's say, have none)
+OUTPUTS = (METRICS_FILE, PER_CLASS_FILE, RESULTS_FILE, *PICTURES, ERRORS_PICTURE)
 
 Inputs = tuple[list[dict[str, torch.Tensor]], list[dict[str, torch.Tensor]]]
 
@@ -79,8 +84,8 @@ def predict_dataset(
     return (preds, targets), coco_results(predictions, image_ids, label_map), label_map
 
 
-def metrics_document(evaluation: Evaluation, meta: dict[str, Any]) -> dict[str, Any]:
-    return {**meta, **evaluation.to_json()}
+def metrics_document(evaluation: Evaluation, meta: dict[str, Any], errors: ErrorBreakdown) -> dict[str, Any]:
+    return {**meta, **evaluation.to_json(), ERRORS_KEY: errors.to_json()}
 
 
 def per_class_csv(evaluation: Evaluation) -> str:
@@ -92,21 +97,22 @@ def per_class_csv(evaluation: Evaluation) -> str:
     return buffer.getvalue()
 
 
-def write_outputs(evaluation: Evaluation, out: Path, meta: dict[str, Any]) -> list[Path]:
-    """metrics.json, per_class.csv and the three pictures, written as one (an interrupted
+def write_outputs(evaluation: Evaluation, out: Path, meta: dict[str, Any], errors: ErrorBreakdown) -> list[Path]:
+    """metrics.json, per_class.csv and the four pictures, written as one (an interrupted
     ``--overwrite`` never leaves the numbers of one evaluation beside the pictures of another);
     the paths written."""
     contents = {
-        out / METRICS_FILE: json.dumps(metrics_document(evaluation, meta), indent=1).encode("utf-8"),
+        out / METRICS_FILE: json.dumps(metrics_document(evaluation, meta, errors), indent=1).encode("utf-8"),
         out / PER_CLASS_FILE: per_class_csv(evaluation).encode("utf-8"),
     }
     for name, draw in zip(PICTURES, (plots.confusion_matrix, plots.pr_curves, plots.f1_curves), strict=True):
         contents[out / name] = draw(evaluation)
+    contents[out / ERRORS_PICTURE] = plots.error_breakdown(errors)
     write_together(contents)
     return list(contents)
 
 
-def print_tables(evaluation: Evaluation, console: Console) -> None:
+def print_tables(evaluation: Evaluation, errors: ErrorBreakdown, console: Console) -> None:
     coco = Table(title="COCO metrics (IoU .50:.95 unless noted, area all, max 100 detections)")
     coco.add_column("metric")
     coco.add_column("value", justify="right")
@@ -120,6 +126,8 @@ def print_tables(evaluation: Evaluation, console: Console) -> None:
         coco.add_row(f"{name} @ score {evaluation.score_threshold:g}", f"{overall[name + '@thr']:.4f}")
     console.print(coco)
     console.print(evaluation.table(f"per class (IoU {evaluation.iou_threshold:g})"))
+    console.print(errors.table())
+    console.print(errors.class_table())
 
 
 def evaluate(
@@ -149,7 +157,7 @@ def evaluate(
         raise ConfigError(f"--iou-threshold {iou_threshold} must be above 0 and at most 1")
     out = out or Path("eval") / json_path.stem
     check_folder(out)
-    outputs = [out / name for name in (METRICS_FILE, PER_CLASS_FILE, *PICTURES)]
+    outputs = [out / name for name in (METRICS_FILE, PER_CLASS_FILE, *PICTURES, ERRORS_PICTURE)]
     outputs += [out / RESULTS_FILE] if model is not None else []
     inputs = [p for p in (json_path, model, results) if p is not None]
     with write_lock(out):
@@ -181,6 +189,12 @@ def evaluate(
         metric = DetectionMetrics(label_map.names, score_threshold=score_threshold, iou_threshold=iou_threshold)
         metric.update(preds, targets)
         evaluation: Evaluation = metric.compute()
+        errors = ErrorBreakdown.from_arrays(metric.arrays(), label_map.names)
+        log.info(
+            "error breakdown: AP50 %.4f; dAP50 %s",
+            errors.ap50,
+            ", ".join(f"{kind} {value:.4f}" for kind, value in errors.overall.items()),
+        )
         meta = {
             "source": str(model or results),
             "json": str(json_path),
@@ -189,7 +203,7 @@ def evaluate(
             "seconds": round(time.perf_counter() - started, 2),
             **ran,
         }
-        written += write_outputs(evaluation, out, meta)
-    print_tables(evaluation, Console())
+        written += write_outputs(evaluation, out, meta, errors)
+    print_tables(evaluation, errors, Console())
     log.info("wrote %s", ", ".join(str(p) for p in written))
     return 0

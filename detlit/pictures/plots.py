@@ -1,5 +1,5 @@
-"""Metric pictures as PNG bytes (matplotlib, no display): confusion matrix, PR and F1 curves; and
-:func:`figure_png`, the one way a figure becomes PNG bytes (the training curves use it too)."""
+"""Metric pictures as PNG bytes (matplotlib, no display): confusion matrix, PR and F1 curves, the
+error breakdown; and :func:`figure_png`, the one way a figure becomes PNG bytes (the training curves use it too)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ matplotlib.use("Agg")  # files only: no display is needed or wanted
 import matplotlib.pyplot as plt
 import numpy as np
 
+from detlit.evaluation.error_breakdown import MAIN_TYPES, SPECIAL_TYPES, TYPES, ErrorBreakdown
 from detlit.evaluation.evaluation import Evaluation
 
 PLOT_DPI = 110
@@ -87,3 +88,41 @@ def figure_png(figure: plt.Figure, dpi: int) -> bytes:
     figure.savefig(buffer, format="png", dpi=dpi)
     plt.close(figure)
     return buffer.getvalue()
+
+
+ERROR_CLASSES_SHOWN = 20  # classes in the per-class panel of the error breakdown: those that lose the most
+
+
+def error_breakdown(breakdown: ErrorBreakdown) -> bytes:
+    """The AP50 lost per error type: bars over all classes (main types, then the special ones), and
+    per class the main types' dAP for the classes that lose the most."""
+    kinds = list(reversed(TYPES))  # the first type on top
+    values = [max(float(np.nan_to_num(breakdown.overall[kind])), 0.0) for kind in kinds]
+    lost = np.nansum(np.stack([breakdown.per_class[kind] for kind in MAIN_TYPES]), axis=0)
+    shown = [int(i) for i in np.argsort(-lost, kind="stable")[:ERROR_CLASSES_SHOWN] if lost[i] > 0]
+    figure, (bars, grid) = plt.subplots(
+        1, 2, figsize=(11, max(4.0, 0.3 * len(shown) + 1.5)), gridspec_kw={"width_ratios": [1, 1.2]}
+    )
+    colors = ["tab:gray" if kind in SPECIAL_TYPES else "tab:red" for kind in kinds]
+    bars.barh(kinds, values, color=colors)
+    for row, value in enumerate(values):
+        bars.text(value, row, f" {value:.3f}", va="center", fontsize=8)
+    bars.set_xlim(0, max(max(values, default=0.0) * 1.25, 0.01))
+    bars.set_xlabel("AP50 gained by fixing every error of the type (dAP)")
+    bars.set_title(f"all classes: AP50 {breakdown.ap50:.3f} at IoU {breakdown.iou_threshold:g}")
+    bars.grid(axis="x", alpha=0.3)
+    if shown:
+        table = np.stack([np.nan_to_num(breakdown.per_class[kind][shown]) for kind in MAIN_TYPES], axis=1)
+        image = grid.imshow(table, cmap="Reds", aspect="auto", vmin=0.0)
+        grid.set_xticks(range(len(MAIN_TYPES)), MAIN_TYPES)
+        grid.set_yticks(range(len(shown)), [breakdown.class_names[i] for i in shown])
+        limit = table.max()
+        for (row, column), value in np.ndenumerate(table):
+            color = "white" if limit and value > limit / 2 else "black"
+            grid.text(column, row, f"{value:.2f}", ha="center", va="center", color=color, fontsize=7)
+        figure.colorbar(image, ax=grid, label="dAP50 of the class")
+        grid.set_title(f"per class (the {len(shown)} that lose the most)")
+    else:
+        grid.axis("off")
+        grid.text(0.5, 0.5, "no class loses AP50 to these errors", ha="center", va="center")
+    return figure_png(figure, PLOT_DPI)

@@ -40,6 +40,7 @@ CONFUSION_MIN_COUNT = 3  # ... and at least this many of them
 SKIPPED_IMAGES = 1  # unreadable images skipped in an epoch (train) or a validation
 NONFINITE_BATCHES = 1  # batches skipped for a non-finite loss
 DATASET_ERRORS = 1  # errors found by the dataset check
+ERROR_MIN_DAP = 0.02  # AP50 that fixing the costliest error type would add (0-1 units) for it to be a finding
 
 
 @dataclass(frozen=True)
@@ -54,8 +55,8 @@ class Recommendation:
 
 NOTHING_ALARMING = (
     "No rule found anything alarming: no weak rare class, no small-object gap, no over-fitting, no metric "
-    "still rising at the end, no boxes dropped by augmentation, no confused class pair, no skipped images, "
-    "no dataset errors."
+    "still rising at the end, no boxes dropped by augmentation, no confused class pair, no error type that "
+    "costs much AP50, no skipped images, no dataset errors."
 )
 
 
@@ -300,6 +301,67 @@ def rule_nonfinite_batches(skipped: Series) -> Recommendation | None:
         f"{total:g} batches had a NaN or infinite loss and were skipped (`train/skipped_nonfinite`).",
         "Lower the learning rate or lengthen the warm-up (`model.warmup_steps`), clip gradients "
         "(`trainer.gradient_clip_val`), and check the images the log names.",
+    )
+
+
+ERROR_TITLES = {
+    "Cls": "classification",
+    "Loc": "localisation",
+    "Both": "classification and localisation together",
+    "Dupe": "duplicate detections",
+    "Bkg": "background detections",
+    "Miss": "missed objects",
+}
+ERROR_EVIDENCE = {
+    "Cls": "boxes that fit an object of another class, at IoU 0.5 or more",
+    "Loc": "boxes of the right class placed loosely, at IoU 0.1-0.5 with their object",
+    "Both": "boxes of another class's object, placed loosely",
+    "Dupe": "second detections of objects already found",
+    "Bkg": "detections where no object is, at IoU 0.1 or less with every object",
+    "Miss": "objects that no detection found, not even a wrong one",
+}
+ERROR_ADVICE = {
+    "Cls": "Check that the classes are labelled consistently (the confusion matrix shows which pairs mix), add "
+    "examples that tell them apart or merge classes whose difference does not matter; train longer "
+    "(`trainer.max_epochs`) or from pretrained weights (`model.weights`).",
+    "Loc": "Draw the training boxes tighter and alike (`python -m detlit.browse` shows them), train at a larger size "
+    "(`data.min_size_train` / `data.min_size_test`) or for more epochs; Cascade R-CNN "
+    "(`model.config_name` `Misc/cascade_mask_rcnn_R_50_FPN_3x.yaml`) refines boxes in three stages.",
+    "Both": "The model is weak at both: train longer, from pretrained weights (`model.weights`), with more data.",
+    "Dupe": "Two detections of one object outlive the non-maximum suppression: lower its IoU "
+    "(`model.overrides` `MODEL.ROI_HEADS.NMS_THRESH_TEST`, 0.5 by default, e.g. 0.4); with `--slice`, the "
+    "tiles' detections are merged by `--slice-merge`.",
+    "Bkg": "Check the validation labels for objects left unlabelled (each counts here), add images of the background "
+    "without objects to the training data, and raise the score threshold where the detections are used.",
+    "Miss": "Small objects: a larger input size (`data.min_size_test`) or smaller anchors; many objects per image: "
+    "more detections per image (`model.overrides` `TEST.DETECTIONS_PER_IMAGE`); rare classes: more examples or "
+    "`data.repeat_factor_threshold`.",
+}
+
+
+def rule_error_breakdown(overall: Mapping[str, float], ap50: float, counts: Mapping[str, int]) -> Recommendation | None:
+    """The error type that costs the most AP50 (``metrics.json``'s ``errors``), when fixing it
+    would add at least :data:`ERROR_MIN_DAP`: what it is and what to do about it.
+
+    Args:
+        overall: dAP50 per error type (Cls, Loc, Both, Dupe, Bkg, Miss; others are ignored).
+        ap50: the AP50 the breakdown starts from.
+        counts: errors per type.
+    """
+    known = {k: v for k, v in overall.items() if k in ERROR_TITLES and math.isfinite(v)}
+    if not known:
+        return None
+    kind = max(known, key=lambda k: known[k])
+    value = known[kind]
+    if value < ERROR_MIN_DAP:
+        return None
+    others = ", ".join(f"{k} {v:.3f}" for k, v in known.items() if k != kind)
+    return Recommendation(
+        "error_breakdown",
+        f"Most lost AP50 is {ERROR_TITLES[kind]} ({kind})",
+        f"{counts.get(kind, 0)} {kind} errors ({ERROR_EVIDENCE[kind]}): fixing them would add {value:.3f} to the "
+        f"AP50 of {ap50:.3f}, more than any other error type would (dAP50: {others}).",
+        ERROR_ADVICE[kind],
     )
 
 

@@ -39,6 +39,7 @@ from detlit.data.checks import Report, check_file
 from detlit.data.coco import CocoDataset
 from detlit.errors import ConfigError, DataError
 from detlit.evaluation.cocoeval import COCO_NAMES
+from detlit.evaluation.error_breakdown import ErrorBreakdown
 from detlit.evaluation.evaluation import LOGGED_PER_CLASS, OVERALL, Evaluation, unique_names
 from detlit.reporting import run_0_2
 
@@ -341,6 +342,8 @@ class FinalMetrics:
             ``f1``, ``threshold`` (NaN when unknown).
         confusion: (K+1, K+1) counts, rows true class, columns predicted (last: background).
         category_ids: original id of each class, when known.
+        errors: the AP50 lost per error type (``metrics.json``'s ``errors``; None in files written
+            before it, such as detlit 0.2's, and in logged metrics).
     """
 
     source: str
@@ -350,6 +353,7 @@ class FinalMetrics:
     category_ids: list[int] | None = None
     iou_threshold: float | None = None
     score_threshold: float | None = None
+    errors: ErrorBreakdown | None = None
 
     @property
     def class_names(self) -> list[str]:
@@ -382,6 +386,7 @@ def read_eval(eval_dir: Path) -> tuple[FinalMetrics, dict[str, Any]]:
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
         evaluation = Evaluation.from_json(document)
+        errors = ErrorBreakdown.from_json(document["errors"]) if "errors" in document else None
     except (ValueError, KeyError, TypeError, AttributeError) as err:
         raise ConfigError(f"{path} is not a metrics.json of python -m detlit.evaluate ({err})") from err
     ids = document.get("category_ids")
@@ -391,6 +396,7 @@ def read_eval(eval_dir: Path) -> tuple[FinalMetrics, dict[str, Any]]:
     )
     metrics = metrics_from_evaluation(evaluation, source)
     metrics.category_ids = [int(i) for i in ids] if isinstance(ids, list) else None
+    metrics.errors = errors
     return metrics, document
 
 

@@ -23,6 +23,7 @@ from detlit.common.ranges import is_whole
 from detlit.common.run_folder import CONFIG, HPARAMS, METRICS, RECORD
 from detlit.data.checks import COCO_SMALL, Resize, sliced_sizes
 from detlit.evaluation.cocoeval import COCO_NAMES, COCO_TITLES
+from detlit.evaluation.error_breakdown import DESCRIPTIONS, MAIN_TYPES, TYPES, ErrorBreakdown
 from detlit.evaluation.evaluation import Evaluation
 from detlit.pictures import plots
 from detlit.pictures.curves import curve_figures
@@ -32,6 +33,7 @@ from detlit.reporting.advice import (
     rule_boxes_dropped,
     rule_confusion,
     rule_dataset_errors,
+    rule_error_breakdown,
     rule_nonfinite_batches,
     rule_overfitting,
     rule_skipped_images,
@@ -255,6 +257,8 @@ def recommendations(context: Context) -> list[Recommendation]:
     if context.train.report is not None:
         train_objects = int(sum(context.train.report.stats.get("per_category", {}).values())) or None
     found.append(rule_boxes_dropped(run.series("train/boxes_dropped_by_aug"), train_objects))
+    if metrics is not None and metrics.errors is not None:
+        found.append(rule_error_breakdown(metrics.errors.overall, metrics.errors.ap50, metrics.errors.counts))
     if metrics is not None and metrics.confusion is not None:
         found.append(rule_confusion(metrics.class_names, metrics.confusion))
     elif context.examples is not None and context.examples.evaluation is not None:
@@ -385,6 +389,39 @@ def metrics_section(context: Context) -> list[Block]:
             "threshold that maximises its F1 (`-`: not logged, or no detection ever matched)."
         )
     )
+    if metrics.errors is not None:
+        blocks += _error_blocks(metrics.errors)
+    return blocks
+
+
+ERROR_CLASS_ROWS = 20  # classes in the report's per-class error table: those that lose the most AP50
+
+
+def _error_blocks(errors: ErrorBreakdown) -> list[Block]:
+    """The AP50 lost per error type, over all classes and for the classes that lose the most."""
+    blocks: list[Block] = [Heading("Where the AP50 is lost", 3)]
+    blocks.append(
+        Text(
+            f"Each error type's dAP50 is the AP50 that fixing all its errors would add to {_num(errors.ap50)} "
+            f"(IoU {errors.iou_threshold:g}; background: IoU at most {errors.background_iou:g} with every object; "
+            "docs/inference.md, Error breakdown). FalsePos and FalseNeg change precision or recall alone: every false "
+            "detection ranked last, every missed object left out."
+        )
+    )
+    rows = [[kind, _num(errors.overall[kind]), str(errors.counts[kind]), DESCRIPTIONS[kind]] for kind in TYPES]
+    blocks.append(Table(["error type", "dAP50", "errors", "what"], rows, {1, 2}))
+    lost = np.nansum(np.stack([errors.per_class[kind] for kind in MAIN_TYPES]), axis=0)
+    shown = [int(i) for i in np.argsort(-lost, kind="stable")[:ERROR_CLASS_ROWS] if lost[i] > 0]
+    if shown:
+        rows = [
+            [errors.class_names[i], _num(errors.class_ap50[i]), *(_num(errors.per_class[k][i]) for k in MAIN_TYPES)]
+            for i in shown
+        ]
+        blocks.append(Table(["class", "AP50", *MAIN_TYPES], rows, set(range(1, len(MAIN_TYPES) + 2))))
+        losing = int((lost > 0).sum())
+        blocks.append(
+            Text(f"Per class: the {len(shown)} classes that lose the most AP50 (of {losing} that lose some).")
+        )
     return blocks
 
 
