@@ -12,7 +12,9 @@ detectron2 module is loaded:
   the alias of ``Image.BILINEAR`` that it always was.
 * ``detectron2.model_zoo`` imports ``pkg_resources`` (gone from setuptools >= 82), so model-zoo
   yaml files are found by path (:func:`model_zoo_config_path`), and only inside the model zoo's
-  folder: an absolute path or a ``..`` that leaves it is not a model-zoo name.
+  folder: an absolute path or a ``..`` that leaves it is not a model-zoo name. The model zoo's
+  checkpoint URLs (:func:`model_zoo_checkpoint_url`) come from its module, imported with an empty
+  stand-in ``pkg_resources`` that only its ``get_config_file`` would use, which detlit does not.
 
 With upstream detectron2 (compiled ops present, current Pillow constants) nothing is changed.
 """
@@ -93,6 +95,23 @@ with warnings.catch_warnings():
     from detectron2.utils.events import EventStorage
     from detectron2.utils.file_io import PathManager
 
+
+def _model_zoo_urls() -> Any:
+    """detectron2's ``model_zoo.get_checkpoint_url``, imported with or without ``pkg_resources``."""
+    stand_in = "pkg_resources" not in sys.modules and importlib.util.find_spec("pkg_resources") is None
+    if stand_in:
+        sys.modules["pkg_resources"] = types.ModuleType("pkg_resources")
+    try:
+        from detectron2.model_zoo import get_checkpoint_url
+
+        return get_checkpoint_url
+    finally:
+        if stand_in:
+            del sys.modules["pkg_resources"]
+
+
+_get_checkpoint_url = _model_zoo_urls()
+
 # detectron2 v0.6 calls torch.meshgrid without `indexing` (its anchors need the default "ij").
 warnings.filterwarnings("ignore", message="torch.meshgrid: in an upcoming release", category=UserWarning)
 
@@ -141,6 +160,15 @@ def model_zoo_config_path(name: str) -> Path:
     return path
 
 
+def model_zoo_checkpoint_url(name: str) -> str | None:
+    """The URL of the model zoo's COCO-trained checkpoint of the config ``name`` (relative to
+    :data:`MODEL_ZOO_CONFIGS`), or None when the model zoo has none."""
+    try:
+        return str(_get_checkpoint_url(name))
+    except RuntimeError:
+        return None
+
+
 __all__ = [
     "DETECTRON2_VERSION",
     "HAS_COMPILED_OPS",
@@ -166,6 +194,7 @@ __all__ = [
     "find_model_zoo_config",
     "get_cfg",
     "guess_version",
+    "model_zoo_checkpoint_url",
     "model_zoo_config_path",
     "model_zoo_detection_configs",
     "pairwise_ioa",

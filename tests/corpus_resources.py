@@ -8,22 +8,26 @@ same builders:
   ``data.pkl``) in which one tensor member is a deflated run of zeros declaring more than 3 GB, in
   a file of about 3 MB;
 * :func:`write_image_bomb`: a PNG of 30000 x 30000 one-bit pixels (900 M pixels, a few hundred KB);
-* exported metadata changed one fact at a time, each beside a link to the real exported model.
+* exported metadata changed one fact at a time, each beside a link to the real exported model;
+* a weights server on 127.0.0.1 (:class:`WeightsServer`) that answers with an HTML page, as a
+  sign-in page or a proxy does, or announces a file of 3 GB.
 """
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import shutil
 import struct
+import threading
 import zipfile
 import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .corpus import Case, Workspace, args
+from .corpus import Case, Workspace, args, fit
 
 BOMB_BYTES = 3 * 2**30 + 2**24  # more than 3 GB of zeros, a whole number of 16 MiB blocks
 BOMB_SIDE = 30_000
@@ -185,6 +189,43 @@ def write_metadata_variants(model: Path, folder: Path) -> dict[str, Path]:
     return made
 
 
+# --- a weights server -------------------------------------------------------------------------
+
+
+class WeightsServer:
+    """An HTTP server on 127.0.0.1, for the process's lifetime: ``/page.pkl`` answers with an HTML
+    sign-in page, ``/huge.pkl`` announces 3 GB (and sends nothing)."""
+
+    url = ""
+
+    @classmethod
+    def start(cls) -> None:
+        class Answers(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                self.send_response(200)
+                if self.path == "/huge.pkl":
+                    self.send_header("Content-Type", "application/octet-stream")
+                    self.send_header("Content-Length", str(BOMB_BYTES))
+                    self.end_headers()
+                    return
+                page = b"<!DOCTYPE html><html><body>Please sign in</body></html>"
+                self.send_header("Content-Type", "text/html; charset=utf-8")
+                self.send_header("Content-Length", str(len(page)))
+                self.end_headers()
+                self.wfile.write(page)
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answers)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        cls.url = f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def _download(name: str) -> Callable[[Workspace], list[str]]:
+    return lambda w: w.fit_args(f"--model.weights={WeightsServer.url}/{name}")
+
+
 # --- the cases --------------------------------------------------------------------------------
 
 BOMB_CKPT = "{root}/resources/bomb.ckpt"
@@ -199,6 +240,27 @@ def _model(name: str) -> str:
 
 
 CASES: list[Case] = [
+    # --- weights names and downloads ------------------------------------------------------------
+    Case(
+        "weights imagenet for a ResNet-18",
+        "fit",
+        fit("--model.weights=imagenet"),
+        r"model\.weights imagenet: detectron2's model zoo has ImageNet weights for ResNet-50, ResNet-101 and "
+        r"ResNeXt-101 32x8d backbones, and this model's backbone is a ResNet-18",
+    ),
+    Case(
+        "weights URL that answers with an HTML page",
+        "fit",
+        _download("page.pkl"),
+        r"could not download weights http://127\.0\.0\.1:\d+/page\.pkl: .* answered with an HTML page \(HTTP 200, "
+        r"text/html\), not a weights file",
+    ),
+    Case(
+        "weights URL that announces 3 GB",
+        "fit",
+        _download("huge.pkl"),
+        r"huge\.pkl announces 3,238\.0 MB, more than the 2,147 MB a weights download may have",
+    ),
     # --- zip bombs ------------------------------------------------------------------------------
     Case("predict with a zip-bomb checkpoint", "predict", args("--ckpt", BOMB_CKPT, "{sample}/val"), BOMB_SENTENCE),
     Case("evaluate a zip-bomb checkpoint", "evaluate", args("--ckpt", BOMB_CKPT, *EVAL), BOMB_SENTENCE),
@@ -307,6 +369,7 @@ def prepare(workspace: Workspace) -> None:
     crafted metadata beside the workspace's checkpoint exported once to ONNX."""
     from detlit.deploy.export import export
 
+    WeightsServer.start()
     folder = workspace.root / "resources"
     folder.mkdir()
     write_zip_bomb(workspace.ckpt, folder / "bomb.ckpt")

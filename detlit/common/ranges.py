@@ -53,6 +53,11 @@ MAX_LOG_IMAGES = 64
 """Most validation images drawn into TensorBoard: each drawing stays in memory until the epoch
 ends, and a montage of more is not readable."""
 
+MAX_WEIGHTS_DOWNLOAD = 2 * 2**30
+"""Most bytes a ``model.weights`` download may have (2 GiB): five times the model zoo's largest
+box detector checkpoint (X101-FPN: 104 M float32 parameters, about 420 MB); a server that
+announces or sends more is refused before the disk fills."""
+
 
 def is_whole(value: Any) -> bool:
     """Whether ``value`` is a whole number (not a bool, not a float)."""

@@ -25,7 +25,7 @@ from detlit.model.config import DEFAULT_CONFIG, build_d2_config, ignores_crowd, 
 from detlit.model.detections import Detections, postprocess
 from detlit.model.heads import split_crowd
 from detlit.model.schedule import Schedule, build_scheduler
-from detlit.model.weights import load_pretrained
+from detlit.model.weights import load_pretrained, weights_source
 from detlit.pictures.views import EvaluationViews
 
 log = logging.getLogger(__name__)
@@ -163,6 +163,10 @@ def check_hparams(hp: Mapping[str, Any]) -> None:
         raise ConfigError(
             f"model.category_ids {list(hp['category_ids'])} holds an id twice; give each class its own id"
         )
+    if hp["weights"] is not None and (not isinstance(hp["weights"], str) or not hp["weights"].strip()):
+        raise ConfigError(
+            f"model.weights is {hp['weights']!r}; give coco, imagenet, a URL, a .pkl/.pth/.ckpt file, or null"
+        )
     ranges.optional_whole(
         "model.freeze_at", hp["freeze_at"], 0, 5, "use 0 (nothing frozen) to 5 (the whole backbone), or null"
     )
@@ -241,8 +245,10 @@ class DetectionModule(LightningModule):
         config_name: detectron2 model-zoo config the architecture comes from (see
             ``detlit.model.config.MENU``); configs with masks are used as box detectors, others
             that are not box detectors are refused.
-        weights: pretrained weights: a model-zoo URL, a ``.pkl``/``.pth`` file, a detlit ``.ckpt``,
-            or None to train from scratch.
+        weights: pretrained weights: ``coco`` (the model zoo's COCO-trained checkpoint of
+            ``config_name``), ``imagenet`` (the ImageNet backbone ``config_name`` starts from), a
+            URL or ``detectron2://`` path (downloaded once into a verified cache), a
+            ``.pkl``/``.pth`` file, a detlit ``.ckpt``, or None to train from scratch.
         freeze_at: backbone stages to freeze (0 none, 1 the stem, 2 stem and res2, ...); None
             keeps the model-zoo config's value (2).
         overrides: extra detectron2 config keys, e.g. ``{"MODEL.RESNETS.DEPTH": 18}``.
@@ -324,7 +330,8 @@ class DetectionModule(LightningModule):
         # Pretrained weights are loaded here, not in __init__: load_from_checkpoint never calls
         # setup, and Lightning restores a resumed checkpoint after it, so neither re-reads them.
         if self.hparams["weights"] and not self._pretrained_loaded:
-            load_pretrained(self.model, self.hparams["weights"])
+            source = weights_source(self.hparams["weights"], self.hparams["config_name"], self.cfg)
+            load_pretrained(self.model, source)
             self._pretrained_loaded = True
         if stage == "fit" and not self.hparams["weights"] and uses_frozen_batchnorm(self.cfg):
             log.warning(FROZEN_BN_WARNING, self.hparams["config_name"])

@@ -1,4 +1,9 @@
-"""Pretrained weights for a detectron2 model: model-zoo URLs, ``.pkl``/``.pth`` files, detlit checkpoints.
+"""Stage 6, the model's pretrained weights: model-zoo names and URLs, ``.pkl``/``.pth`` files, detlit checkpoints.
+
+``model.weights`` names a file, a URL (downloaded once into a verified cache,
+:mod:`detlit.model.download`), or one of two names resolved for ``model.config_name``
+(:func:`weights_source`): ``coco``, the model zoo's COCO-trained checkpoint of that architecture,
+and ``imagenet``, the ImageNet backbone its model-zoo config starts from (``MODEL.WEIGHTS``).
 
 Weights files often come from elsewhere (a URL, a colleague): reading one never runs code from
 it (:func:`read_checkpoint`). Parameters whose shape differs from the model (the class-dependent
@@ -10,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +26,32 @@ from torch import nn
 from detlit.common.archives import check_archive
 from detlit.common.paths import not_a_file
 from detlit.common.safe_pickle import load_pickle
-from detlit.compat import DetectionCheckpointer, PathManager
+from detlit.compat import (
+    MODEL_ZOO_CONFIGS,
+    CfgNode,
+    DetectionCheckpointer,
+    find_model_zoo_config,
+    model_zoo_checkpoint_url,
+)
 from detlit.errors import DetlitError, WeightsError
 from detlit.model.checkpoints import verify_file
+from detlit.model.download import fetch, is_remote
 
 log = logging.getLogger(__name__)
 
-REMOTE_PREFIXES = ("http://", "https://", "detectron2://")
+COCO, IMAGENET = "coco", "imagenet"
+"""The names ``model.weights`` takes besides files and URLs."""
 LIGHTNING_PREFIX = "model."  # DetectionModule keeps the detectron2 model in `self.model`
 FIX = "pass a detectron2 .pkl/.pth file or a detlit .ckpt checkpoint"
+IMAGENET_BACKBONES = {
+    (50, 1, 64): "detectron2://ImageNetPretrained/MSRA/R-50.pkl",
+    (101, 1, 64): "detectron2://ImageNetPretrained/MSRA/R-101.pkl",
+    (101, 32, 8): "detectron2://ImageNetPretrained/FAIR/X-101-32x8d.pkl",
+}
+"""The ImageNet weights the model zoo's configs start from (their ``MODEL.WEIGHTS``), by backbone:
+(depth, groups, width per group)."""
+# A backbone as detectron2's file and config names spell it: R-50, R_101, X-101-32x8d, X_101_32x8d.
+BACKBONE_NAME = re.compile(r"(?:^|[/_-])([RX])[-_](\d+)(?:[-_](\d+)x(\d+)d)?(?=[._-]|$)")
 # What a file that is not the weights it claims to be raises while it is read.
 READ_ERRORS = (
     OSError,
@@ -43,23 +66,97 @@ READ_ERRORS = (
 )
 
 
+def weights_source(weights: str, config_name: str, cfg: CfgNode) -> str:
+    """The file or URL ``model.weights`` names: ``coco`` and ``imagenet`` resolved for the model.
+
+    Raises:
+        WeightsError: the model zoo has no such weights for this model (one sentence).
+    """
+    if weights == COCO:
+        url = coco_url(config_name)
+        _warn_other_backbone(url, cfg, "the model zoo's COCO-trained checkpoint")
+        log.info("model.weights coco: the model zoo's COCO-trained %s, %s", config_name, url)
+        return url
+    if weights == IMAGENET:
+        url = imagenet_url(config_name, cfg)
+        log.info("model.weights imagenet: the ImageNet backbone of %s, %s", config_name, url)
+        return url
+    return weights
+
+
+def coco_url(config_name: str) -> str:
+    """The URL of the model zoo's COCO-trained checkpoint of ``config_name``."""
+    zoo = find_model_zoo_config(config_name)
+    url = model_zoo_checkpoint_url(str(zoo.relative_to(MODEL_ZOO_CONFIGS.resolve()))) if zoo is not None else None
+    if url is None:
+        where = "is no model-zoo config" if zoo is None else "has no COCO-trained checkpoint in the model zoo"
+        raise WeightsError(
+            f"model.weights coco names the model zoo's COCO-trained checkpoint of model.config_name, and {config_name} "
+            f"{where}; set model.weights to a URL or file of weights of this architecture, imagenet, or null"
+        )
+    return url
+
+
+def imagenet_url(config_name: str, cfg: CfgNode) -> str:
+    """The model zoo's ImageNet weights of the model's backbone, those its configs start from."""
+    backbone = backbone_in(cfg)
+    url = IMAGENET_BACKBONES.get(backbone) if "resnet" in str(cfg.MODEL.BACKBONE.NAME) else None
+    if url is None:
+        raise WeightsError(
+            "model.weights imagenet: detectron2's model zoo has ImageNet weights for ResNet-50, ResNet-101 and "
+            f"ResNeXt-101 32x8d backbones, and this model's backbone is a {describe(backbone)} (model.config_name "
+            f"{config_name}, model.overrides MODEL.RESNETS.*); set model.weights to a detectron2 .pkl/.pth file of "
+            "its backbone, or null to train from scratch (with GroupNorm, as configs/sample_cpu.yaml)"
+        )
+    return url
+
+
+def backbone_of(name: str) -> tuple[int, int, int] | None:
+    """(depth, groups, width per group) of a ResNet or ResNeXt as a file or config name spells it."""
+    found = BACKBONE_NAME.search(name)
+    if found is None:
+        return None
+    if found.group(1) == "R":
+        return int(found.group(2)), 1, 64
+    if found.group(3) is None:
+        return None
+    return int(found.group(2)), int(found.group(3)), int(found.group(4))
+
+
+def backbone_in(cfg: CfgNode) -> tuple[int, int, int]:
+    """(depth, groups, width per group) of the model's ResNet backbone."""
+    resnets = cfg.MODEL.RESNETS
+    return int(resnets.DEPTH), int(resnets.NUM_GROUPS), int(resnets.WIDTH_PER_GROUP)
+
+
+def describe(backbone: tuple[int, int, int]) -> str:
+    depth, groups, width = backbone
+    return f"ResNet-{depth}" if groups == 1 else f"ResNeXt-{depth} {groups}x{width}d"
+
+
+def _warn_other_backbone(url: str, cfg: CfgNode, what: str) -> None:
+    trained = backbone_of(url.split("/detectron2/", 1)[-1])
+    if trained is not None and trained != backbone_in(cfg):
+        log.warning(
+            "%s (%s) has a %s backbone and this model a %s (model.overrides): only the tensors of matching name and "
+            "shape load",
+            what,
+            url,
+            describe(trained),
+            describe(backbone_in(cfg)),
+        )
+
+
 def local_path(source: str) -> Path:
     """The local file of ``source``, downloading (and caching) a URL first."""
-    if source.startswith(REMOTE_PREFIXES):
-        try:
-            return Path(PathManager.get_local_path(source))
-        except (OSError, ValueError, RuntimeError) as err:
-            raise WeightsError(
-                f"could not download weights {source} ({type(err).__name__}: {err}); check the URL and the "
-                "network, download the file yourself and set model.weights to its path, or set model.weights "
-                "to null to train from scratch"
-            ) from err
+    if is_remote(source):
+        return fetch(source)
     path = Path(source)
     problem = not_a_file(path)  # a named pipe or a device would block, or never end
     if problem is not None:
         raise WeightsError(
             f"weights file {source} {problem}; set model.weights to a .pkl/.pth/.ckpt file, "
-            "a detectron2 model-zoo URL, or null to train from scratch"
+            "a detectron2 model-zoo URL, coco, imagenet, or null to train from scratch"
         )
     return path
 
@@ -159,7 +256,15 @@ def load_pretrained(model: nn.Module, source: str) -> dict[str, list[str]]:
         file) and ``unexpected`` (in the file, not in the model) parameter names.
     """
     path = local_path(source)
-    checkpoint = read_checkpoint(path)
+    try:
+        checkpoint = read_checkpoint(path)
+    except WeightsError as err:
+        if not is_remote(source):
+            raise
+        # Downloaded, but not weights: nothing the server sent stays in the cache.
+        path.unlink(missing_ok=True)
+        path.with_name(path.name + ".sha256").unlink(missing_ok=True)
+        raise WeightsError(f"{err} (downloaded from {source}; removed from the cache)") from err
     loaded = len(checkpoint["model"])
     incompatible = DetectionCheckpointer(model)._load_model(checkpoint)
     report = {
