@@ -93,7 +93,6 @@ with warnings.catch_warnings():
     from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
     from detectron2.structures import Boxes, BoxMode, Instances, pairwise_ioa
     from detectron2.utils.events import EventStorage
-    from detectron2.utils.file_io import PathManager
 
 
 def _model_zoo_urls() -> Any:
@@ -187,7 +186,6 @@ __all__ = [
     "GeneralizedRCNN",
     "Instances",
     "MetadataCatalog",
-    "PathManager",
     "StandardROIHeads",
     "build_model",
     "downgrade_config",

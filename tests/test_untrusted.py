@@ -330,7 +330,7 @@ def weights_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
     """An HTTP server on 127.0.0.1 serving ``tmp_path/served``; downloads are cached under tmp_path."""
     served = tmp_path / "served"
     served.mkdir()
-    monkeypatch.setenv("FVCORE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("DETLIT_WEIGHTS_DIR", str(tmp_path / "cache"))
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
     handler.log_message = lambda *args: None  # type: ignore[attr-defined]
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
