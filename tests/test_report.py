@@ -52,6 +52,7 @@ from detlit.reporting.advice import (
     rule_slicing,
     rule_small_objects,
     rule_still_improving,
+    rule_unfinished_schedule,
     rule_weak_rare_classes,
 )
 from detlit.reporting.document import Document, Figure, Table, Text, render_html, render_markdown
@@ -660,6 +661,50 @@ def test_rule_still_improving() -> None:
     assert rule_still_improving([(10, 0.10), (20, 0.30), (30, 0.30), (40, 0.301)]) is None  # flattened out
     assert rule_still_improving([(10, 0.10), (20, 0.30), (30, 0.25), (40, 0.28)]) is None  # not at its best
     assert rule_still_improving([(10, 0.1), (20, 0.1 + STILL_RISING_GAIN / 2)]) is None
+
+
+def test_rule_unfinished_schedule() -> None:
+    command = "python -m detlit.fit --config run/config.yaml --ckpt run/checkpoints/last.ckpt"
+    lr = [(0, 0.0), (100, 0.02), (400, 0.019)]
+    found = rule_unfinished_schedule("max_time", 400, 1200, 1, 3, lr, command)
+    assert found is not None and found.rule == "unfinished_schedule"
+    assert "stopped by trainer.max_time (400 of 1,200 planned optimizer steps, 1 of 3 epochs)" in found.evidence
+    assert "The learning rate at the end was 0.019, 95% of the schedule's peak (0.02)." in found.evidence
+    assert f"with a longer --trainer.max_time: `{command}`" in found.advice
+    early = rule_unfinished_schedule("early_stopping", 900, 1200, 6, 8, [], command)
+    assert early is not None and "set trainer.max_epochs to about 6" in early.advice
+    killed = rule_unfinished_schedule(None, 300, 1200, 2, 8, [], command)
+    assert killed is not None and "left no record" in killed.evidence
+    assert rule_unfinished_schedule("max_epochs", 1200, 1200, 8, 8, lr, command) is None
+    assert rule_unfinished_schedule("max_steps", 500, 500, 3, 8, lr, command) is None  # max_steps is the plan
+
+
+@pytest.mark.cli
+def test_a_run_stopped_by_max_time_is_reported_as_unfinished(sample_dir: Path, tmp_path: Path) -> None:
+    """A real run cut by trainer.max_time: run.log and the report say the schedule did not finish,
+    and that finding comes first, with the command that continues."""
+    fit = [
+        f"--config={REPO / 'configs' / 'sample_cpu.yaml'}",
+        *tiny_cli_args(sample_dir),
+        "--trainer.max_epochs=500",
+        "--trainer.max_time=00:00:00:05",
+        "--trainer.check_val_every_n_epoch=1",
+        "--trainer.limit_val_batches=1",
+    ]
+    result = run_module(["detlit.fit", *fit], tmp_path)
+    assert "training stopped by max time after " in result.stderr
+    assert "the learning-rate schedule did not finish; continue with --ckpt last" in result.stderr
+    folder = tmp_path / "runs" / "sample" / "version_0"
+    assert report_main(["--run", str(folder)]) == 0
+    text = (folder / "report.md").read_text()
+    findings = text[text.index("## Findings and recommendations") :].split("\n- ")
+    assert findings[1].startswith("**The learning-rate schedule did not finish.**"), findings[:3]
+    assert (
+        "Training stopped by trainer.max_time (" in findings[1] and " of 2,500 planned optimizer steps" in findings[1]
+    )
+    # (the learning-rate sentence needs logged rates: on a busy machine 5 s may hold a step or two)
+    assert f"--ckpt {folder / 'checkpoints' / 'last.ckpt'}" in text
+    assert "| stopped by | trainer.max_time reached |" in text
 
 
 def test_rule_boxes_dropped() -> None:

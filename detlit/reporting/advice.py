@@ -40,6 +40,7 @@ CONFUSION_MIN_COUNT = 3  # ... and at least this many of them
 SKIPPED_IMAGES = 1  # unreadable images skipped in an epoch (train) or a validation
 NONFINITE_BATCHES = 1  # batches skipped for a non-finite loss
 DATASET_ERRORS = 1  # errors found by the dataset check
+UNFINISHED_SHARE = 0.98  # optimizer steps done below this share of the planned total: the schedule did not finish
 ERROR_MIN_DAP = 0.02  # AP50 that fixing the costliest error type would add (0-1 units) for it to be a finding
 
 
@@ -54,10 +55,66 @@ class Recommendation:
 
 
 NOTHING_ALARMING = (
-    "No rule found anything alarming: no weak rare class, no small-object gap, no over-fitting, no metric "
-    "still rising at the end, no boxes dropped by augmentation, no confused class pair, no error type that "
-    "costs much AP50, no skipped images, no dataset errors."
+    "No rule found anything alarming: the schedule finished, no weak rare class, no small-object gap, no "
+    "over-fitting, no metric still rising at the end, no boxes dropped by augmentation, no confused class pair, "
+    "no error type that costs much AP50, no skipped images, no dataset errors."
 )
+
+
+INTERRUPTIONS = ("SIGTERM", "Ctrl-C", "error")
+
+
+def rule_unfinished_schedule(
+    stopped_by: str | None,
+    steps: int | None,
+    total_steps: int | None,
+    epochs: int | None,
+    max_epochs: int | None,
+    learning_rate: Series,
+    continue_command: str,
+    peak_rate: float | None = None,
+) -> Recommendation | None:
+    """Training stopped before its learning-rate schedule ended (``trainer.max_time``, early
+    stopping, an interruption, or fewer than :data:`UNFINISHED_SHARE` of the planned steps): the
+    run's numbers are those of a model in mid-schedule, which explains them before anything else,
+    so this finding comes first. ``peak_rate``: the optimizer's configured rate (else the highest
+    one logged)."""
+    short = steps is not None and bool(total_steps) and steps < UNFINISHED_SHARE * (total_steps or 0)
+    cut = stopped_by in ("max_time", "early_stopping", "a callback", *INTERRUPTIONS)
+    if not (short or cut):
+        return None
+    done = [f"{steps:,} of {total_steps:,} planned optimizer steps" if steps is not None and total_steps else ""]
+    if epochs is not None and max_epochs:
+        done.append(f"{epochs} of {max_epochs} epochs")
+    what = " (" + ", ".join(d for d in done if d) + ")" if any(done) else ""
+    reason = {
+        "max_time": "trainer.max_time",
+        "early_stopping": "early stopping",
+        "a callback": "a callback",
+        None: "something that left no record (the run was killed, or is still running)",
+    }.get(stopped_by, stopped_by)
+    evidence = f"Training stopped by {reason}{what}."
+    rates = [value for _, value in learning_rate if math.isfinite(value)]
+    top = peak_rate if peak_rate is not None and peak_rate > 0 else (max(rates) if rates else 0.0)
+    if rates and top > 0:
+        share = rates[-1] / top
+        evidence += (
+            f" The learning rate at the end was {rates[-1]:.3g}, {share:.0%} of the schedule's peak ({top:.3g})."
+        )
+    if stopped_by == "early_stopping":
+        advice = (
+            "The learning-rate schedule is planned over trainer.max_epochs and early stopping cut it before it "
+            "decayed, so the model never trained at a low rate. Train to the planned end without early "
+            f"stopping, or set trainer.max_epochs to about {epochs or 'the epoch it stopped at'} so that the "
+            "schedule decays within it; the other findings read numbers of an unfinished schedule."
+        )
+    else:
+        longer = " with a longer --trainer.max_time" if stopped_by == "max_time" else ""
+        advice = (
+            "The numbers describe a model in mid-schedule, before its learning rate decayed; the other findings "
+            f"read them. Continue where it stopped{longer}: `{continue_command}`."
+        )
+    return Recommendation("unfinished_schedule", "The learning-rate schedule did not finish", evidence, advice)
 
 
 def rule_weak_rare_classes(ap: Mapping[str, float], instances: Mapping[str, int]) -> Recommendation | None:

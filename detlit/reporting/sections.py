@@ -20,7 +20,7 @@ import numpy as np
 
 from detlit.common.env import collect_env
 from detlit.common.ranges import is_whole
-from detlit.common.run_folder import CONFIG, HPARAMS, METRICS, RECORD
+from detlit.common.run_folder import CONFIG, HPARAMS, METRICS, RECORD, RunFolder
 from detlit.data.checks import COCO_SMALL, Resize, sliced_sizes
 from detlit.evaluation.cocoeval import COCO_NAMES, COCO_TITLES
 from detlit.evaluation.error_breakdown import DESCRIPTIONS, MAIN_TYPES, TYPES, ErrorBreakdown
@@ -40,6 +40,7 @@ from detlit.reporting.advice import (
     rule_slicing,
     rule_small_objects,
     rule_still_improving,
+    rule_unfinished_schedule,
     rule_weak_rare_classes,
 )
 from detlit.reporting.document import NO_VALUE, Block, Callout, Code, Figure, Gallery, Heading, Note, Table, Text
@@ -232,7 +233,7 @@ def summary_section(context: Context) -> list[Block]:
 def recommendations(context: Context) -> list[Recommendation]:
     """Every rule on the run's numbers; the ones that fired."""
     run, metrics = context.run, context.metrics
-    found: list[Recommendation | None] = []
+    found: list[Recommendation | None] = [_unfinished(run)]  # first: it explains the other numbers
     instances = context.objects_by_class(context.train)
     per_class = context.per_class_metrics()
     if per_class is not None and instances:
@@ -271,6 +272,32 @@ def recommendations(context: Context) -> list[Recommendation]:
             errors.update(f"{split.name} {f.kind}" for f in split.report.errors)
     found.append(rule_dataset_errors(errors))
     return [r for r in found if r is not None]
+
+
+def _unfinished(run: Run) -> Recommendation | None:
+    """:func:`rule_unfinished_schedule` on the run's record (a 0.2 run kept none: no finding)."""
+    if not run.keeps_records:
+        return None
+    schedule = run.record.get("schedule")
+    planned = schedule.get("planned") if isinstance(schedule, dict) else None
+    planned = planned if isinstance(planned, dict) else {}
+    total, most = planned.get("total_steps"), planned.get("max_epochs")
+    stopped = run.record.get("stopped_by")
+    rates = next((run.series(tag) for tag in sorted(run.scalars) if tag.startswith(("lr-", "lr/"))), [])
+    files = RunFolder(run.folder)
+    optimizer = run.model_setting("optimizer")
+    init = optimizer.get("init_args") if isinstance(optimizer, dict) else None
+    peak = init.get("lr") if isinstance(init, dict) else None
+    return rule_unfinished_schedule(
+        stopped if isinstance(stopped, str) else None,
+        run.steps,
+        total if isinstance(total, int) else None,
+        run.epochs,
+        most if isinstance(most, int) and most > 0 else None,
+        rates,
+        f"python -m detlit.fit --config {_path(files.config, CONFIG)} --ckpt {_path(files.last_checkpoint, 'last')}",
+        float(peak) if isinstance(peak, (int, float)) and not isinstance(peak, bool) else None,
+    )
 
 
 def _image_size(run: Run, key: str) -> int:

@@ -253,7 +253,7 @@ class RunLog(RunFolderCallback):
 
     @rank_zero_only
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        lines = ["training finished"]
+        lines = [ending(trainer)]
         val = _fmt(trainer.callback_metrics, "val/")
         if val:
             lines.append(f"  final validation: {val}")
@@ -343,6 +343,22 @@ def why_stopped(trainer: Trainer) -> str:
     if trainer.max_epochs not in (None, -1) and trainer.current_epoch >= trainer.max_epochs:
         return "max_epochs"
     return "a callback" if trainer.should_stop else "max_epochs"
+
+
+def ending(trainer: Trainer) -> str:
+    """How training ended, in words: ``training finished`` when it ran its planned schedule, else
+    what stopped it, how far it got and that the learning-rate schedule did not finish."""
+    reason = why_stopped(trainer)
+    total = trainer.estimated_stepping_batches
+    planned = int(total) if isinstance(total, (int, float)) and total != float("inf") else None
+    if reason in ("max_epochs", "max_steps") and (planned is None or trainer.global_step >= planned):
+        return "training finished"
+    epochs = f"{trainer.current_epoch} of {trainer.max_epochs} epochs, " if trainer.max_epochs else ""
+    steps = f"step {trainer.global_step:,} of {planned:,}" if planned else f"step {trainer.global_step:,}"
+    return (
+        f"training stopped by {reason.replace('_', ' ')} after {epochs}{steps}: the learning-rate schedule did "
+        "not finish; continue with --ckpt last (the report says more)"
+    )
 
 
 def why_interrupted(exception: BaseException) -> str:
