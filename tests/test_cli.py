@@ -104,7 +104,7 @@ def test_gpu_config_parses(tmp_path: Path) -> None:
         tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "detectron2://ImageNetPretrained/MSRA/R-50.pkl" in result.stdout
+    assert "weights: coco" in result.stdout
 
 
 def test_progress_lines_when_output_is_not_a_terminal(sample_dir: Path, tmp_path: Path) -> None:
