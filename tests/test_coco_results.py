@@ -97,7 +97,7 @@ def test_results_are_written_whole_and_never_over_an_existing_file(tmp_path: Pat
 @pytest.mark.parametrize(
     ("results", "message"),
     [
-        ([_result(7, 0.5, category_id=6)], r"results\.json: result 0 has category_id 6, which is not a category"),
+        ([_result(7, 0.5, category_id=6)], r"results\.json: none of its 1 results has a category of the ground truth"),
         ([_result(7, 0.5), _result(99, 0.5)], r"results\.json: result 1 is for image_id 99, which is not in the"),
         ({"annotations": []}, r"results\.json holds a JSON dict, not a list of results"),
         (

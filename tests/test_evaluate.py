@@ -55,6 +55,26 @@ def test_results_file_reproduces_the_official_numbers(coco_eval_dir: Path, tmp_p
     assert {p.name for p in out.iterdir()} >= {"metrics.json", "per_class.csv", "confusion_matrix.png", "pr_curves.png"}
 
 
+def test_results_of_unknown_categories_are_left_out_as_pycocotools_does(
+    coco_eval_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Detections of a category the ground truth lacks change no number (pycocotools ignores
+    them) and are counted in one warning."""
+    results = json.loads((coco_eval_dir / "instances_val2014_fakebbox100_results.json").read_text())
+    extra = [{**result, "category_id": 999} for result in results[:7]]
+    path = tmp_path / "with_unknown.json"
+    path.write_text(json.dumps(results + extra))
+    out = tmp_path / "eval"
+    with caplog.at_level("WARNING"):
+        args = ["--results", str(path), "--json", str(coco_eval_dir / "instances_val2014_100.json")]
+        assert _run([*args, "--images", str(coco_eval_dir), "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    ours = [metrics["coco"][key] for key in COCO_ORDER]
+    assert ours == pytest.approx(source_stats(coco_eval_dir / "SOURCE.txt"), abs=1e-12, rel=0)
+    assert "7 result(s) of category ids the ground truth does not have were left out, as pycocotools" in caplog.text
+    assert "999: 7" in caplog.text
+
+
 @pytest.fixture(scope="module")
 def checkpoint(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("ckpt")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -214,14 +215,16 @@ def read_results(
         boxes XYXY float64 in original pixels; an image's detections in the order of the file.
 
     Raises:
-        DataError: the file is not a results file, or a result names an image or a category
-            that the ground truth does not have.
+        DataError: the file is not a results file, a result names an image that the ground truth
+            does not have, or no result has a category of the ground truth. Results of other
+            categories are left out with a warning that counts them (pycocotools ignores them).
     """
     path = Path(path)
     items = _load_results(path, records)
     records = sorted(records, key=lambda record: record.id)
     position = {record.id: i for i, record in enumerate(records)}
     known = set(label_map.category_ids)
+    unknown: Counter[int] = Counter()
     per_image: list[list[int]] = [[] for _ in records]
     for index, item in enumerate(items):
         _check_result(path, index, item)
@@ -231,12 +234,23 @@ def read_results(
                 "evaluate the file against the annotation json of the images it was predicted on"
             )
         if item["category_id"] not in known:
-            raise DataError(
-                f"{path}: result {index} has category_id {item['category_id']}, which is not a category of the "
-                f"ground truth ({sorted(known)}); evaluate the file against the annotation json its model was "
-                "trained on"
-            )
+            unknown[item["category_id"]] += 1
+            continue
         per_image[position[item["image_id"]]].append(index)
+    if unknown:
+        log.warning(
+            "%s: %d result(s) of category ids the ground truth does not have were left out, as pycocotools "
+            "leaves them out (%s; the ground truth's categories: %s)",
+            path,
+            sum(unknown.values()),
+            ", ".join(f"{cid}: {count}" for cid, count in sorted(unknown.items())),
+            sorted(known),
+        )
+        if sum(unknown.values()) == len(items):
+            raise DataError(
+                f"{path}: none of its {len(items)} results has a category of the ground truth ({sorted(known)}); "
+                "evaluate the file against the annotation json its model was trained on"
+            )
     _warn_negative_boxes(path, items)
 
     label_of = {cid: label for label, cid in enumerate(label_map.category_ids)}
