@@ -105,6 +105,12 @@ def test_model_evaluation_writes_everything_and_equals_validation(
     assert len(loaded.getAnnIds()) == len(results)
     rows = list(csv.DictReader((out / "per_class.csv").open()))
     assert [r["class"] for r in rows] == ["circle", "square", "triangle"]
+    # undefined values (a class never detected has no precision or threshold) are empty cells, as null in json
+    metrics_json = json.loads((out / "metrics.json").read_text())
+    for row, entry in zip(rows, metrics_json["per_class"], strict=True):
+        for key in ("precision", "threshold"):
+            assert (row[key] == "") == (entry[key] is None)
+        assert "nan" not in row.values() and "inf" not in row.values()
     assert sum(int(r["objects"]) for r in rows) == sum(
         1 for a in json.loads((sample_dir / "val.json").read_text())["annotations"] if not a.get("iscrowd")
     )

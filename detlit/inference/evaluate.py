@@ -18,6 +18,7 @@ import csv
 import io
 import json
 import logging
+import math
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,7 @@ from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
+from detlit.common.console import console as rich_console
 from detlit.common.outputs import check_folder, check_not_images, check_outputs, write_lock, write_together
 from detlit.common.paths import not_a_file
 from detlit.data.checks import load_checked
@@ -89,7 +91,12 @@ def metrics_document(evaluation: Evaluation, meta: dict[str, Any], errors: Error
 
 
 def per_class_csv(evaluation: Evaluation) -> str:
-    rows = evaluation.per_class()
+    """The per-class table as CSV; an undefined value (NaN, an infinite threshold) is an empty cell,
+    as it is null in metrics.json and ``-`` on screen."""
+    rows = [
+        {key: "" if isinstance(value, float) and not math.isfinite(value) else value for key, value in row.items()}
+        for row in evaluation.per_class()
+    ]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()
@@ -204,6 +211,6 @@ def evaluate(
             **ran,
         }
         written += write_outputs(evaluation, out, meta, errors)
-    print_tables(evaluation, errors, Console())
+    print_tables(evaluation, errors, rich_console())
     log.info("wrote %s", ", ".join(str(p) for p in written))
     return 0
