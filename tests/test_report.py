@@ -18,6 +18,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -661,6 +662,40 @@ def test_rule_still_improving() -> None:
     assert rule_still_improving([(10, 0.10), (20, 0.30), (30, 0.30), (40, 0.301)]) is None  # flattened out
     assert rule_still_improving([(10, 0.10), (20, 0.30), (30, 0.25), (40, 0.28)]) is None  # not at its best
     assert rule_still_improving([(10, 0.1), (20, 0.1 + STILL_RISING_GAIN / 2)]) is None
+
+
+@pytest.mark.cli
+def test_objects_are_counted_in_the_split_evaluated_and_the_test_split_is_reported(
+    sample_dir: Path, tmp_path: Path
+) -> None:
+    """Evaluated on the test json, the per-class table counts the test split's objects (and says so);
+    the test split has its fingerprint and its column of statistics."""
+    test_json = tmp_path / "test.json"
+    coco = json.loads((sample_dir / "val.json").read_text())
+    coco["annotations"] = coco["annotations"][: len(coco["annotations"]) // 2]  # other counts than val
+    test_json.write_text(json.dumps(coco))
+    fit = [
+        f"--config={REPO / 'configs' / 'sample_cpu.yaml'}",
+        *tiny_cli_args(sample_dir),
+        f"--data.test_json={test_json}",
+        f"--data.test_images={sample_dir / 'val'}",
+        "--trainer.max_epochs=1",
+        "--trainer.limit_train_batches=2",
+    ]
+    run_module(["detlit.fit", *fit], tmp_path)
+    folder = tmp_path / "runs" / "sample" / "version_0"
+    evaluate = ["--ckpt", str(folder / "checkpoints" / "last.ckpt"), "--json", str(test_json)]
+    run_module(
+        ["detlit.evaluate", *evaluate, "--images", str(sample_dir / "val"), "--out", str(tmp_path / "eval")], tmp_path
+    )
+    assert report_main(["--run", str(folder), "--eval", str(tmp_path / "eval"), "--out", str(tmp_path / "r")]) == 0
+    text = (tmp_path / "r" / "report.md").read_text()
+    assert "| class | training objects | test objects | AP |" in text
+    counts = Counter(a["category_id"] for a in coco["annotations"])
+    trained_on = Counter(a["category_id"] for a in json.loads((sample_dir / "train.json").read_text())["annotations"])
+    assert f"| circle | {trained_on[1]} | {counts[1]} |" in text
+    assert f"| test | {test_json} | " in text  # the fingerprint row
+    assert "|  | train | val | test |" in text  # the statistics' columns
 
 
 def test_rule_unfinished_schedule() -> None:

@@ -85,6 +85,7 @@ def build_report(
     )
     metrics, eval_document = read_eval(eval_dir) if eval_dir is not None else (None, {})
     train, val = read_split(run, "train"), read_split(run, "val")
+    test = read_split(run, "test") if run.data_setting("test_json") else None
     class_names, category_ids = _class_info(run, metrics, train)
     if metrics is None:
         metrics = metrics_from_scalars(run.scalars, class_names, run.metrics_source)
@@ -120,7 +121,7 @@ def build_report(
             f"the model run by this report on {len(examples.outcomes)} validation images (no validation metrics in "
             f"{run.metrics_source})",
         )
-    context = Context(run, train, val, metrics, eval_dir, examples, note, class_names, category_ids)
+    context = Context(run, train, val, metrics, eval_dir, examples, note, class_names, category_ids, test)
     blocks: list[Block] = []
     for section in SECTIONS:
         blocks += section(context)

@@ -344,6 +344,7 @@ class FinalMetrics:
         category_ids: original id of each class, when known.
         errors: the AP50 lost per error type (``metrics.json``'s ``errors``; None in files written
             before it, such as detlit 0.2's, and in logged metrics).
+        evaluated_json: the ground truth an evaluation read (None: the run's own validation).
     """
 
     source: str
@@ -354,6 +355,7 @@ class FinalMetrics:
     iou_threshold: float | None = None
     score_threshold: float | None = None
     errors: ErrorBreakdown | None = None
+    evaluated_json: Path | None = None  # the json an evaluation (--eval) counted the objects of
 
     @property
     def class_names(self) -> list[str]:
@@ -397,6 +399,8 @@ def read_eval(eval_dir: Path) -> tuple[FinalMetrics, dict[str, Any]]:
     metrics = metrics_from_evaluation(evaluation, source)
     metrics.category_ids = [int(i) for i in ids] if isinstance(ids, list) else None
     metrics.errors = errors
+    where = [eval_dir.resolve(), *eval_dir.resolve().parents]
+    metrics.evaluated_json = locate(document.get("json"), where) if isinstance(document.get("json"), str) else None
     return metrics, document
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from detlit.common.env import collect_env
+from detlit.common.outputs import same_file
 from detlit.common.ranges import is_whole
 from detlit.common.run_folder import CONFIG, HPARAMS, METRICS, RECORD, RunFolder
 from detlit.data.checks import COCO_SMALL, Resize, sliced_sizes
@@ -87,6 +88,24 @@ class Context:
     examples_note: str | None
     class_names: list[str]
     category_ids: list[int] | None
+    test: DataSplit | None = None  # only when the run's config names data.test_json
+
+    @property
+    def splits(self) -> list[DataSplit]:
+        """The run's data splits: train, val, and test when the config names one."""
+        return [self.train, self.val, *([self.test] if self.test is not None else [])]
+
+    def evaluated_split(self) -> DataSplit | None:
+        """The split whose objects the final metrics counted: the one whose json the evaluation
+        read (``--eval``), else val (the run's own validation)."""
+        evaluated = self.metrics.evaluated_json if self.metrics is not None else None
+        if evaluated is None:
+            return self.val
+        target = Path(evaluated)
+        for split in self.splits:
+            if split.json_path is not None and target.exists() and same_file(split.json_path, target):
+                return split
+        return None
 
     def objects_by_class(self, split: DataSplit) -> dict[str, int]:
         """Objects of a split per class name (matched by category id when the ids are known)."""
@@ -202,7 +221,7 @@ def summary_section(context: Context) -> list[Block]:
         )
     )
     rows = []
-    for split in (context.train, context.val):
+    for split in context.splits:
         if split.configured_json is None:
             continue
         images = str(len(split.dataset.images)) if split.dataset is not None else NO_VALUE
@@ -217,7 +236,7 @@ def summary_section(context: Context) -> list[Block]:
         )
     if rows:
         blocks.append(Table(["split", "json", "images", "sha256 of the json", "sha256 of the file names"], rows, {2}))
-    for split in (context.train, context.val):
+    for split in context.splits:
         if split.note and split.json_sha256 is None:
             blocks.append(Note(split.note))
         if split.changed:
@@ -267,7 +286,7 @@ def recommendations(context: Context) -> list[Recommendation]:
     found.append(rule_skipped_images(run.series("train/skipped_images"), run.series("val/skipped_images")))
     found.append(rule_nonfinite_batches(run.series("train/skipped_nonfinite")))
     errors: Counter[str] = Counter()
-    for split in (context.train, context.val):
+    for split in context.splits:
         if split.report is not None:
             errors.update(f"{split.name} {f.kind}" for f in split.report.errors)
     found.append(rule_dataset_errors(errors))
@@ -395,7 +414,8 @@ def metrics_section(context: Context) -> list[Block]:
     if per_class is not metrics:
         blocks.append(Text(f"Source: {per_class.source}."))
     instances = context.objects_by_class(context.train)
-    val_objects = context.objects_by_class(context.val)
+    evaluated = context.evaluated_split()
+    split_objects = context.objects_by_class(evaluated) if evaluated is not None else {}
     rows = []
     for row in per_class.per_class:
         name = str(row["class"])
@@ -404,11 +424,13 @@ def metrics_section(context: Context) -> list[Block]:
             [
                 name,
                 _num(instances.get(name)),
-                _num(objects if objects is not None else val_objects.get(name)),
+                _num(objects if objects is not None else split_objects.get(name)),
                 *(_num(row.get(k)) for k in ("ap", "ap50", "precision", "recall", "f1", "threshold")),
             ]
         )
-    columns = ["class", "training objects", "validation objects", "AP", "AP50", "precision", "recall", "F1"]
+    counted = {"val": "validation objects", "test": "test objects", "train": "training-set objects"}
+    objects_column = counted.get(evaluated.name, "objects") if evaluated is not None else "objects evaluated"
+    columns = ["class", "training objects", objects_column, "AP", "AP50", "precision", "recall", "F1"]
     blocks.append(Table([*columns, "F1-optimal threshold"], rows, set(range(1, 9))))
     blocks.append(
         Text(
@@ -575,8 +597,8 @@ def examples_section(context: Context) -> list[Block]:
 
 def dataset_section(context: Context) -> list[Block]:
     blocks: list[Block] = [Heading("Dataset statistics")]
-    splits = [s for s in (context.train, context.val) if s.report is not None]
-    for split in (context.train, context.val):
+    splits = [s for s in context.splits if s.report is not None]
+    for split in context.splits:
         if split.report is None and split.note:
             blocks.append(Note(f"{split.name}: {split.note}."))
     if not splits:
