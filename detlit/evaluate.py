@@ -9,8 +9,8 @@ Examples::
     python -m detlit.evaluate --results coco_results.json --json test.json --out eval/other
 
 Writes into ``--out`` (default ``eval/<json name>``): ``metrics.json``, ``per_class.csv``,
-``coco_results.json`` (with a model), ``confusion_matrix.png``, ``pr_curves.png`` and
-``f1_curves.png``, and prints the tables (see :mod:`detlit.inference.evaluate`). A file there is
+``coco_results.json`` (with a model), the pictures (confusion, PR and F1 curves, the error
+breakdown), and prints the tables (see :mod:`detlit.inference.evaluate`). A file there is
 replaced only with ``--overwrite``.
 """
 

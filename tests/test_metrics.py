@@ -376,9 +376,9 @@ def test_a_0_2_metrics_json_reads_and_is_what_evaluate_writes_today(tmp_path: Pa
     out = tmp_path / "eval"
     assert evaluate(json_path=EVAL_0_2 / "gt.json", results=EVAL_0_2 / "results.json", out=out) == 0
     today = json.loads((out / "metrics.json").read_text())
-    assert {k: v for k, v in today.items() if k not in ("source", "json", "seconds", "errors")} == {
-        k: v for k, v in document.items() if k not in ("source", "json", "seconds")
-    }
+    assert {
+        k: v for k, v in today.items() if k not in ("source", "json", "seconds", "errors", "confusion_matrix_f1")
+    } == {k: v for k, v in document.items() if k not in ("source", "json", "seconds")}
 
 
 def test_a_damaged_metrics_json_is_one_sentence(tmp_path: Path) -> None:
@@ -474,3 +474,20 @@ def test_ddp_two_processes_equal_one(tmp_path: Path) -> None:
         got = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert got["scalars"] == pytest.approx(expected, nan_ok=True)
         assert got["images"] == own, "after compute each process holds its own images again"
+
+
+def test_the_confusion_at_f1_optimal_thresholds_shows_what_a_fixed_one_hides() -> None:
+    """A young model scores below 0.5: at the fixed threshold every object is missed and no
+    confusion shows; at each class's F1-optimal threshold the 'A taken for B' cell does."""
+    from detlit.evaluation.evaluation import Evaluation
+    from detlit.evaluation.matching import DetectionArrays
+
+    one = DetectionArrays.one_image  # two objects side by side; the A object taken for B at 0.40
+    arrays = one([[0, 0, 10, 10], [20, 0, 30, 10]], [0.40, 0.35], [1, 1], [[0, 0, 10, 10], [20, 0, 30, 10]], [0, 1])
+    evaluation = Evaluation.from_arrays(arrays, ["A", "B"], score_threshold=0.5, iou_threshold=0.5)
+    assert evaluation.confusion.tolist() == [[0, 0, 1], [0, 0, 1], [0, 0, 0]]  # everything missed
+    assert evaluation.best.thresholds[1] == pytest.approx(0.35)
+    assert evaluation.best_confusion is not None
+    assert evaluation.best_confusion.tolist() == [[0, 1, 0], [0, 1, 0], [0, 0, 0]]  # A taken for B
+    again = Evaluation.from_json(json.loads(json.dumps(evaluation.to_json())))
+    assert again.best_confusion is not None and again.best_confusion.tolist() == evaluation.best_confusion.tolist()

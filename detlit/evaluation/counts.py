@@ -208,9 +208,14 @@ def fixed_counts(data: DetectionArrays, match: Match, num_objects: np.ndarray, s
 
 
 def confusion(
-    data: DetectionArrays, match: Match, num_classes: int, score_threshold: float, iou_threshold: float
+    data: DetectionArrays,
+    match: Match,
+    num_classes: int,
+    score_threshold: float | np.ndarray,
+    iou_threshold: float,
 ) -> np.ndarray:
-    """Detection confusion matrix at the fixed score threshold (see :class:`~detlit.evaluation.evaluation.Evaluation`).
+    """Detection confusion matrix at a score threshold, one for all classes or one per class (a
+    detection counts when its score reaches its own class's; see :class:`~detlit.evaluation.evaluation.Evaluation`).
 
     1. The per-class matching decides the diagonal: a true positive counts in its class's cell, so
        the diagonal is ``fixed.tp``; detections on crowd regions are left out.
@@ -224,7 +229,8 @@ def confusion(
     Detections beyond 100 per image and class are left out, as everywhere.
     """
     background = num_classes
-    above = data.det_score >= score_threshold
+    limits = np.asarray(score_threshold, dtype=np.float64)
+    above = data.det_score >= (limits[data.det_label] if limits.ndim else limits)
     tp, fp = match.tp & above, match.fp & above
     found = np.zeros(len(data.gt_label), bool)
     found[match.gt_of[tp]] = True

@@ -77,6 +77,10 @@ class Evaluation:
             that no detection found (misses).
         curves: precision-recall data per class; empty in an evaluation read from json
             (:meth:`from_json`: metrics.json holds no curves, which have a point per distinct score).
+        best_confusion: the confusion matrix with each class at its F1-optimal threshold (``best``):
+            what the model confuses at the thresholds it is used with; a young model's scores are
+            below a fixed 0.5, so there every object is missed and no confusion shows. None in a
+            metrics.json written before it.
     """
 
     class_names: tuple[str, ...]
@@ -92,6 +96,7 @@ class Evaluation:
     fixed: Counts
     confusion: np.ndarray
     curves: list[PRCurve]
+    best_confusion: np.ndarray | None = None
 
     def scalars(self) -> dict[str, float]:
         """Every number as ``{name: float}``: those of :data:`OVERALL`, and per class those of
@@ -145,6 +150,7 @@ class Evaluation:
         match = match_by_class(data, num_classes, iou_threshold)
         num_objects = np.bincount(data.gt_label[~match.gt_ignored], minlength=num_classes)
         curves = pr_curves(data, match, num_objects)
+        best = best_counts(curves)
         return cls(
             class_names=tuple(class_names),
             iou_threshold=iou_threshold,
@@ -155,10 +161,11 @@ class Evaluation:
             ar100=ar100,
             num_objects=num_objects,
             num_detections=np.bincount(data.det_label, minlength=num_classes),
-            best=best_counts(curves),
+            best=best,
             fixed=fixed_counts(data, match, num_objects, score_threshold),
             confusion=confusion(data, match, num_classes, score_threshold, iou_threshold),
             curves=curves,
+            best_confusion=confusion(data, match, num_classes, best.thresholds, iou_threshold),
         )
 
     def score_thresholds(self, fallback: float | None = None) -> list[float]:
@@ -221,6 +228,16 @@ class Evaluation:
                     "columns": [*self.class_names, "background"],
                     "counts": self.confusion.astype(int).tolist(),
                 },
+                **(
+                    {}
+                    if self.best_confusion is None
+                    else {
+                        "confusion_matrix_f1": {
+                            "score_thresholds": "each class's F1-optimal threshold (per_class threshold)",
+                            "counts": self.best_confusion.astype(int).tolist(),
+                        }
+                    }
+                ),
             }
         )
 
@@ -272,6 +289,9 @@ class Evaluation:
             fixed=fixed,
             confusion=confusion,
             curves=[],
+            best_confusion=(
+                _confusion(document["confusion_matrix_f1"], len(names)) if "confusion_matrix_f1" in document else None
+            ),
         )
 
     def table(self, title: str = "per class") -> Any:

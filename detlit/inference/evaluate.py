@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.json"
 PER_CLASS_FILE = "per_class.csv"
 RESULTS_FILE = "coco_results.json"
-PICTURES = ("confusion_matrix.png", "pr_curves.png", "f1_curves.png")
+PICTURES = ("confusion_matrix.png", "confusion_matrix_fixed.png", "pr_curves.png", "f1_curves.png")
 ERRORS_PICTURE = "error_breakdown.png"
 ERRORS_KEY = "errors"  # metrics.json's key of the error breakdown (older files, detlit 0.2's say, have none)
 OUTPUTS = (METRICS_FILE, PER_CLASS_FILE, RESULTS_FILE, *PICTURES, ERRORS_PICTURE)
@@ -105,14 +105,15 @@ def per_class_csv(evaluation: Evaluation) -> str:
 
 
 def write_outputs(evaluation: Evaluation, out: Path, meta: dict[str, Any], errors: ErrorBreakdown) -> list[Path]:
-    """metrics.json, per_class.csv and the four pictures, written as one (an interrupted
+    """metrics.json, per_class.csv and the pictures, written as one (an interrupted
     ``--overwrite`` never leaves the numbers of one evaluation beside the pictures of another);
     the paths written."""
     contents = {
         out / METRICS_FILE: json.dumps(metrics_document(evaluation, meta, errors), indent=1).encode("utf-8"),
         out / PER_CLASS_FILE: per_class_csv(evaluation).encode("utf-8"),
     }
-    for name, draw in zip(PICTURES, (plots.confusion_matrix, plots.pr_curves, plots.f1_curves), strict=True):
+    drawings = (plots.confusion_matrix, plots.fixed_confusion_matrix, plots.pr_curves, plots.f1_curves)
+    for name, draw in zip(PICTURES, drawings, strict=True):
         contents[out / name] = draw(evaluation)
     contents[out / ERRORS_PICTURE] = plots.error_breakdown(errors)
     write_together(contents)

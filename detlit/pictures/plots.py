@@ -19,10 +19,13 @@ from detlit.evaluation.evaluation import Evaluation
 PLOT_DPI = 110
 
 
-def confusion_matrix(evaluation: Evaluation) -> bytes:
-    """Counts at IoU and score threshold; rows true class (+ background), columns predicted (+ missed)."""
+def confusion_matrix(evaluation: Evaluation, fixed: bool = False) -> bytes:
+    """Counts at IoU and each class's F1-optimal score threshold (``fixed``: the one score threshold);
+    rows true class (+ background), columns predicted (+ missed)."""
     names = list(evaluation.class_names)
-    counts = evaluation.confusion.astype(int)
+    best = None if fixed else evaluation.best_confusion
+    at_best = best is not None
+    counts = (best if best is not None else evaluation.confusion).astype(int)
     size = max(4.0, 0.6 * len(names) + 2.5)
     figure, axes = plt.subplots(figsize=(size + 1, size))
     image = axes.imshow(np.log1p(counts), cmap="Blues")
@@ -31,13 +34,19 @@ def confusion_matrix(evaluation: Evaluation) -> bytes:
     axes.set_yticks(range(len(labels)), labels)
     axes.set_xlabel("predicted (background: missed objects)")
     axes.set_ylabel("true (background: false detections)")
-    axes.set_title(f"confusion at IoU {evaluation.iou_threshold:g}, score >= {evaluation.score_threshold:g}")
+    scores = "each class at its F1-optimal score" if at_best else f"score >= {evaluation.score_threshold:g}"
+    axes.set_title(f"confusion at IoU {evaluation.iou_threshold:g}, {scores}")
     limit = counts.max() if counts.size else 0
     for (row, column), value in np.ndenumerate(counts):
         color = "white" if value > limit / 2 and limit else "black"
         axes.text(column, row, str(value), ha="center", va="center", color=color, fontsize=8)
     figure.colorbar(image, ax=axes, label="log(1 + count)")
     return figure_png(figure, PLOT_DPI)
+
+
+def fixed_confusion_matrix(evaluation: Evaluation) -> bytes:
+    """:func:`confusion_matrix` at the one fixed score threshold."""
+    return confusion_matrix(evaluation, fixed=True)
 
 
 def pr_curves(evaluation: Evaluation) -> bytes:

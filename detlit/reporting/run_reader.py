@@ -340,7 +340,8 @@ class FinalMetrics:
         overall: COCO numbers and precision / recall / F1 over all classes (NaN when unknown).
         per_class: per class: ``class``, ``objects``, ``ap``, ``ap50``, ``precision``, ``recall``,
             ``f1``, ``threshold`` (NaN when unknown).
-        confusion: (K+1, K+1) counts, rows true class, columns predicted (last: background).
+        confusion: (K+1, K+1) counts, rows true class, columns predicted (last: background), with
+            each class at its F1-optimal threshold (at the fixed one in files written before that).
         category_ids: original id of each class, when known.
         errors: the AP50 lost per error type (``metrics.json``'s ``errors``; None in files written
             before it, such as detlit 0.2's, and in logged metrics).
@@ -434,7 +435,10 @@ def metrics_from_evaluation(evaluation: Evaluation, source: str) -> FinalMetrics
         source=source,
         overall={k: v for k, v in evaluation.scalars().items() if "/" not in k},
         per_class=rows,
-        confusion=evaluation.confusion.astype(np.int64),
+        # what the model confuses at the thresholds it is used with (a fixed 0.5 hides it in a young model)
+        confusion=(evaluation.best_confusion if evaluation.best_confusion is not None else evaluation.confusion).astype(
+            np.int64
+        ),
         iou_threshold=evaluation.iou_threshold,
         score_threshold=evaluation.score_threshold,
     )

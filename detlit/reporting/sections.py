@@ -282,7 +282,13 @@ def recommendations(context: Context) -> list[Recommendation]:
     if metrics is not None and metrics.confusion is not None:
         found.append(rule_confusion(metrics.class_names, metrics.confusion))
     elif context.examples is not None and context.examples.evaluation is not None:
-        found.append(rule_confusion(context.examples.class_names, context.examples.evaluation.confusion))
+        shown = context.examples.evaluation
+        found.append(
+            rule_confusion(
+                context.examples.class_names,
+                shown.best_confusion if shown.best_confusion is not None else shown.confusion,
+            )
+        )
     found.append(rule_skipped_images(run.series("train/skipped_images"), run.series("val/skipped_images")))
     found.append(rule_nonfinite_batches(run.series("train/skipped_nonfinite")))
     errors: Counter[str] = Counter()
@@ -495,7 +501,8 @@ EVAL_PICTURES = (
     ("f1_curves", "F1 against the score threshold per class; dotted: each class's F1-optimal threshold."),
     (
         "confusion_matrix",
-        "Confusion matrix: rows true class (last: false detections), columns predicted (last: missed).",
+        "Confusion matrix, each class at its F1-optimal score threshold: rows true class (last: false "
+        "detections), columns predicted (last: missed).",
     ),
 )
 
