@@ -112,6 +112,9 @@ pre { background: #f5f7fa; border: 1px solid #dfe3ea; padding: 10px; overflow-x:
 details summary { cursor: pointer; color: #2456a6; }
 figure { margin: 10px 0 18px; }
 figure img { max-width: 100%; height: auto; border: 1px solid #dfe3ea; }
+figure img { cursor: zoom-in; }
+figure img:focus { position: fixed; inset: 0; margin: auto; max-width: 98vw; max-height: 98vh; width: auto;
+  z-index: 10; cursor: zoom-out; box-shadow: 0 0 0 100vmax rgba(0, 0, 0, 0.75); outline: none; }
 figcaption { font-size: 0.85em; color: #5b6577; }
 .gallery { display: grid; gap: 14px; align-items: start; }
 .columns2 { grid-template-columns: repeat(2, minmax(0, 1fr)); }
@@ -205,7 +208,7 @@ def _html_table(table: Table) -> str:
 def _html_figure(figure: Figure) -> str:
     alt = html.escape(figure.caption, quote=True)
     return (
-        f'<figure><img src="{_data_uri(figure.png)}" alt="{alt}">'
+        f'<figure><img src="{_data_uri(figure.png)}" alt="{alt}" tabindex="0" title="click: full size">'
         f"<figcaption>{_inline_html(figure.caption)}</figcaption></figure>"
     )
 

@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 
 MAX_IMAGES = 100  # validation images the model runs on for the example images
 EXAMPLES = 4  # best and worst images shown, each
-EXAMPLE_SIZE = 480  # pixels: drawn examples are scaled down to fit this square
+EXAMPLE_SIZE = 960  # pixels: drawn examples are scaled to fit this square (labels of 21 px; click for full size)
+MAX_UPSCALE = 2.0  # ... a small image at most this much larger: beyond, the page grows and shows nothing more
 MATCH_IOU = 0.5  # the IoU at which the report's images are judged, as its per-class numbers
 
 
@@ -183,10 +184,10 @@ def pick_examples(outcomes: Sequence[ImageOutcome], count: int) -> tuple[list[Im
 def draw_outcome(outcome: ImageOutcome, image_root: Path, class_names: Sequence[str]) -> bytes:
     """One image with ground truth and kept predictions, coloured by outcome, as PNG bytes."""
     image = load_image(image_root / outcome.record.file_name)
-    # Scaled to the display size before drawing (up or down), so labels and lines read the same
-    # on every example whatever the size of its image.
+    # Scaled to the display size before drawing (down, or up to twice), so labels and lines read
+    # the same on every example whatever the size of its image.
     height, width = image.shape[:2]
-    scale = EXAMPLE_SIZE / max(height, width)
+    scale = min(EXAMPLE_SIZE / max(height, width), MAX_UPSCALE)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     resample = Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR
     shown = np.asarray(Image.fromarray(image).resize(size, resample))
