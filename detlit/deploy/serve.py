@@ -465,8 +465,16 @@ class DetectionAPI(litserve.LitAPI):
 MAIN_PROCESS = os.getpid()
 
 
+STOPPING = False  # the main process is shutting the service down
+
+
 def _interrupt(signum: int, frame: Any) -> None:
+    global STOPPING
     if os.getpid() == MAIN_PROCESS:
+        if STOPPING:  # a second SIGTERM or Ctrl-C while the processes end: the stop is under way
+            log.info("stopping already (signal %d): waiting for the service's processes to end", signum)
+            return
+        STOPPING = True
         raise KeyboardInterrupt
     # A forked HTTP process inherits this handler; uvicorn re-raises the signal once it has shut
     # down, expecting the default: end quietly.
