@@ -17,6 +17,7 @@ import torch
 from .corpus import Case, Workspace, args, fit
 
 LONG = "n" * 300  # a file name of 300 bytes: every common filesystem stops at 255
+AUDIT = ("--json", "{sample}/val.json", "--images", "{sample}/val", "--out")
 SEARCH = ("--config", "{root}/search.yaml", "--search", "{root}/search.yaml", "--trials", "1", "--out", "{root}/t-opt")
 
 CASES: list[Case] = [
@@ -186,6 +187,44 @@ CASES: list[Case] = [
         fit("--trainer.logger.init_args.save_dir={root}/new/" + LONG),
         r"cannot write the run folder: the name n+\.\.\.n+ \(300 bytes\)",
     ),
+    # --- audit ----------------------------------------------------------------------------------------
+    Case(
+        "audit with both folds and a checkpoint",
+        "audit",
+        args(*AUDIT, "{root}/au1", "--ckpt", "{ckpt}", "--fold", "{ckpt}", "{sample}/val.json"),
+        r"give the models that audit: --fold CKPT VAL_JSON once per fold, or --ckpt CKPT, not both",
+    ),
+    Case("audit without a model", "audit", args(*AUDIT, "{root}/au2"), r"give the models that audit"),
+    Case(
+        "audit gallery of no rows",
+        "audit",
+        args(*AUDIT, "{root}/au3", "--ckpt", "{ckpt}", "--top", "0"),
+        "0 is below 1",
+    ),
+    Case(
+        "audit with a fold of another json",
+        "audit",
+        args(*AUDIT, "{root}/au4", "--fold", "{ckpt}", "{sample}/train.json"),
+        r"--fold .*train\.json lists image 'train_0000\.jpg', which .*val\.json does not; pass the val\.json files",
+    ),
+    Case(
+        "audit apply without the corrected copy",
+        "audit",
+        args("--apply", "{root}/options/other.csv", "--json", "{sample}/val.json"),
+        r"--apply needs --fix FIXED\.json",
+    ),
+    Case(
+        "audit apply of a CSV of another json",
+        "audit",
+        args("--apply", "{root}/options/other.csv", "--json", "{sample}/val.json", "--fix", "{root}/au5/fixed.json"),
+        r"other\.csv, line 2: image 999 is not in .*val\.json; apply the CSV to the json it was written from",
+    ),
+    Case(
+        "audit apply of a file that is no audit CSV",
+        "audit",
+        args("--apply", "{root}/search.yaml", "--json", "{sample}/val.json", "--fix", "{root}/au6/fixed.json"),
+        r"search\.yaml is not a mistakes\.csv of python -m detlit\.audit: column\(s\) image_id, .* missing",
+    ),
     Case(
         "argument with bytes that are not UTF-8",
         "check",
@@ -209,3 +248,6 @@ def prepare(workspace: Workspace) -> None:
     torch.save({**checkpoint, "hyper_parameters": many}, folder / "many-classes.ckpt")
     wide = {**hparams, "overrides": {**hparams["overrides"], "MODEL.ROI_BOX_HEAD.FC_DIM": 10**6}}
     torch.save({**checkpoint, "hyper_parameters": wide}, folder / "trillion-parameters.ckpt")
+    header = "rank,image_id,file_name,annotation_id,kind,suggested_category_id,suggested_class,"
+    header += "suggested_x,suggested_y,suggested_w,suggested_h,accept\n"
+    (folder / "other.csv").write_text(header + "1,999,x.jpg,5,spurious,,,,,,,yes\n")

@@ -79,6 +79,26 @@ CASES: list[Case] = [
         r"--group-pattern '\(\.\+' is not a valid regular expression \(missing \), unterminated subpattern",
     ),
     Case(
+        "audit apply written over its json",
+        "audit",
+        args(
+            "--apply",
+            "{root}/options/other.csv",
+            "--json",
+            "{sample}/val.json",
+            "--fix",
+            "{sample}/val.json",
+            "--overwrite",
+        ),
+        r"--fix would write .*val\.json, which is an input of this command; choose another --fix",
+    ),
+    Case(
+        "audit into a folder another command is writing",
+        "audit",
+        args("--json", "{sample}/val.json", "--images", "{sample}/val", "--out", "{root}/locked", "--ckpt", "{ckpt}"),
+        r"locked is being written by another detlit command \(pid \d+\); wait until it ends",
+    ),
+    Case(
         "train and val json from two different splits",
         "fit",
         fit(

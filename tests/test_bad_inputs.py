@@ -25,11 +25,11 @@ import torch
 
 from detlit.data.sample import write_sample
 
-from . import corpus_options, corpus_outputs, corpus_resources, corpus_service, corpus_untrusted
+from . import corpus_formats, corpus_options, corpus_outputs, corpus_resources, corpus_service, corpus_untrusted
 from .conftest import REPO, quiet_trainer, tiny_datamodule, tiny_module
 from .corpus import Case, Workspace, args, fit
 
-AREAS = (corpus_untrusted, corpus_resources, corpus_outputs, corpus_options, corpus_service)
+AREAS = (corpus_untrusted, corpus_resources, corpus_outputs, corpus_options, corpus_service, corpus_formats)
 
 
 @pytest.fixture(scope="module")
