@@ -710,6 +710,8 @@ def test_rule_unfinished_schedule() -> None:
     assert early is not None and "set trainer.max_epochs to about 6" in early.advice
     killed = rule_unfinished_schedule(None, 300, 1200, 2, 8, [], command)
     assert killed is not None and "left no record" in killed.evidence
+    diverged = rule_unfinished_schedule("diverged", 40, 1200, 0, 8, lr, command)
+    assert diverged is not None and "lower the learning rate" in diverged.advice and command not in diverged.advice
     assert rule_unfinished_schedule("max_epochs", 1200, 1200, 8, 8, lr, command) is None
     assert rule_unfinished_schedule("max_steps", 500, 500, 3, 8, lr, command) is None  # max_steps is the plan
 

@@ -314,6 +314,7 @@ def keep_sigint() -> Iterator[None]:
         ("Ctrl-C", "Ctrl-C", "stopped"),
         ("SIGTERM", "SIGTERM", "stopped"),
         ("error", "error", "failed"),
+        ("diverged", "diverged", "failed"),
     ],
 )
 def test_why_a_run_stopped_is_recorded(
@@ -324,6 +325,7 @@ def test_why_a_run_stopped_is_recorded(
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+    from detlit.model.module import NonFiniteLossError
     from detlit.training.callbacks import RunRecord
 
     settings: dict[str, Any] = {
@@ -341,21 +343,27 @@ def test_why_a_run_stopped_is_recorded(
     elif how == "max_time":
         settings["max_time"] = {"seconds": 0}
     else:
-        error = {"Ctrl-C": KeyboardInterrupt(), "SIGTERM": SIGTERMException(), "error": RuntimeError("boom")}[how]
+        error = {
+            "Ctrl-C": KeyboardInterrupt(),
+            "SIGTERM": SIGTERMException(),
+            "error": RuntimeError("boom"),
+            "diverged": NonFiniteLossError("loss_cls is nan at step 1"),
+        }[how]
         callbacks.append(Raise(error).callback())
     trainer = quiet_trainer(default_root_dir=str(tmp_path), enable_checkpointing=True, callbacks=callbacks, **settings)
     fit = lambda: trainer.fit(tiny_module(), datamodule=tiny_datamodule(sample_dir))  # noqa: E731
     if how == "Ctrl-C":
         with pytest.raises(SystemExit):  # Lightning's answer to Ctrl-C, after on_exception
             fit()
-    elif how in ("SIGTERM", "error"):
-        with pytest.raises((SIGTERMException, RuntimeError)):
+    elif how in ("SIGTERM", "error", "diverged"):
+        with pytest.raises((SIGTERMException, RuntimeError, NonFiniteLossError)):
             fit()
     else:
         fit()
     record = read_record(RunFolder(tmp_path))
     assert (record["stopped_by"], record["status"]) == (stopped_by, status)
-    assert record["error"] == ("RuntimeError: boom" if how == "error" else None)
+    expected_error = {"error": "RuntimeError: boom", "diverged": "NonFiniteLossError: loss_cls is nan at step 1"}
+    assert record["error"] == expected_error.get(how)
     assert record["logger"] is None and record["sessions"][0]["ended"] is not None
     steps = {"max_steps": 2, "max_time": 0}.get(how, 1)  # no time at all: the fit trains nothing
     assert record["schedule"]["done"]["steps"] == steps

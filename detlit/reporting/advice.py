@@ -61,7 +61,7 @@ NOTHING_ALARMING = (
 )
 
 
-INTERRUPTIONS = ("SIGTERM", "Ctrl-C", "error")
+INTERRUPTIONS = ("SIGTERM", "Ctrl-C", "error", "diverged")
 
 
 def rule_unfinished_schedule(
@@ -91,6 +91,7 @@ def rule_unfinished_schedule(
         "max_time": "trainer.max_time",
         "early_stopping": "early stopping",
         "a callback": "a callback",
+        "diverged": "a loss that became NaN or infinite (the model diverged)",
         None: "something that left no record (the run was killed, or is still running)",
     }.get(stopped_by, stopped_by)
     evidence = f"Training stopped by {reason}{what}."
@@ -101,7 +102,14 @@ def rule_unfinished_schedule(
         evidence += (
             f" The learning rate at the end was {rates[-1]:.3g}, {share:.0%} of the schedule's peak ({top:.3g})."
         )
-    if stopped_by == "early_stopping":
+    if stopped_by == "diverged":
+        advice = (
+            "The model diverged: its loss (or its outputs) became NaN or infinite, and training stopped. Continuing "
+            "would diverge again: lower the learning rate (model.optimizer's lr), lengthen model.warmup_steps, or "
+            "clip gradients (trainer.gradient_clip_val, e.g. 1.0), then train again; model.on_nonfinite_loss=skip "
+            "skips such batches instead."
+        )
+    elif stopped_by == "early_stopping":
         advice = (
             "The learning-rate schedule is planned over trainer.max_epochs and early stopping cut it before it "
             "decayed, so the model never trained at a low rate. Train to the planned end without early "

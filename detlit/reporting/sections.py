@@ -150,6 +150,7 @@ STOPPED_BY = {
     "SIGTERM": "SIGTERM (resume with --ckpt last)",
     "Ctrl-C": "Ctrl-C (resume with --ckpt last)",
     "a callback": "a callback (trainer.should_stop)",
+    "diverged": "a loss or the model's outputs became NaN or infinite (the model diverged)",
 }
 
 

@@ -33,7 +33,7 @@ from detlit.common.outputs import write_text
 from detlit.common.run_folder import RunFolder
 from detlit.errors import ConfigError
 from detlit.model.config import portable_config
-from detlit.model.module import DetectionModule
+from detlit.model.module import DetectionModule, NonFiniteLossError
 from detlit.training.checkpointing import atomic_torch_save
 
 log = logging.getLogger("detlit")
@@ -362,11 +362,14 @@ def ending(trainer: Trainer) -> str:
 
 
 def why_interrupted(exception: BaseException) -> str:
-    """What stopped a stage that did not end normally: ``SIGTERM``, ``Ctrl-C`` or ``error``."""
+    """What stopped a stage that did not end normally: ``SIGTERM``, ``Ctrl-C``, ``diverged`` (a loss
+    or the model's outputs not finite, with ``model.on_nonfinite_loss: stop``) or ``error``."""
     if isinstance(exception, SIGTERMException):
         return "SIGTERM"
     if isinstance(exception, KeyboardInterrupt):
         return "Ctrl-C"
+    if isinstance(exception, NonFiniteLossError):
+        return "diverged"
     return "error"
 
 
@@ -478,8 +481,9 @@ class RunRecord(RunFolderCallback):
         reason = why_interrupted(exception)
         if self.record is not None and self.session is not None and self.session["stage"] == "fit":
             self.record["stopped_by"] = reason
-            self.record["error"] = f"{type(exception).__name__}: {exception}" if reason == "error" else None
-        self._end(trainer, "failed" if reason == "error" else "stopped")
+            failed = reason in ("error", "diverged")
+            self.record["error"] = f"{type(exception).__name__}: {exception}" if failed else None
+        self._end(trainer, "failed" if reason in ("error", "diverged") else "stopped")
 
     def _end(self, trainer: Trainer, status: str) -> None:
         if self.record is None or self.session is None or not trainer.is_global_zero:
