@@ -31,12 +31,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeAlias
 
+from detlit.common.files import TooLarge, read_at_most
 from detlit.common.outputs import write_text
 from detlit.common.paths import not_a_file
 from detlit.common.safe_json import parse
@@ -339,16 +339,11 @@ def _read_bounded(path: Path, limit: int, what: str) -> bytes:
     problem = not_a_file(path)
     if problem is not None:
         raise ConfigError(f"{path} {problem}; a run folder holds {what} there")
-    with path.open("rb") as handle:
-        size = os.fstat(handle.fileno())
-        if not stat.S_ISREG(size.st_mode) or size.st_size > limit:
-            raise ConfigError(
-                f"{path} is {size.st_size:,} bytes, more than the {limit:,} of {what}; it is not detlit's"
-            )
-        data = handle.read(limit + 1)
-    if len(data) > limit:
-        raise ConfigError(f"{path} is more than {limit:,} bytes, more than {what} holds; it is not detlit's")
-    return data
+    try:
+        return read_at_most(path, limit)
+    except TooLarge as err:
+        size = f"{err.size:,} bytes, more than" if err.size is not None else "more than"
+        raise ConfigError(f"{path} is {size} the {limit:,} of {what}; it is not detlit's") from None
 
 
 # === the metrics: metrics.jsonl ======================================================================

@@ -53,7 +53,7 @@ from typing import Any
 import numpy as np
 
 from detlit.evaluation.counts import interpolated_ap
-from detlit.evaluation.evaluation import unique_names
+from detlit.evaluation.evaluation import json_count, json_number, unique_names
 from detlit.evaluation.matching import DetectionArrays, box_iou, greedy_match, pairs, ranks
 
 FOREGROUND_IOU = 0.5  # a detection finds an object at IoU >= this (TIDE's default)
@@ -183,16 +183,18 @@ class ErrorBreakdown:
                 raise ValueError("errors: each class of per_class must be an object")
             return cls(
                 class_names=tuple(str(name) for name in rows),
-                iou_threshold=_number(document["iou"], "errors iou"),
-                background_iou=_number(document["background_iou"], "errors background_iou"),
-                ap50=_number(document["ap50"], "errors ap50"),
-                class_ap50=np.asarray([_number(row["ap50"], f"errors ap50 of {name}") for name, row in rows.items()]),
-                overall={kind: _number(overall[kind], f"errors {kind}") for kind in TYPES},
+                iou_threshold=json_number(document["iou"], "errors iou"),
+                background_iou=json_number(document["background_iou"], "errors background_iou"),
+                ap50=json_number(document["ap50"], "errors ap50"),
+                class_ap50=np.asarray(
+                    [json_number(row["ap50"], f"errors ap50 of {name}") for name, row in rows.items()]
+                ),
+                overall={kind: json_number(overall[kind], f"errors {kind}") for kind in TYPES},
                 per_class={
-                    kind: np.asarray([_number(row[kind], f"errors {kind} of {name}") for name, row in rows.items()])
+                    kind: np.asarray([json_number(row[kind], f"errors {kind} of {name}") for name, row in rows.items()])
                     for kind in TYPES
                 },
-                counts={kind: _count(counts[kind], f"errors count of {kind}") for kind in TYPES},
+                counts={kind: json_count(counts[kind], f"errors count of {kind}") for kind in TYPES},
             )
         except KeyError as err:
             raise ValueError(f"errors has no {err}") from err
@@ -415,17 +417,3 @@ def _json(value: Any) -> float | None:
 def _text(value: Any) -> str:
     value = float(value)
     return f"{value:.3f}" if math.isfinite(value) else "-"
-
-
-def _number(value: Any, what: str) -> float:
-    if value is None:
-        return math.nan
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{what} is {value!r}, not a number")
-    return float(value)
-
-
-def _count(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{what} is {value!r}, not a count")
-    return value

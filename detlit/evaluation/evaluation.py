@@ -261,13 +261,13 @@ class Evaluation:
         names = tuple(str(row["class"]) for row in rows)
 
         def column(key: str, null: float = math.nan) -> np.ndarray:
-            return np.asarray([_number(row[key], f"{key} of class {row['class']}", null) for row in rows])
+            return np.asarray([json_number(row[key], f"{key} of class {row['class']}", null) for row in rows])
 
-        objects = np.asarray([_count(row["objects"], f"objects of class {row['class']}") for row in rows])
+        objects = np.asarray([json_count(row["objects"], f"objects of class {row['class']}") for row in rows])
         confusion = _confusion(document["confusion_matrix"], len(names))
         fixed_tp = np.diagonal(confusion)[:-1].copy()
         fixed = Counts(
-            np.full(len(names), _number(document["score_threshold"], "score_threshold")),
+            np.full(len(names), json_number(document["score_threshold"], "score_threshold")),
             fixed_tp,
             confusion[:, :-1].sum(axis=0) - fixed_tp,
             objects - fixed_tp,
@@ -277,14 +277,14 @@ class Evaluation:
             raise ValueError("coco is not an object of the 12 COCO numbers")
         return cls(
             class_names=names,
-            iou_threshold=_number(document["iou_threshold"], "iou_threshold"),
+            iou_threshold=json_number(document["iou_threshold"], "iou_threshold"),
             score_threshold=float(fixed.thresholds[0]),
-            coco={name: _number(coco[name], f"coco {name}") for name in COCO_NAMES},
+            coco={name: json_number(coco[name], f"coco {name}") for name in COCO_NAMES},
             ap=column("ap"),
             ap50=column("ap50"),
             ar100=column("ar100"),
             num_objects=objects,
-            num_detections=np.asarray([_count(row["detections"], f"detections of {row['class']}") for row in rows]),
+            num_detections=np.asarray([json_count(row["detections"], f"detections of {row['class']}") for row in rows]),
             best=_counts_of_rates(column("threshold", null=math.inf), column("precision"), column("recall"), objects),
             fixed=fixed,
             confusion=confusion,
@@ -312,7 +312,7 @@ def _cell(value: float) -> str:
     return "-" if not math.isfinite(value) else f"{value:.3f}"
 
 
-def _number(value: Any, what: str, null: float = math.nan) -> float:
+def json_number(value: Any, what: str, null: float = math.nan) -> float:
     """A number of the json: null stands for ``null`` (NaN, or infinity for a threshold)."""
     if value is None:
         return null
@@ -321,7 +321,8 @@ def _number(value: Any, what: str, null: float = math.nan) -> float:
     return float(value)
 
 
-def _count(value: Any, what: str) -> int:
+def json_count(value: Any, what: str) -> int:
+    """A whole number of the json, 0 or more."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"{what} is {value!r}, not a count")
     return value
@@ -335,7 +336,7 @@ def _confusion(matrix: Any, num_classes: int) -> np.ndarray:
         raise ValueError(f"the confusion matrix is not {size} rows of counts ({num_classes} classes and background)")
     if any(len(row) != size for row in counts):
         raise ValueError(f"a row of the confusion matrix does not hold {size} counts")
-    return np.asarray([[_count(value, "a count of the confusion matrix") for value in row] for row in counts])
+    return np.asarray([[json_count(value, "a count of the confusion matrix") for value in row] for row in counts])
 
 
 def _counts_of_rates(thresholds: np.ndarray, precision: np.ndarray, recall: np.ndarray, objects: np.ndarray) -> Counts:

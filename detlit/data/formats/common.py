@@ -20,12 +20,12 @@ from __future__ import annotations
 import logging
 import math
 import os
-import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from detlit.common.files import TooLarge, read_at_most
 from detlit.common.paths import not_a_file
 from detlit.common.safe_yaml import read_yaml
 from detlit.data.checks import escapes_root
@@ -85,17 +85,11 @@ def read_bounded(path: Path, what: str) -> bytes:
     problem = not_a_file(path)
     if problem is not None:
         raise DataError(f"{path} {problem}; pass {what}")
-    with path.open("rb") as handle:
-        size = os.fstat(handle.fileno())
-        if not stat.S_ISREG(size.st_mode) or size.st_size > MAX_LABEL_BYTES:
-            raise DataError(
-                f"{path} is {size.st_size:,} bytes, more than the {MAX_LABEL_BYTES:,} a label file may have; "
-                f"pass {what}"
-            )
-        data = handle.read(MAX_LABEL_BYTES + 1)
-    if len(data) > MAX_LABEL_BYTES:  # it grew while being read
-        raise DataError(f"{path} is more than {MAX_LABEL_BYTES:,} bytes, the most a label file may have")
-    return data
+    try:
+        return read_at_most(path, MAX_LABEL_BYTES)
+    except TooLarge as err:
+        size = f"{err.size:,} bytes, more than" if err.size is not None else "more than"
+        raise DataError(f"{path} is {size} the {MAX_LABEL_BYTES:,} a label file may have; pass {what}") from None
 
 
 def line_of(data: bytes | str, offset: int) -> int:
