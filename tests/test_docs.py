@@ -70,3 +70,11 @@ def test_runnable_commands_work(document: Path, workspace: Path) -> None:
         argv = [sys.executable, *argv[1:]] if argv[0] == "python" else argv
         result = subprocess.run(argv, cwd=workspace, env=env, capture_output=True, text=True, timeout=900)
         assert result.returncode == 0, f"{document.name}: `{command}` failed:\n{result.stderr[-3000:]}"
+
+
+def test_no_document_names_a_folder_of_the_machine_it_was_measured_on() -> None:
+    """Published figures name the folders a reader sets ($DETLIT_RBC_DIR, $WORK), not this machine's."""
+    machine = re.compile(r"(?<![\w.$])/(?:work|root|home|tmp)/")
+    for path in [REPO / "README.md", REPO / "BENCHMARKS.md", REPO / "CHANGELOG.md", *(REPO / "docs").glob("*.md")]:
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            assert not machine.search(line), f"{path.name}:{number} names a folder of this machine: {line[:160]}"

@@ -657,7 +657,7 @@ def bench_data_loading(ctx: Context) -> Result:
         train_json, images, source = (
             RBC_DIR / "train" / "_annotations.coco.json",
             RBC_DIR / "train",
-            f"rbc train ({RBC_DIR})",
+            "rbc train ($DETLIT_RBC_DIR)",
         )
     else:
         folder = ctx.sample_folder()

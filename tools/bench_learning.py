@@ -60,7 +60,7 @@ import torch
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 from bench import Spec, spec_module, write_section  # noqa: E402
-from benchkit import RBC_DIR, REPO, machine, quiet, set_threads, usable_cores  # noqa: E402
+from benchkit import RBC_DIR, REPO, machine, portable, quiet, set_threads, usable_cores  # noqa: E402
 
 from detlit.common.run_folder import RunFolder, read_metrics, version_name  # noqa: E402
 from detlit.compat import build_model  # noqa: E402  (prepares detectron2 before the imports below)
@@ -407,13 +407,14 @@ def markdown(results: Sequence[dict[str, Any]], work: Path) -> str:
     lines = ["## Learning parity: detlit against detectron2's own training loop (CPU)", ""]
     cpus = sorted({r["cpu"] for r in results})
     lines.append(f"- machine: {', '.join(cpus)}; {usable_cores()} cores; dates {_dates(results)}")
-    lines.append(f"- command: `python tools/bench_learning.py` (units under `{_short(work)}`, resumable)")
+    units = _short(work) if not Path(_short(work)).is_absolute() else "$WORK, its --work folder"
+    lines.append(f"- command: `python tools/bench_learning.py` (units under `{units}`, resumable)")
     for name in sorted({r["dataset"] for r in results}):
         first = next(r for r in results if r["dataset"] == name)
         lines.append(f"- {name}: {first['steps']} steps; model {first['spec']}")
         for r in results:
             if r["dataset"] == name and r["side"] == "detlit":
-                lines.append(f"    - detlit, seed {r['seed']}: `{r['command']}`")
+                lines.append(f"    - detlit, seed {r['seed']}: `{portable(r['command'], work)}`")
                 break
     lines += [
         "",

@@ -206,6 +206,17 @@ class Result:
 COLUMNS = ["benchmark", "measure", "detlit", "baseline", "ratio", "target", "result"]
 
 
+def portable(text: str, work: Path | None = None) -> str:
+    """A command or line as BENCHMARKS.md publishes it: no folder of this machine, the names a reader
+    sets instead (``$DETLIT_RBC_DIR`` for the rbc data, ``$WORK`` for a tool's work folder), paths
+    inside the repository relative to it."""
+    folders = [(RBC_DIR, "$DETLIT_RBC_DIR")] + ([(work, "$WORK")] if work is not None else [])
+    for folder, name in folders:
+        for form in {str(folder.resolve()), str(folder)}:
+            text = text.replace(form, name)
+    return text.replace(str(REPO) + "/", "")
+
+
 def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
 
