@@ -20,8 +20,6 @@ from pathlib import Path
 
 from detlit.common import command
 
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = command.parser(
@@ -76,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
             "stopped by Ctrl-C; mistakes.csv and gallery.html are written last: run again with --overwrite",
             file=sys.stderr,
         )
-        return EXIT_INTERRUPTED
+        return command.EXIT_INTERRUPTED
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -19,7 +19,6 @@ from pathlib import Path
 
 from detlit.common import command
 
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 FROM = ("yolo", "voc", "labelme", "cvat", "coco")
 
 
@@ -77,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         )
     except KeyboardInterrupt:
         print("stopped by Ctrl-C; convert writes its outputs whole at the end, so nothing was written", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return command.EXIT_INTERRUPTED
     print(summary.line())
     return 0
 

@@ -21,8 +21,6 @@ from pathlib import Path
 
 from detlit.common import command
 
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
-
 
 def val_fraction(text: str) -> float:
     value = command.fraction(text)
@@ -76,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         )
     except KeyboardInterrupt:
         print("stopped by Ctrl-C; split writes train.json and val.json together or not at all", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return command.EXIT_INTERRUPTED
 
 
 def main(argv: list[str] | None = None) -> None:

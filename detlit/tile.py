@@ -18,8 +18,6 @@ from pathlib import Path
 from detlit.common import command
 from detlit.common.ranges import MAX_OVERLAP, MIN_TILE_SIZE
 
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = command.parser("tile", "Cut a COCO dataset of large images into overlapping tiles for training.")
@@ -77,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         )
     except KeyboardInterrupt:
         print("stopped by Ctrl-C; annotations.json is not written: run again with --overwrite", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return command.EXIT_INTERRUPTED
     print(summary.line())
     return status
 

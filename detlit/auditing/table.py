@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from detlit.auditing.ranking import KINDS, Mistake
+from detlit.common.files import TooLarge, read_at_most
 from detlit.common.paths import not_a_file
 from detlit.errors import DataError
 
@@ -149,12 +150,12 @@ def read_csv(path: Path) -> list[Edit]:
     problem = not_a_file(path)
     if problem is not None:
         raise DataError(f"{path} {problem}; pass the mistakes.csv of python -m detlit.audit")
-    if path.stat().st_size > MAX_CSV_BYTES:
+    try:
+        text = read_at_most(path, MAX_CSV_BYTES).decode("utf-8-sig")
+    except TooLarge:
         raise DataError(
             f"{path} is larger than {MAX_CSV_BYTES >> 20} MiB; pass the mistakes.csv of python -m detlit.audit"
-        )
-    try:
-        text = path.read_text(encoding="utf-8-sig")
+        ) from None
     except UnicodeDecodeError as err:
         raise DataError(f"{path} is not a UTF-8 text file ({err.reason}); save it as CSV (UTF-8)") from err
     reader = csv.DictReader(io.StringIO(text, newline=""))

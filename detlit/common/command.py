@@ -39,6 +39,7 @@ from detlit.errors import ConfigError, DetlitError
 EXIT_OK = 0
 EXIT_FINDINGS = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 
 T = TypeVar("T")
 Options: TypeAlias = "argparse._ActionsContainer"  # a parser, or a group of exclusive options in it
