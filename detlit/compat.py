@@ -90,7 +90,7 @@ with warnings.catch_warnings():
     from detectron2.data.transforms import ResizeShortestEdge as D2ResizeShortestEdge
     from detectron2.modeling import GeneralizedRCNN, build_model
     from detectron2.modeling.proposal_generator import PROPOSAL_GENERATOR_REGISTRY, RPN
-    from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
+    from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, CascadeROIHeads, Res5ROIHeads, StandardROIHeads
     from detectron2.structures import Boxes, BoxMode, Instances, pairwise_ioa
     from detectron2.utils.events import EventStorage
 
@@ -177,6 +177,7 @@ __all__ = [
     "RPN",
     "BoxMode",
     "Boxes",
+    "CascadeROIHeads",
     "CfgNode",
     "CompiledOpMissingError",
     "D2ResizeShortestEdge",
@@ -186,6 +187,7 @@ __all__ = [
     "GeneralizedRCNN",
     "Instances",
     "MetadataCatalog",
+    "Res5ROIHeads",
     "StandardROIHeads",
     "build_model",
     "downgrade_config",

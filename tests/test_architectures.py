@@ -15,11 +15,13 @@ import torch
 import yaml
 from lightning.pytorch import seed_everything
 
+from detlit.compat import Boxes, Instances
 from detlit.deploy.export import export
 from detlit.deploy.parity import BOX_TOLERANCE
 from detlit.errors import ConfigError
 from detlit.inference.exported import metadata_path
 from detlit.inference.predictor import Predictor
+from detlit.model.box_classes import class_probabilities
 from detlit.model.config import ARCHITECTURES, MENU, build_d2_config, flatten_overrides
 from detlit.model.module import FROZEN_BN_WARNING, DetectionModule, NonFiniteLossError
 from detlit.training.tune import decode, load_search
@@ -268,3 +270,50 @@ def test_tune_searches_over_architectures(sample_dir: Path, tmp_path: Path) -> N
     assert all(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for t in trials)
     best = yaml.safe_load((tmp_path / "out" / "best.yaml").read_text())
     assert best["model"]["config_name"] in tried
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n in ARCHITECTURES if n not in NOT_EXPORTED])
+def test_box_head_probabilities_of_given_boxes_are_the_model_own_scores(name: str, sample_dir: Path) -> None:
+    """Given boxes as proposals, with nothing suppressed, the model's own inference scores every box for
+    every class: exactly the probabilities :func:`class_probabilities` returns (C4, DC5 and FPN heads)."""
+    module = menu_module(ARCHITECTURES[name]).eval()
+    dm = tiny_datamodule(sample_dir)
+    dm.setup("validate")
+    image = dm.datasets["val"][0]["image"]
+    boxes = torch.tensor([[4.0, 6.0, 60.0, 50.0], [30.0, 20.0, 90.0, 100.0], [0.0, 0.0, 127.0, 127.0]])
+    probabilities = class_probabilities(module.model, [image], [boxes])[0]
+    assert probabilities.shape == (3, 4)
+    torch.testing.assert_close(probabilities.sum(dim=1), torch.ones(3))
+    model, heads = module.model, module.model.roi_heads
+    predictor = heads.box_predictor
+    predictor.test_nms_thresh, predictor.test_score_thresh, predictor.test_topk_per_image = 1.0, 0.0, 1000
+    with torch.no_grad():
+        batched = model.preprocess_image([{"image": image}])
+        features = model.backbone(batched.tensor)
+        proposals = [Instances(batched.image_sizes[0], proposal_boxes=Boxes(boxes))]
+        results, _ = heads(batched, features, proposals)
+    own = torch.sort(results[0].scores).values
+    torch.testing.assert_close(own, torch.sort(probabilities[:, :-1].flatten()).values)
+
+
+def test_box_head_probabilities_of_cascade_average_its_stages_and_retinanet_has_none(sample_dir: Path) -> None:
+    dm = tiny_datamodule(sample_dir)
+    dm.setup("validate")
+    image = dm.datasets["val"][0]["image"]
+    boxes = [torch.tensor([[4.0, 6.0, 60.0, 50.0], [30.0, 20.0, 90.0, 100.0]])]
+    cascade = menu_module(ARCHITECTURES["Cascade-R50-FPN"]).eval()
+    heads = cascade.model.roi_heads
+    averaged = class_probabilities(cascade.model, [image], boxes)[0]
+    with torch.no_grad():
+        features = cascade.model.backbone(cascade.model.preprocess_image([{"image": image}]).tensor)
+        levels = [features[f] for f in heads.box_in_features]
+        stages = [
+            torch.softmax(heads.box_predictor[k](heads.box_head[k](heads.box_pooler(levels, [Boxes(boxes[0])])))[0], -1)
+            for k in range(3)
+        ]
+    torch.testing.assert_close(averaged, sum(stages) / 3)
+    retina = Predictor(menu_module(ARCHITECTURES["RetinaNet-R50-FPN"]), device="cpu")
+    assert not retina.has_box_head
+    with pytest.raises(ConfigError, match="one-stage detector: it has no box head"):
+        retina.label_probabilities([image.permute(1, 2, 0).numpy()], [boxes[0].numpy()])

@@ -1,6 +1,6 @@
 """How many injected label mistakes ``python -m detlit.audit`` finds: recall and precision at 2N.
 
-    python tools/audit_check.py --work /tmp/audit-check [--images 120] [--folds 2] [--steps 500]
+    python tools/audit_check.py --work /tmp/audit-check [--images 120] [--folds 2] [--steps 750]
 
 Writes the synthetic sample (:func:`detlit.data.sample.write_sample`), injects mistakes with a
 seed (of the objects: a share dropped, a share shifted by half their width or height, a share given
@@ -55,7 +55,7 @@ class Settings:
 
     images: int = 120
     folds: int = 2
-    steps: int = 500
+    steps: int = 750
     seed: int = 0
     share: float = 0.05  # of the objects, for each of dropped, shifted and other class; as many background boxes
     image_size: tuple[int, int] = (128, 160)

@@ -25,17 +25,23 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from detlit.auditing.corrections import apply_edits
 from detlit.auditing.gallery import CROPS, gallery_html, write_crops
-from detlit.auditing.ranking import KINDS, AuditedImage, Found, Labels, find_mistakes
+from detlit.auditing.ranking import KINDS, AuditedImage, Found, HeadView, Labels, find_mistakes
 from detlit.auditing.table import to_csv
 from detlit.common.outputs import check_folder, check_not_images, check_outputs, write_lock, write_together
 from detlit.common.paths import not_a_file
 from detlit.data.checks import load_checked
 from detlit.data.coco import CocoDataset, ImageRecord, load_coco
+from detlit.data.images import load_image
 from detlit.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from detlit.inference.predictor import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -111,16 +117,39 @@ def predict(dataset: CocoDataset, ckpt: Path, indices: list[int], device: str, b
     by_image: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for result in results:
         by_image[int(result["image_id"])].append(result)
+    readable = [index for index in indices if dataset.images.record(index).id in predicted]
+    views = head_views(dataset, predictor, readable)
     found = {}
-    for index in indices:
-        image_id = dataset.images.record(index).id
-        if image_id in predicted:
-            rows = by_image.get(image_id, [])
-            found[index] = Found.of(
-                (r["bbox"] for r in rows), (r["score"] for r in rows), (r["category_id"] for r in rows)
-            )
+    for index in readable:
+        rows = by_image.get(dataset.images.record(index).id, [])
+        found[index] = Found.of(
+            (r["bbox"] for r in rows), (r["score"] for r in rows), (r["category_id"] for r in rows), views.get(index)
+        )
     log.info("%s predicted %d of %d images", ckpt, len(found), len(indices))
     return found
+
+
+def head_views(dataset: CocoDataset, predictor: Predictor, indices: list[int]) -> dict[int, HeadView]:
+    """What the model's box head says of each image's labelled boxes, by image position (none for a
+    one-stage detector: its ``class`` rows then come from detections alone, one log line)."""
+    if not predictor.has_box_head:
+        log.info("a one-stage detector has no box head: wrong classes are looked for in its detections only")
+        return {}
+    columns = np.asarray(predictor.label_map.category_ids, np.int64)
+    views: dict[int, HeadView] = {}
+    for start in range(0, len(indices), predictor.batch_size):
+        chunk = [i for i in indices[start : start + predictor.batch_size] if dataset.images.record(i).annotations]
+        if not chunk:
+            continue
+        records = [dataset.images.record(i) for i in chunk]
+        pixels = [load_image(dataset.image_root / record.file_name) for record in records]
+        boxes = [
+            np.asarray([[x, y, x + w, y + h] for x, y, w, h in (a.bbox for a in record.annotations)], np.float64)
+            for record in records
+        ]
+        for index, probabilities in zip(chunk, predictor.label_probabilities(pixels, boxes), strict=True):
+            views[index] = HeadView(probabilities[:, :-1], columns)
+    return views
 
 
 def audit(

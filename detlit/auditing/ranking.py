@@ -28,9 +28,15 @@ share of a class's objects the model finds. Five kinds, each with a score from 0
     best ``c`` of same-class detections that agree with the box (IoU >= ``high``). Suggestion:
     the detection's box.
 ``class`` (a wrong class)
-    A detection of another class on the object (IoU >= :data:`CLASS_IOU`) that no object of its
-    own class explains. Score: its ``c`` minus the best ``c`` of the object's own class there
-    (IoU >= :data:`CLASS_IOU`), when positive. Suggestion: the detection's class.
+    The model's box head, asked about the labelled box itself (given as its region proposal:
+    :class:`HeadView`), finds another class ``b`` more likely than the label's ``a``. Score:
+    ``(p_b - p_a) / (p_b + p_a) x min(1, p_b /`` :data:`HEAD_FULL` ``)``, the share of ``b``
+    between the two, weighted down where the head sees little of ``b`` (on background both are
+    near 0). Detections of two classes on one object score alike after box regression and
+    non-maximum suppression; the head on the exact labelled box tells them apart. A model without a
+    box head (RetinaNet): a detection of another class on the object (IoU >= :data:`CLASS_IOU`)
+    that no object of its own class explains, scored its ``c`` minus the best ``c`` of the object's
+    own class there (IoU >= :data:`CLASS_IOU`), when positive. Suggestion: class ``b``.
 ``duplicate`` (one object labelled twice)
     Two objects of one class overlapping :data:`DUPLICATE_IOU` or more; no model needed, so every
     image is checked, audited by a model or not. Score: their IoU. Suggestion: delete the one
@@ -68,6 +74,7 @@ CLASS_IOU = 0.5
 DUPLICATE_IOU = 0.7
 CROWD_INSIDE = 0.5
 SUPPRESS_IOU = 0.5
+HEAD_FULL = 0.2  # the box head's probability of another class from which a class row gets its full score
 NEAR_FLOOR = 0.1  # calibrated: a detection less sure than this does not keep a label from being spurious
 
 Box = tuple[float, float, float, float]
@@ -95,19 +102,37 @@ class Labels:
 
 
 @dataclass(frozen=True)
+class HeadView:
+    """What the model's box head says of an image's labelled boxes, given to it as proposals
+    (:func:`detlit.model.box_classes.class_probabilities`): per label, a probability per class."""
+
+    probabilities: np.ndarray  # (M, C), rows in the order of the image's labels, background left out
+    category_ids: np.ndarray  # (C,) the original category id of each column
+
+
+@dataclass(frozen=True)
 class Found:
-    """One image's detections; boxes XYWH in the image's pixels, original category ids."""
+    """One image's detections; boxes XYWH in the image's pixels, original category ids; and, where
+    the model has a box head, what it says of the labelled boxes."""
 
     boxes: np.ndarray  # (D, 4)
     scores: np.ndarray  # (D,)
     category_ids: np.ndarray  # (D,)
+    labelled: HeadView | None = None
 
     @classmethod
-    def of(cls, boxes: Iterable[Sequence[float]], scores: Iterable[float], category_ids: Iterable[int]) -> Found:
+    def of(
+        cls,
+        boxes: Iterable[Sequence[float]],
+        scores: Iterable[float],
+        category_ids: Iterable[int],
+        labelled: HeadView | None = None,
+    ) -> Found:
         return cls(
             np.asarray(list(boxes), np.float64).reshape(-1, 4),
             np.asarray(list(scores), np.float64),
             np.asarray(list(category_ids), np.int64),
+            labelled,
         )
 
     @classmethod
@@ -260,14 +285,19 @@ def _object_rows(
                     )
                     sources[id(row)] = d
                     found.append(row)
+        options: list[tuple[float, int, str]] = []
         others = np.flatnonzero(~mine & (column >= CLASS_IOU) & (home_iou < CLASS_IOU))
-        if len(others):
+        if det.labelled is not None:
+            options += _head_class(det.labelled, j, int(obj_cid[j]))
+        elif len(others):
             d = int(others[np.argmax(conf[others])])
             own = mine & (column >= CLASS_IOU)
-            score = float(conf[d]) - float(conf[own].max(initial=0.0))
+            raw = float(det.scores[own].max(initial=0.0))
+            note = f"detected as another class with score {det.scores[d]:.2f}, as its own with {raw:.2f}"
+            options.append((float(conf[d]) - float(conf[own].max(initial=0.0)), int(det_cid[d]), note))
+        if options:
+            score, suggested, note = max(options, key=lambda option: option[0])
             if score > 0:
-                raw = float(det.scores[own].max(initial=0.0))
-                note = f"detected as another class with score {det.scores[d]:.2f}, as its own with {raw:.2f}"
                 found.append(
                     Mistake(
                         "class",
@@ -275,11 +305,29 @@ def _object_rows(
                         image.file_name,
                         *common,
                         score,
-                        suggested_category_id=int(det_cid[d]),
+                        suggested_category_id=suggested,
                         note=note,
                     )
                 )
     return rows
+
+
+def _head_class(view: HeadView, j: int, category_id: int) -> list[tuple[float, int, str]]:
+    """The ``class`` option of label ``j`` from the box head's probabilities on its box: another class
+    ``b`` more likely than the label's ``a``, scored ``(p_b - p_a) / (p_b + p_a)``."""
+    probabilities, columns = view.probabilities[j], view.category_ids
+    own = np.flatnonzero(columns == category_id)
+    if not len(own) or len(columns) < 2:
+        return []
+    p_own = float(probabilities[own[0]])
+    rest = probabilities.copy()
+    rest[own[0]] = -1.0
+    other = int(np.argmax(rest))
+    p_other = float(probabilities[other])
+    if p_other <= p_own:
+        return []
+    note = f"its box classified as another class with probability {p_other:.2f}, as its own with {p_own:.2f}"
+    return [((p_other - p_own) / (p_other + p_own) * min(1.0, p_other / HEAD_FULL), int(columns[other]), note)]
 
 
 def _duplicates(image: AuditedImage) -> list[list[Mistake]]:

@@ -311,6 +311,45 @@ class Predictor:
             for found, item in zip(detections, inputs, strict=True)
         ]
 
+    @property
+    def has_box_head(self) -> bool:
+        """Whether :meth:`label_probabilities` can be asked: a checkpoint of an R-CNN (not an exported
+        file, not a one-stage detector)."""
+        return isinstance(self.runtime, EagerRuntime) and not self.runtime.module.is_dense
+
+    def label_probabilities(self, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Per image, what the model's box head says of given boxes (labelled ones, say): an (M, K + 1)
+        array of class probabilities, the K classes in label order, then background.
+
+        Args:
+            images: RGB uint8 arrays, as for :meth:`predict`.
+            boxes: per image, (M, 4) XYXY boxes in its original pixels.
+
+        Raises:
+            ConfigError: the model is an exported file or a one-stage detector (neither has a box
+                head to ask), or slicing is on.
+        """
+        if not isinstance(self.runtime, EagerRuntime):
+            raise ConfigError(
+                f"class probabilities of given boxes need the checkpoint (.ckpt); a {self.runtime.name} model "
+                "returns detections only"
+            )
+        if self.slicing is not None:
+            raise ConfigError("class probabilities of given boxes are asked of whole images: load without slicing")
+        inputs = [self.preprocess(image) for image in images]
+        scaled = []
+        for item, given in zip(inputs, boxes, strict=True):
+            height, width = (int(v) for v in item["image"].shape[1:])
+            scale = torch.tensor([width / item["width"], height / item["height"]] * 2, dtype=torch.float32)
+            scaled.append(torch.as_tensor(np.asarray(given, np.float32).reshape(-1, 4)) * scale)
+        shapes = [(int(item["image"].shape[1]), int(item["image"].shape[2])) for item in inputs]
+        results: list[np.ndarray] = [np.zeros((0, 0))] * len(inputs)
+        for batch in shape_batches(shapes, self.batch_size):
+            found = self.runtime.class_probabilities([inputs[i]["image"] for i in batch], [scaled[i] for i in batch])
+            for index, probabilities in zip(batch, found, strict=True):
+                results[index] = probabilities.numpy().astype(np.float64)
+        return results
+
     def _check_tiles(self, image: np.ndarray, path: Path) -> None:
         """Refuse, naming the file, an image that slicing would cut into more tiles than one image may take.
 

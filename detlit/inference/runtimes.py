@@ -123,6 +123,22 @@ class EagerRuntime:
             Detections(r.pred_boxes.tensor.to("cpu"), r.scores.to("cpu"), r.pred_classes.to("cpu")) for r in results
         ]
 
+    def class_probabilities(self, images: Sequence[torch.Tensor], boxes: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Per image, the box head's (M, K + 1) class probabilities on its M given XYXY boxes (in the
+        inputs' pixels), :func:`detlit.model.box_classes.class_probabilities`.
+
+        Raises:
+            ConfigError: the model is a one-stage detector, which has no box head.
+        """
+        from detlit.model.box_classes import class_probabilities
+
+        if self.module.is_dense:
+            raise ConfigError(
+                f"{type(self.module.model).__name__} is a one-stage detector: it has no box head to score given boxes"
+            )
+        with self._autocast():
+            return class_probabilities(self.module.model, images, boxes)
+
 
 @dataclass
 class LoadedCheckpoint:
