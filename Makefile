@@ -14,7 +14,7 @@ install: $(STAMP)
 $(STAMP): setup.cfg pyproject.toml constraints.txt tools/install_detectron2.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -c constraints.txt torch==2.14.1 torchvision==0.29.1
-	$(PIP) install -c constraints.txt -e ".[dev,mlflow]"
+	$(PIP) install -c constraints.txt -e ".[dev,mlflow,openvino]"
 	# SAHI, the tests' oracle for sliced inference, without the opencv-python it pins (a second
 	# OpenCV whose cv2 files would overwrite the headless one detlit uses): docs/small-objects.md.
 	$(PIP) install -c constraints.txt --no-deps sahi==0.12.8

@@ -91,7 +91,7 @@ with warnings.catch_warnings():
     from detectron2.modeling import GeneralizedRCNN, build_model
     from detectron2.modeling.proposal_generator import PROPOSAL_GENERATOR_REGISTRY, RPN
     from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, CascadeROIHeads, Res5ROIHeads, StandardROIHeads
-    from detectron2.structures import Boxes, BoxMode, Instances, pairwise_ioa
+    from detectron2.structures import Boxes, BoxMode, ImageList, Instances, pairwise_ioa
     from detectron2.utils.events import EventStorage
 
 
@@ -185,6 +185,7 @@ __all__ = [
     "DetectionCheckpointer",
     "EventStorage",
     "GeneralizedRCNN",
+    "ImageList",
     "Instances",
     "MetadataCatalog",
     "Res5ROIHeads",

@@ -63,7 +63,7 @@ def test_version_1_metadata_is_read_without_the_pair() -> None:
 
 def test_a_format_detlit_does_not_run_is_one_sentence() -> None:
     document = {**_written().to_json(), "format": "tflite"}
-    with pytest.raises(WeightsError, match=r"^m\.json names format 'tflite'; detlit runs torchscript, onnx$"):
+    with pytest.raises(WeightsError, match=r"^m\.json names format 'tflite'; detlit runs torchscript, onnx, openvino$"):
         ExportedModel.from_json(document, Path("m.json"))
 
 

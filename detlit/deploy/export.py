@@ -37,14 +37,17 @@ export's model used with another's metadata.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import io
 import logging
 import platform
+import tempfile
 import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,8 +63,9 @@ from detlit.data.coco import load_coco
 from detlit.data.images import load_image
 from detlit.data.sample import make_image
 from detlit.deploy.parity import Parity, compare
+from detlit.deploy.quantize import Int8Check, QuantizationError, check_int8, int8_data, quantize
 from detlit.errors import ConfigError, DataError, DetlitError
-from detlit.inference.exported import FORMATS, SUFFIXES, ExportedModel, Format, metadata_path
+from detlit.inference.exported import FORMATS, SUFFIXES, ExportedModel, Format, metadata_path, weights_path
 from detlit.inference.predict import find_images
 from detlit.inference.predictor import Predictor
 from detlit.inference.runtimes import RUNTIMES, LoadedCheckpoint, Runtime
@@ -71,7 +75,7 @@ log = logging.getLogger(__name__)
 ONNX_OPSET = 17
 PARITY_IMAGES = 8
 GENERATED_SEED = 0
-VERSIONED = ("torch", "torchvision", "onnx", "onnxruntime", "detectron2", "lightning")
+VERSIONED = ("torch", "torchvision", "onnx", "onnxruntime", "openvino", "detectron2", "lightning")
 
 
 class ParityError(DetlitError):
@@ -146,9 +150,102 @@ def require_exportable(module: Any) -> None:
         raise ConfigError(f"{name} is a Cascade R-CNN: export traces Faster R-CNN's one box head only; {fix}")
 
 
+def _nms_without_branches(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou: float) -> torch.Tensor:
+    """torchvision's traced ``batched_nms`` (its coordinate trick, the same numbers) without its
+    branch for no boxes: the largest coordinate is taken with a 0 beside the boxes, which changes
+    nothing for boxes clipped to the image and is defined for none."""
+    from torchvision.ops import nms
+
+    largest = torch.cat([boxes.reshape(-1), boxes.new_zeros(1)]).max()
+    offsets = idxs.to(boxes) * (largest + torch.tensor(1).to(boxes))
+    return nms(boxes + offsets[:, None], scores, iou)
+
+
+@contextmanager
+def branchless_nms() -> Iterator[None]:
+    """Trace non-maximum suppression without torchvision's ``If`` for no boxes, whose empty branch
+    OpenVINO (2026.4) turns into one undefined row: an image without detections would get one."""
+    from torchvision.ops import boxes as box_ops
+
+    saved = box_ops.batched_nms
+    box_ops.batched_nms = _nms_without_branches
+    try:
+        yield
+    finally:
+        box_ops.batched_nms = saved
+
+
+@contextmanager
+def concatenated_padding(model: Any) -> Iterator[None]:
+    """Trace the padding of the image to the backbone's size divisibility as concatenated zeros.
+
+    ``GeneralizedRCNN.preprocess_image`` normalises the image and pads it with ``F.pad``, whose
+    ONNX form for sizes known only at run time (pads reordered by a reversed slice) OpenVINO
+    (2026.4) evaluates wrongly: a 128x130 input was padded to 159x161 instead of 128x160. The same
+    normalisation and the same zeros, appended by ``torch.cat``, give the same numbers.
+    """
+    from detlit.compat import ImageList
+
+    divisor = int(model.backbone.size_divisibility)
+
+    def preprocess_image(batched_inputs: list[dict[str, torch.Tensor]]) -> Any:
+        (item,) = batched_inputs
+        image = (item["image"].to(model.pixel_mean.device) - model.pixel_mean) / model.pixel_std
+        channels, height, width = image.shape
+        if divisor > 1:
+            right, bottom = (divisor - width % divisor) % divisor, (divisor - height % divisor) % divisor
+            image = torch.cat([image, image.new_zeros((channels, height, right))], dim=2)
+            image = torch.cat([image, image.new_zeros((channels, bottom, width + right))], dim=1)
+        return ImageList(image.unsqueeze(0), [(height, width)])
+
+    model.preprocess_image = preprocess_image
+    try:
+        yield
+    finally:
+        del model.preprocess_image
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """An exported model's bytes: the model file, and an OpenVINO model's weights file."""
+
+    model: bytes
+    weights: bytes | None = None
+
+    def write(self, folder: Path, name: str) -> Path:
+        """Write the files as ``folder/name`` (and its weights beside it); the model file's path."""
+        path = folder / name
+        path.write_bytes(self.model)
+        if self.weights is not None:
+            weights_path(path).write_bytes(self.weights)
+        return path
+
+
+def write_model(model: torch.nn.Module, example: torch.Tensor, kind: Format) -> ModelFiles:
+    """Trace ``model`` (a ``GeneralizedRCNN`` in eval mode, on the CPU) on ``example``; the ``kind`` files' bytes.
+
+    OpenVINO's model is converted from the ONNX export by OpenVINO's own converter
+    (``openvino.convert_model``), its weights kept in float32.
+    """
+    if kind != "openvino":
+        return ModelFiles(traced_bytes(model, example, kind))
+    try:
+        import openvino
+    except ImportError:
+        raise ConfigError("--format openvino needs OpenVINO, which is not installed; run `make install`") from None
+    with branchless_nms(), concatenated_padding(model):
+        onnx = traced_bytes(model, example, "onnx")
+    with tempfile.TemporaryDirectory(prefix="detlit-openvino-") as folder:
+        source = Path(folder) / "model.onnx"
+        source.write_bytes(onnx)
+        converted = openvino.convert_model(str(source))
+        openvino.save_model(converted, str(Path(folder) / "model.xml"), compress_to_fp16=False)
+        return ModelFiles((Path(folder) / "model.xml").read_bytes(), (Path(folder) / "model.bin").read_bytes())
+
+
 @torch.no_grad()
-def write_model(model: torch.nn.Module, example: torch.Tensor, kind: Format) -> bytes:
-    """Trace ``model`` (a ``GeneralizedRCNN`` in eval mode, on the CPU) on ``example``; the ``kind`` file's bytes.
+def traced_bytes(model: torch.nn.Module, example: torch.Tensor, kind: Format) -> bytes:
+    """The TorchScript or ONNX file of ``model`` traced on ``example`` (:class:`TracedDetector`).
 
     The file is written in memory: torch's writers fail on a full disk by aborting the process,
     Python's file writes with one error that the command turns into a sentence.
@@ -275,9 +372,9 @@ def check_parity(eager: Predictor, runtime: Runtime, images: list[np.ndarray]) -
     )
 
 
-def output_paths(ckpt: Path, kind: Format, out: Path | None) -> tuple[Path, Path]:
-    """The model file and its metadata json."""
-    model = (out if out is not None else ckpt.parent) / f"{ckpt.stem}{SUFFIXES[kind]}"
+def output_paths(ckpt: Path, kind: Format, out: Path | None, int8: bool = False) -> tuple[Path, Path]:
+    """The model file and its metadata json (``<checkpoint name>.int8.onnx`` for an int8 model)."""
+    model = (out if out is not None else ckpt.parent) / f"{ckpt.stem}{'.int8' if int8 else ''}{SUFFIXES[kind]}"
     return model, metadata_path(model)
 
 
@@ -287,8 +384,12 @@ def export(
     out: Path | None = None,
     images: Path | None = None,
     overwrite: bool = False,
+    int8: bool = False,
+    keep_slower: bool = False,
 ) -> Path:
-    """``python -m detlit.export``: write ``ckpt`` as ``kind`` with its metadata, after a parity check.
+    """``python -m detlit.export``: write ``ckpt`` as ``kind`` with its metadata, after a parity check;
+    with ``int8``, its int8 model instead, after the parity check of the float32 graph and the
+    accuracy check of the int8 one (:mod:`detlit.deploy.quantize`).
 
     Returns:
         The model file.
@@ -297,9 +398,15 @@ def export(
         ConfigError: an unknown format, a missing input, or an output that exists.
         WeightsError: the checkpoint cannot be loaded.
         ParityError: the exported model's detections are not the checkpoint's (nothing is written).
+        QuantizationError: the int8 model's AP is off, or it is not faster and ``keep_slower`` is
+            not set (nothing is written).
     """
     if kind not in FORMATS:
         raise ConfigError(f"--format {kind} is unknown; use one of {', '.join(FORMATS)}")
+    if int8 and kind == "torchscript":
+        raise ConfigError("--int8 quantizes for the CPU runtimes: use --format onnx or --format openvino")
+    if keep_slower and not int8:
+        raise ConfigError("--keep-slower keeps an int8 model that is not faster: give it with --int8")
     problem = not_a_file(ckpt)  # a named pipe or a device would block, or never end
     if problem is not None:
         raise ConfigError(f"--ckpt {ckpt} {problem}; pass a .ckpt file of a training run")
@@ -307,9 +414,10 @@ def export(
         raise ConfigError(f"--images {images} is not a folder; name a folder of images for the parity check")
     if out is not None:
         check_folder(out)
-    model_path, meta_path = output_paths(ckpt, kind, out)
+    model_path, meta_path = output_paths(ckpt, kind, out, int8)
     with write_lock(model_path.parent):
-        check_outputs([model_path, meta_path], inputs=[ckpt], overwrite=overwrite)
+        outputs = [model_path, *([weights_path(model_path)] if kind == "openvino" else []), meta_path]
+        check_outputs(outputs, inputs=[ckpt], overwrite=overwrite)
         started = time.perf_counter()
         checkpoint = LoadedCheckpoint.read(ckpt)
         require_exportable(checkpoint.module)
@@ -317,13 +425,14 @@ def export(
         chosen, image_source = parity_images(checkpoint, images, eager)
         example = eager.preprocess(chosen[0])["image"]
         written = write_model(checkpoint.module.model, example, kind)
-        # Both files are moved into place when the block ends without an error: the model, then the metadata.
-        with atomic_write(meta_path) as metadata, atomic_write(model_path) as handle:
-            temporary = Path(handle.name)
-            handle.write(written)
-            handle.flush()
+        accuracy: dict[str, Any] | None = None
+        # Parity (and the int8 checks) run the files as written, from a temporary folder; the files
+        # are moved into place only when every check passed.
+        with tempfile.TemporaryDirectory(prefix="detlit-export-") as temporary:
+            candidate = written.write(Path(temporary), f"float32{SUFFIXES[kind]}")
             exported_at = time.perf_counter()
-            parity = check_parity(eager, RUNTIMES[kind](temporary, eager.facts, "cpu"), chosen)
+            fp32 = RUNTIMES[kind](candidate, eager.facts, "cpu")
+            parity = check_parity(eager, fp32, chosen)
             log.info("parity on %s: %s", image_source, parity.describe())
             if not parity.passed:
                 raise ParityError(
@@ -334,17 +443,79 @@ def export(
                 "export": round(exported_at - started, 2),
                 "parity": round(time.perf_counter() - exported_at, 2),
             }
-            described = ExportedModel.of(
-                written,
-                kind,
-                model_path.name,
-                eager.facts,
-                source=source_document(checkpoint),
-                versions={**_versions(), **({"onnx_opset": str(ONNX_OPSET)} if kind == "onnx" else {})},
-                parity={**parity.as_json(), "images_from": image_source},
-                seconds=seconds,
-            )
+            if int8:
+                quantized_at = time.perf_counter()
+                written, check = quantized_export(checkpoint, eager, fp32, written, kind, images, Path(temporary))
+                verdict = require_int8(check, ckpt, keep_slower)
+                accuracy = {**check.as_json(), "verdict": verdict}
+                seconds["int8"] = round(time.perf_counter() - quantized_at, 2)
+        described = ExportedModel.of(
+            written.model,
+            kind,
+            model_path.name,
+            eager.facts,
+            source=source_document(checkpoint),
+            versions={**_versions(), **({"onnx_opset": str(ONNX_OPSET)} if kind != "torchscript" else {})},
+            parity={**parity.as_json(), "images_from": image_source, **({"of": "the float32 model"} if int8 else {})},
+            seconds=seconds,
+            weights=written.weights,
+            precision="int8" if int8 else "fp32",
+            accuracy=accuracy,
+        )
+        # The model (and its weights) are renamed into place first, the metadata last.
+        with contextlib.ExitStack() as stack:
+            metadata = stack.enter_context(atomic_write(meta_path))
+            if written.weights is not None:
+                stack.enter_context(atomic_write(weights_path(model_path))).write(written.weights)
+            stack.enter_context(atomic_write(model_path)).write(written.model)
             metadata.write(described.to_bytes())
         print(f"parity ({image_source}): {parity.describe()}")
+        if accuracy is not None:
+            print(f"int8: {accuracy['verdict']}")
         print(f"wrote {model_path} and {meta_path} in {time.perf_counter() - started:.1f} s")
         return model_path
+
+
+def quantized_export(
+    checkpoint: LoadedCheckpoint,
+    eager: Predictor,
+    fp32: Runtime,
+    written: ModelFiles,
+    kind: Format,
+    images: Path | None,
+    folder: Path,
+) -> tuple[ModelFiles, Int8Check]:
+    """The int8 model of the float32 export ``written`` (running as ``fp32``), and its check."""
+    anchors, data = list(checkpoint.path.resolve().parents), checkpoint.data
+    found = int8_data(
+        locate(data.get("val_json"), anchors),
+        locate(data.get("val_images") or data.get("train_images"), anchors),
+        images,
+    )
+    log.info("int8: calibrating on %s", found.calibration_from)
+    inputs = [eager.preprocess(image)["image"].numpy() for image in found.calibration]
+    model, weights = quantize(written.model, written.weights, kind, inputs)
+    quantized = ModelFiles(model, weights)
+    candidate = quantized.write(folder, f"int8{SUFFIXES[kind]}")
+    check = check_int8(fp32, RUNTIMES[kind](candidate, eager.facts, "cpu"), found)
+    log.info("int8 %s", check.describe())
+    return quantized, check
+
+
+def require_int8(check: Int8Check, ckpt: Path, keep_slower: bool) -> str:
+    """The int8 verdict line, or one sentence when the int8 model is not to be written.
+
+    Raises:
+        QuantizationError: its AP is off, or it is not faster and ``keep_slower`` is not set.
+    """
+    if not check.accurate:
+        raise QuantizationError(
+            f"the int8 model of {ckpt} loses too much accuracy ({check.describe()}); no model was written: use the "
+            "float32 export, or calibrate on other images with --images"
+        )
+    if check.speedup <= 1.0:
+        line = f"not faster than float32 on this machine ({check.describe()})"
+        if not keep_slower:
+            raise QuantizationError(f"the int8 model is {line}; no model was written: pass --keep-slower to keep it")
+        return f"kept, though {line}"
+    return f"accurate and {check.speedup:.2f}x as fast as float32 ({check.describe()})"

@@ -34,9 +34,13 @@ from detlit.inference.facts import FIX, ModelFacts
 
 log = logging.getLogger(__name__)
 
-Format = Literal["torchscript", "onnx"]
+Format = Literal["torchscript", "onnx", "openvino"]
 FORMATS: tuple[Format, ...] = get_args(Format)
-SUFFIXES: dict[Format, str] = {"torchscript": ".torchscript", "onnx": ".onnx"}
+SUFFIXES: dict[Format, str] = {"torchscript": ".torchscript", "onnx": ".onnx", "openvino": ".xml"}
+WEIGHTS_SUFFIX = ".bin"
+"""An OpenVINO model is two files: the graph (``.xml``) and its weights (``.bin``) beside it."""
+Precision = Literal["fp32", "int8", "fp16"]
+PRECISIONS: tuple[Precision, ...] = get_args(Precision)
 METADATA_KIND = "detlit exported model"
 METADATA_VERSION = 2
 """2: the metadata names the model file's sha256 and size (``file_sha256``, ``file_bytes``)."""
@@ -59,6 +63,11 @@ def metadata_path(model: Path) -> Path:
     return model.with_name(model.name + ".json")
 
 
+def weights_path(model: Path) -> Path:
+    """The weights file beside an OpenVINO graph: ``last.xml`` -> ``last.bin``."""
+    return model.with_suffix(WEIGHTS_SUFFIX)
+
+
 def is_exported(path: Path) -> bool:
     """Whether ``path`` names an exported model file (by its suffix)."""
     return path.suffix in SUFFIXES.values()
@@ -69,11 +78,16 @@ class ExportedModel:
     """The metadata of one exported model file.
 
     Attributes:
-        format: ``torchscript`` or ``onnx``.
+        format: ``torchscript``, ``onnx`` or ``openvino``.
         file: the model file's name when it was written (a model file may be renamed: not checked).
         facts: what running the model needs besides its weights (class names, thresholds, resize).
         file_sha256: the model file's sha256; None in version 1 metadata, which did not record it.
         file_bytes: the model file's size; None in version 1 metadata.
+        weights_sha256: an OpenVINO model's weights file's (``.bin``) sha256; None for other formats.
+        weights_bytes: the weights file's size; None for other formats.
+        precision: ``fp32``, or ``int8`` / ``fp16`` for a quantized or half-precision model.
+        accuracy: for ``int8`` and ``fp16``, the accuracy check against the fp32 model (its AP and
+            AP50, both models' figures) and the measured speed of both.
         version: the metadata version (:data:`METADATA_VERSION` when detlit writes it).
         created: when it was written (ISO 8601, UTC).
         source: the checkpoint it came from (path, sha256) and the run's dataset fingerprint.
@@ -87,6 +101,10 @@ class ExportedModel:
     facts: ModelFacts
     file_sha256: str | None = None
     file_bytes: int | None = None
+    weights_sha256: str | None = None
+    weights_bytes: int | None = None
+    precision: Precision = "fp32"
+    accuracy: dict[str, Any] | None = None
     version: int | None = METADATA_VERSION
     created: str | None = None
     source: dict[str, Any] | None = None
@@ -106,14 +124,22 @@ class ExportedModel:
         versions: dict[str, Any] | None = None,
         parity: dict[str, Any] | None = None,
         seconds: dict[str, Any] | None = None,
+        weights: bytes | None = None,
+        precision: Precision = "fp32",
+        accuracy: dict[str, Any] | None = None,
     ) -> ExportedModel:
-        """The metadata of the ``kind`` model file ``model`` (its bytes) being written now, as ``file``."""
+        """The metadata of the ``kind`` model file ``model`` (its bytes; an OpenVINO model's
+        ``weights`` too) being written now, as ``file``."""
         return cls(
             format=kind,
             file=file,
             facts=facts,
             file_sha256=hashlib.sha256(model).hexdigest(),
             file_bytes=len(model),
+            weights_sha256=None if weights is None else hashlib.sha256(weights).hexdigest(),
+            weights_bytes=None if weights is None else len(weights),
+            precision=precision,
+            accuracy=accuracy,
             created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             source=source,
             versions=versions,
@@ -127,6 +153,10 @@ class ExportedModel:
         document["file"] = self.file
         if self.file_sha256 is not None:
             document.update(file_sha256=self.file_sha256, file_bytes=self.file_bytes)
+        if self.weights_sha256 is not None:
+            document.update(weights_sha256=self.weights_sha256, weights_bytes=self.weights_bytes)
+        if self.precision != "fp32":
+            document["precision"] = self.precision
         if self.created is not None:
             document["created"] = self.created
         document["input"] = {
@@ -138,7 +168,13 @@ class ExportedModel:
         }
         document["outputs"] = dict(OUTPUTS)
         document["facts"] = self.facts.as_json()
-        described = {"source": self.source, "versions": self.versions, "parity": self.parity, "seconds": self.seconds}
+        described = {
+            "source": self.source,
+            "versions": self.versions,
+            "parity": self.parity,
+            "accuracy": self.accuracy,
+            "seconds": self.seconds,
+        }
         document.update({key: value for key, value in described.items() if value is not None})
         return document
 
@@ -170,6 +206,14 @@ class ExportedModel:
         kind = document.get("format")
         if kind not in FORMATS:
             raise WeightsError(f"{path} names format {kind!r}; detlit runs {', '.join(FORMATS)}")
+        weights_sha256, weights_bytes = document.get("weights_sha256"), document.get("weights_bytes")
+        if kind == "openvino" and (not isinstance(weights_sha256, str) or not isinstance(weights_bytes, int)):
+            raise WeightsError(
+                f"{path} lacks the weights file's sha256 and size (weights_sha256, weights_bytes); {FIX}"
+            )
+        precision = document.get("precision", "fp32")
+        if precision not in PRECISIONS:
+            raise WeightsError(f"{path} names precision {precision!r}; detlit runs {', '.join(PRECISIONS)}")
         file, created = document.get("file"), document.get("created")
         return cls(
             format=cast(Format, kind),
@@ -177,6 +221,10 @@ class ExportedModel:
             facts=facts,
             file_sha256=sha256 if recorded else None,
             file_bytes=size if recorded else None,
+            weights_sha256=weights_sha256 if kind == "openvino" else None,
+            weights_bytes=weights_bytes if kind == "openvino" else None,
+            precision=cast(Precision, precision),
+            accuracy=_object(document, "accuracy"),
             version=version if isinstance(version, int) and not isinstance(version, bool) else None,
             created=created if isinstance(created, str) else None,
             source=_object(document, "source"),
@@ -220,6 +268,16 @@ class ExportedModel:
                 f"{model} is not the model file its metadata {path} was written with (their sha256 differ): the two "
                 f"come from different exports; {FIX}"
             )
+        if self.weights_sha256 is not None:
+            weights = weights_path(model)
+            problem = not_a_file(weights)
+            if problem is not None:
+                raise WeightsError(f"the weights file of {model}, {weights}, {problem}; {FIX}")
+            if weights.stat().st_size != self.weights_bytes or sha256_file(weights) != self.weights_sha256:
+                raise WeightsError(
+                    f"{weights} is not the weights file its metadata {path} was written with (their sha256 differ): "
+                    f"the two come from different exports; {FIX}"
+                )
 
 
 def _object(document: dict[str, Any], key: str) -> dict[str, Any] | None:

@@ -40,14 +40,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias, runtime_checkable
 
+import numpy as np
 import torch
 
 from detlit.common.archives import check_archive
 from detlit.common.devices import AUTO, resolve_device
-from detlit.common.files import sha256_file
+from detlit.common.files import TooLarge, read_at_most, sha256_file
+from detlit.common.paths import not_a_file
+from detlit.common.ranges import MAX_WEIGHTS_DOWNLOAD
 from detlit.common.safe_torchscript import check_torchscript
 from detlit.errors import ConfigError, DetlitError, WeightsError
-from detlit.inference.exported import ExportedModel, Format, metadata_path
+from detlit.inference.exported import ExportedModel, Format, metadata_path, weights_path
 from detlit.inference.facts import FIX, ModelFacts
 from detlit.model.detections import Detections  # what every runtime returns (raw, on the CPU)
 
@@ -346,6 +349,98 @@ class OnnxRuntime:
         return detections
 
 
+class OpenVinoRuntime:
+    """An OpenVINO model (``.xml`` graph, ``.bin`` weights) written by ``python -m detlit.export
+    --format openvino``, run by OpenVINO on the CPU with as many threads as torch.
+
+    Both files are read into memory once, within bounds (:data:`MAX_OPENVINO_XML_BYTES`, the weights
+    at most :data:`~detlit.common.ranges.MAX_WEIGHTS_DOWNLOAD`), the graph parsed first without DTDs or
+    entities (:func:`~detlit.common.safe_xml.parse_xml`); OpenVINO then reads the graph from those
+    bytes, so the files checked are the files run. One compiled model takes every input size.
+    """
+
+    name = "openvino"
+    fixed_floor = True
+
+    def __init__(self, path: Path, facts: ModelFacts, device: str = AUTO):
+        try:
+            import openvino
+        except ImportError:
+            raise ConfigError(
+                f"running {path} needs OpenVINO, which is not installed; run `make install` (or pip install openvino)"
+            ) from None
+        from detlit.common.safe_xml import parse_xml
+        from detlit.errors import DataError
+
+        if device != AUTO and resolve_device(device).type != "cpu":
+            raise ConfigError(
+                f"OpenVINO model {path} runs on the CPU here; use --device cpu (or auto), or export --format onnx to "
+                "run on a GPU with onnxruntime-gpu"
+            )
+        graph = _read_within(path, MAX_OPENVINO_XML_BYTES)
+        weights = _read_within(weights_path(path), MAX_WEIGHTS_DOWNLOAD)
+        try:
+            parse_xml(graph, str(path))
+        except DataError as err:
+            raise WeightsError(f"{path} is not an OpenVINO graph detlit reads ({err}); {FIX}") from err
+        core = openvino.Core()
+        try:
+            # OpenVINO reads the weights in place: they are kept as long as the model is
+            self.weights = np.frombuffer(weights, np.uint8)
+            model = core.read_model(graph.decode("utf-8"), openvino.Tensor(self.weights))
+            shapes = {
+                op.get_friendly_name(): tuple(int(d) for d in op.get_output_shape(0))
+                for op in model.get_ops()
+                if op.get_type_name() == "Constant" and op.get_friendly_name() == CLASSIFIER
+            }
+            _check_classes(shapes, path, facts)
+            # float32 as exported: on CPUs with bfloat16 units OpenVINO would otherwise compute in bfloat16
+            config = {
+                "INFERENCE_NUM_THREADS": torch.get_num_threads(),
+                "PERFORMANCE_HINT": "LATENCY",
+                "INFERENCE_PRECISION_HINT": "f32",
+            }
+            self.request = core.compile_model(model, "CPU", config).create_infer_request()
+        except (RuntimeError, UnicodeDecodeError) as err:  # OpenVINO raises RuntimeError for graphs it cannot read
+            raise WeightsError(f"{path} is not a loadable OpenVINO model ({err}); {FIX}") from err
+        self.device = torch.device("cpu")
+        self.facts = facts
+        self.path = path
+
+    def __call__(self, images: Sequence[torch.Tensor], floor: float) -> list[Detections]:
+        detections = []
+        for image in images:
+            self.request.infer({0: np.ascontiguousarray(image.numpy())})
+            boxes, scores, labels = (np.array(self.request.get_tensor(name).data) for name in OUTPUT_NAMES)
+            raw = Detections(torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(labels).long())
+            detections.append(checked_labels(raw, self.facts, self.path))
+        return detections
+
+
+OUTPUT_NAMES = ("boxes", "scores", "classes")
+MAX_OPENVINO_XML_BYTES = 64 * 2**20
+"""Largest OpenVINO graph (``.xml``) read: a Faster R-CNN's is about 1 MB; the weights are in the ``.bin``."""
+
+
+def _read_within(path: Path, limit: int) -> bytes:
+    """A file of an exported model, read whole within ``limit`` bytes.
+
+    Raises:
+        WeightsError: it is missing, not a regular file, larger than ``limit`` or unreadable.
+    """
+    problem = not_a_file(path)
+    if problem is not None:
+        raise WeightsError(f"{path} {problem}; {FIX}")
+    try:
+        return read_at_most(path, limit)
+    except TooLarge as err:
+        raise WeightsError(
+            f"{path} is larger than the {limit // 2**20} MiB detlit reads ({err.size} bytes); {FIX}"
+        ) from err
+    except OSError as err:
+        raise WeightsError(f"{path} cannot be read ({err.strerror}); {FIX}") from err
+
+
 def _onnx_shapes(path: Path, *names: str) -> dict[str, tuple[int, ...]]:
     """The shapes of an ONNX file's initializers of these names (torch's exporter keeps parameter
     names); onnxruntime does not tell them, so the file is parsed once more by onnx."""
@@ -358,9 +453,10 @@ def _onnx_shapes(path: Path, *names: str) -> dict[str, tuple[int, ...]]:
     return {tensor.name: tuple(int(d) for d in tensor.dims) for tensor in graph.initializer if tensor.name in names}
 
 
-RUNTIMES: dict[Format, type[TorchScriptRuntime] | type[OnnxRuntime]] = {
+RUNTIMES: dict[Format, type[TorchScriptRuntime] | type[OnnxRuntime] | type[OpenVinoRuntime]] = {
     "torchscript": TorchScriptRuntime,
     "onnx": OnnxRuntime,
+    "openvino": OpenVinoRuntime,
 }
 
 

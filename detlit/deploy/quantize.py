@@ -1,0 +1,243 @@
+"""Exporting int8: post-training static quantization, calibrated on images, kept on its accuracy.
+
+``python -m detlit.export --int8`` quantizes the float32 export (after its parity check) for the CPU:
+
+* ONNX: onnxruntime's ``quantize_static`` in QDQ form, int8 weights (per channel) and uint8
+  activations of every convolution and fully connected layer, activation ranges from the
+  calibration images (min / max);
+* OpenVINO: NNCF's post-training quantization (``nncf.quantize``, its defaults: symmetric int8
+  weights and activations, fast bias correction).
+
+Exact parity cannot hold for int8, so the check is accuracy (:func:`check_int8`): AP and AP50 of the
+int8 model and of the float32 export on validation images the calibration did not see, through the
+one inference and metric path (:class:`~detlit.inference.predictor.Predictor`,
+:func:`~detlit.inference.evaluate.predict_dataset`, :class:`~detlit.evaluation.metric.DetectionMetrics`):
+neither may be more than :data:`MAX_AP_DROP` below the float32 figure (a higher one, which a few
+images can give, is recorded, not refused); and speed, images/s of both on the same decoded images
+after one pass over them. The
+calibration images are the checkpoint's validation images (a seeded half, at most
+:data:`CALIBRATION_IMAGES`; the other half checks accuracy), or the images of ``--images`` (then
+every validation image checks accuracy).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from detlit.data.coco import CocoDataset, load_coco
+from detlit.data.images import load_image
+from detlit.errors import ConfigError, DataError, DetlitError
+from detlit.inference.exported import Format
+from detlit.inference.predict import find_images
+from detlit.inference.predictor import Predictor
+from detlit.inference.runtimes import Runtime
+
+log = logging.getLogger(__name__)
+
+CALIBRATION_IMAGES = 64
+"""Most images the activation ranges are calibrated on."""
+MIN_CHECK_IMAGES = 4
+"""Fewest validation images the accuracy check takes."""
+MAX_AP_DROP = 0.01
+"""Most the int8 model's AP, and its AP50, may be below the float32 export's."""
+SPEED_ROUNDS = 3
+SPLIT_SEED = 0
+
+
+class QuantizationError(DetlitError):
+    """The int8 model is not accurate enough, or not faster and not asked to be kept."""
+
+
+@dataclass(frozen=True)
+class Int8Data:
+    """Images to calibrate on (RGB uint8) and the validation images that check accuracy."""
+
+    calibration: list[np.ndarray]
+    check: CocoDataset
+    calibration_from: str
+
+
+def int8_data(val_json: Path | None, val_images: Path | None, folder: Path | None) -> Int8Data:
+    """The calibration images and the accuracy check's dataset (module docstring).
+
+    Raises:
+        ConfigError: the validation json cannot be found or read, or holds too few images.
+    """
+    if val_json is None or val_images is None:
+        raise ConfigError(
+            "--int8 checks the int8 model's AP on the run's validation images, and the checkpoint's val_json or its "
+            "images cannot be found; export from the run folder the checkpoint was written in"
+        )
+    try:
+        dataset = load_coco(val_json, val_images)
+    except DataError as err:
+        raise ConfigError(f"--int8 checks AP on the run's validation images: {err}") from err
+    count = len(dataset.images)
+    if folder is not None:
+        paths = [image.path for image in find_images([str(folder)])][:CALIBRATION_IMAGES]
+        calibration = [load_image(path) for path in paths]
+        check, source = dataset, f"{len(calibration)} images of {folder}"
+    else:
+        order = np.random.default_rng(SPLIT_SEED).permutation(count)
+        half = min(CALIBRATION_IMAGES, count // 2)
+        chosen, rest = sorted(order[:half].tolist()), sorted(order[half:].tolist())
+        calibration = [load_image(dataset.image_root / dataset.images.record(i).file_name) for i in chosen]
+        check = CocoDataset(dataset.json_path, dataset.image_root, dataset.images.take(rest), dataset.categories)
+        source = f"{len(calibration)} of the {count} validation images"
+    if not calibration:
+        raise ConfigError(f"--int8 found no images to calibrate on ({source}); pass --images with images like the data")
+    if len(check.images) < MIN_CHECK_IMAGES:
+        raise ConfigError(
+            f"--int8 checks AP on the validation images the calibration does not use, and {val_json} leaves "
+            f"{len(check.images)} (at least {MIN_CHECK_IMAGES}); pass --images to calibrate on other images"
+        )
+    return Int8Data(calibration, check, source)
+
+
+def quantize(
+    model: bytes, weights: bytes | None, kind: Format, inputs: Sequence[np.ndarray]
+) -> tuple[bytes, bytes | None]:
+    """The int8 model (and OpenVINO weights) of a float32 export, calibrated on model inputs (uint8 CHW).
+
+    Raises:
+        ConfigError: ``kind`` is TorchScript, or the runtime's quantization tools are missing.
+    """
+    if kind == "onnx":
+        return _quantize_onnx(model, inputs), None
+    if kind == "openvino":
+        assert weights is not None
+        return _quantize_openvino(model, weights, inputs)
+    raise ConfigError("--int8 quantizes for the CPU runtimes: use --format onnx or --format openvino")
+
+
+def _quantize_onnx(model: bytes, inputs: Sequence[np.ndarray]) -> bytes:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.left = iter(inputs)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            image = next(self.left, None)
+            return None if image is None else {"image": image}
+
+    with tempfile.TemporaryDirectory(prefix="detlit-int8-") as folder:
+        source, target = Path(folder) / "model.onnx", Path(folder) / "int8.onnx"
+        source.write_bytes(model)
+        quiet = logging.getLogger()
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)  # its advice to pre-process the model is printed on the root logger
+        try:
+            quantize_static(
+                str(source),
+                str(target),
+                Reader(),
+                quant_format=QuantFormat.QDQ,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                per_channel=True,
+                op_types_to_quantize=["Conv", "Gemm", "MatMul"],
+            )
+        finally:
+            quiet.setLevel(level)
+        return target.read_bytes()
+
+
+def _quantize_openvino(model: bytes, weights: bytes, inputs: Sequence[np.ndarray]) -> tuple[bytes, bytes]:
+    try:
+        import nncf
+        import openvino
+    except ImportError:
+        raise ConfigError("--int8 --format openvino needs OpenVINO and NNCF; run `make install`") from None
+    graph = openvino.Core().read_model(model.decode("utf-8"), openvino.Tensor(np.frombuffer(weights, np.uint8)))
+    quantized = nncf.quantize(graph, nncf.Dataset(list(inputs)), subset_size=len(inputs))
+    with tempfile.TemporaryDirectory(prefix="detlit-int8-") as folder:
+        target = Path(folder) / "int8.xml"
+        openvino.save_model(quantized, str(target), compress_to_fp16=False)
+        return target.read_bytes(), target.with_suffix(".bin").read_bytes()
+
+
+@dataclass(frozen=True)
+class Int8Check:
+    """AP, AP50 and images/s of the float32 export and of its int8 model on the same images."""
+
+    fp32: dict[str, float]
+    int8: dict[str, float]
+    images: int
+    calibration_from: str
+
+    @property
+    def accurate(self) -> bool:
+        return all(self.fp32[key] - self.int8[key] <= MAX_AP_DROP for key in ("ap", "ap50"))
+
+    @property
+    def speedup(self) -> float:
+        return self.int8["images_per_second"] / self.fp32["images_per_second"]
+
+    def describe(self) -> str:
+        return (
+            f"on {self.images} validation images the calibration did not use: AP {self.int8['ap']:.4f} against "
+            f"{self.fp32['ap']:.4f} in float32, AP50 {self.int8['ap50']:.4f} against {self.fp32['ap50']:.4f} "
+            f"(at most {MAX_AP_DROP:g} lower); {self.int8['images_per_second']:.2f} images/s against "
+            f"{self.fp32['images_per_second']:.2f} ({self.speedup:.2f}x)"
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "float32": self.fp32,
+            "int8": self.int8,
+            "max_ap_drop": MAX_AP_DROP,
+            "images": self.images,
+            "calibrated_on": self.calibration_from,
+            "speedup": round(self.speedup, 3),
+        }
+
+
+def _ap(runtime: Runtime, dataset: CocoDataset) -> dict[str, float]:
+    from detlit.evaluation.metric import DetectionMetrics
+    from detlit.inference.evaluate import predict_dataset
+
+    predictor = Predictor(runtime, all_detections=True, batch_size=1)
+    (preds, targets), _, label_map = predict_dataset(dataset, predictor, progress=False)
+    metric = DetectionMetrics(label_map.names)
+    metric.update(preds, targets)
+    coco = metric.compute().coco
+    return {"ap": round(float(coco["map"]), 5), "ap50": round(float(coco["map50"]), 5)}
+
+
+def _speeds(runtimes: dict[str, Runtime], images: list[np.ndarray]) -> dict[str, float]:
+    """Images/s of each runtime over the same decoded images, best of :data:`SPEED_ROUNDS` rounds."""
+    predictors = {name: Predictor(runtime, all_detections=True, batch_size=1) for name, runtime in runtimes.items()}
+    for predictor in predictors.values():
+        predictor.predict(images)  # a first pass: lazy initialisation is not timed
+    best = dict.fromkeys(predictors, 0.0)
+    for _ in range(SPEED_ROUNDS):
+        for name, predictor in predictors.items():
+            started = time.perf_counter()
+            predictor.predict(images)
+            best[name] = max(best[name], len(images) / (time.perf_counter() - started))
+    return {name: round(value, 3) for name, value in best.items()}
+
+
+def check_int8(fp32: Runtime, int8: Runtime, data: Int8Data) -> Int8Check:
+    """The int8 model against the float32 export: AP, AP50 and speed on the check images."""
+    started = time.perf_counter()
+    float_ap, int8_ap = _ap(fp32, data.check), _ap(int8, data.check)
+    records = data.check.images
+    images = [load_image(data.check.image_root / records.record(i).file_name) for i in range(min(len(records), 32))]
+    speed = _speeds({"fp32": fp32, "int8": int8}, images)
+    log.info("int8 accuracy and speed checked in %.1f s", time.perf_counter() - started)
+    return Int8Check(
+        {**float_ap, "images_per_second": speed["fp32"]},
+        {**int8_ap, "images_per_second": speed["int8"]},
+        len(records),
+        data.calibration_from,
+    )
