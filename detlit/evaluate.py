@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     source = parser.add_mutually_exclusive_group(required=True)
     command.add_ckpt(source, required=False, help="detlit checkpoint to run on the images")
     command.add_model(
-        source, help="exported model (.torchscript, .onnx) of python -m detlit.export to run on the images"
+        source, help="exported model (.torchscript, .onnx, .xml) of python -m detlit.export to run on the images"
     )
     source.add_argument("--results", type=Path, metavar="RESULTS", help="a COCO results json (any detector's)")
     command.add_json(parser, help="COCO ground-truth json")

@@ -5,6 +5,9 @@ Every crafted file here would create ``workspace.marker`` if detlit ran its code
 whose ``hyper_parameters.config_name`` names that YAML. Beside them, "billion laughs" YAML (nine
 levels of ten aliases: 10**9 strings once expanded, in less than a kilobyte) in each place a YAML
 reaches detlit, a detlit config given as ``model.config_name``, and a ``.pkl`` that is no pickle.
+An OpenVINO export, copied and changed as someone who edits a shared export would leave it: its graph
+declaring a "billion laughs" DTD, its weights another export's, missing, or not recorded, a precision
+detlit does not run.
 """
 
 from __future__ import annotations
@@ -95,11 +98,78 @@ def touching_torchscript(workspace: Workspace) -> Path:
     return touching
 
 
+LAUGHS_DTD = (
+    b'<!DOCTYPE net [<!ENTITY l0 "lol">'
+    + b"".join(f'<!ENTITY l{n} "{f"&l{n - 1};" * 10}">'.encode() for n in range(1, 10))
+    + b"]>\n"
+)
+"""A DTD whose entity ``l9`` expands to 10**9 "lol"s, as an XML graph could declare it."""
+
+
+def copy_export(model: Path, out: Path) -> Path:
+    """A copy of an OpenVINO export's three files (graph, weights, metadata) in ``out``; the copy's graph."""
+    from detlit.inference.exported import metadata_path, weights_path
+
+    out.mkdir(parents=True, exist_ok=True)
+    for path in (model, weights_path(model), metadata_path(model)):
+        shutil.copyfile(path, out / path.name)
+    return out / model.name
+
+
+def with_metadata(model: Path, **changes: object) -> None:
+    """An exported model's metadata with ``changes`` (a key given None is removed)."""
+    import json
+
+    from detlit.inference.exported import metadata_path
+
+    document = json.loads(metadata_path(model).read_text())
+    document.update(changes)
+    metadata_path(model).write_text(json.dumps({k: v for k, v in document.items() if v is not None}))
+
+
+def with_graph_head(model: Path, head: bytes) -> None:
+    """``head`` put after an OpenVINO graph's XML declaration, its metadata updated to the changed
+    graph (sha256 and size), as someone who edits a shared export would leave it."""
+    from detlit.common.files import sha256_file
+
+    declaration, rest = model.read_bytes().split(b"\n", 1)
+    model.write_bytes(declaration + b"\n" + head + rest)
+    with_metadata(model, file_sha256=sha256_file(model), file_bytes=model.stat().st_size)
+
+
+def blind_checkpoint(source: Path, out: Path) -> Path:
+    """A copy of a checkpoint whose box classifier prefers the background by 30 logits: every class
+    scores below 1e-12, so the model finds nothing in any image (and its weights are its own)."""
+    state = torch.load(source, map_location="cpu", weights_only=True)
+    state["state_dict"]["model.roi_heads.box_predictor.cls_score.bias"][-1] += 30.0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, out)
+    return out
+
+
+def openvino_exports(workspace: Workspace) -> None:
+    """The workspace's checkpoint exported to OpenVINO (``untrusted/openvino/model.xml``) and crafted
+    copies of that export, each in its own folder (``untrusted/openvino-<what>/model.xml``)."""
+    from detlit.deploy.export import export
+    from detlit.inference.exported import weights_path
+
+    here = folder(workspace)
+    model = export(workspace.ckpt, "openvino", out=here / "openvino")
+    blind = blind_checkpoint(workspace.ckpt, here / "blind" / workspace.ckpt.name)
+    other = export(blind, "openvino", out=here / "blind")
+    with_graph_head(copy_export(model, here / "openvino-dtd"), LAUGHS_DTD)
+    shutil.copyfile(weights_path(other), weights_path(copy_export(model, here / "openvino-other-weights")))
+    weights_path(copy_export(model, here / "openvino-no-weights")).unlink()
+    with_metadata(copy_export(model, here / "openvino-no-weights-sha256"), weights_sha256=None)
+    with_metadata(copy_export(model, here / "openvino-int4"), precision="int4")
+
+
 def prepare(workspace: Workspace) -> None:
     """Write the files this area's cases name into ``workspace.root``."""
     here = folder(workspace)
     here.mkdir()
     touching_torchscript(workspace)
+    openvino_exports(workspace)
     marker = workspace.marker
     (here / "runs-code.pkl").write_bytes(pickle.dumps({"model": RunsCommand(f"touch {marker}")}, protocol=2))
     (here / "not-a-pickle.pkl").write_text("these are not weights\n")
@@ -115,6 +185,15 @@ def prepare(workspace: Workspace) -> None:
 
 
 CODE_RAN_TAG = r"has the tag !!python/object/apply:os\.system, which would build a Python object"
+OPENVINO = "{root}/untrusted/openvino-%s/model.xml"
+DTD_SENTENCE = (
+    r"openvino-dtd/model\.xml line 2 declares a DTD "
+    r"\(<!DOCTYPE \.\.\.>\)"
+)
+OTHER_WEIGHTS_SENTENCE = (
+    r"openvino-other-weights/model\.bin is not the weights file its metadata .*model\.xml\.json was written with "
+    r"\(their sha256 differ\): the two come from different exports"
+)
 PICKLE = "{root}/untrusted/runs-code.pkl"
 CKPT = "{root}/untrusted/runs-code-config.ckpt"
 
@@ -209,5 +288,55 @@ CASES: list[Case] = [
         "serve",
         args("--ckpt", CKPT, "--port", str(SERVE_PORT)),
         CODE_RAN_TAG,
+    ),
+    # --- OpenVINO exports -----------------------------------------------------------------------
+    Case(
+        "OpenVINO graph declaring a DTD",
+        "predict",
+        args("--model", OPENVINO % "dtd", "{sample}/val", "--out", "{root}/ov-out"),
+        DTD_SENTENCE,
+    ),
+    Case(
+        "serve an OpenVINO graph declaring a DTD",
+        "serve",
+        args("--model", OPENVINO % "dtd", "--port", str(SERVE_PORT)),
+        DTD_SENTENCE,
+    ),
+    Case(
+        "OpenVINO graph beside another export's weights",
+        "predict",
+        args("--model", OPENVINO % "other-weights", "{sample}/val", "--out", "{root}/ov-out"),
+        OTHER_WEIGHTS_SENTENCE,
+    ),
+    Case(
+        "evaluate an OpenVINO graph beside another export's weights",
+        "evaluate",
+        args("--model", OPENVINO % "other-weights", "--json", "{sample}/val.json", "--images", "{sample}/val"),
+        OTHER_WEIGHTS_SENTENCE,
+    ),
+    Case(
+        "OpenVINO graph without its weights file",
+        "predict",
+        args("--model", OPENVINO % "no-weights", "{sample}/val", "--out", "{root}/ov-out"),
+        r"the weights file of .*/openvino-no-weights/model\.xml, .*/model\.bin, does not exist",
+    ),
+    Case(
+        "OpenVINO metadata without the weights' sha256",
+        "predict",
+        args("--model", OPENVINO % "no-weights-sha256", "{sample}/val", "--out", "{root}/ov-out"),
+        r"model\.xml\.json lacks the weights file's sha256 and size \(weights_sha256, weights_bytes\)",
+    ),
+    Case(
+        "OpenVINO metadata naming precision int4",
+        "predict",
+        args("--model", OPENVINO % "int4", "{sample}/val", "--out", "{root}/ov-out"),
+        r"model\.xml\.json names precision 'int4'; detlit runs fp32, int8: export the model again",
+    ),
+    Case(
+        "OpenVINO model on a CUDA device",
+        "predict",
+        args("--model", "{root}/untrusted/openvino/model.xml", "{sample}/val", "--device", "cuda", "--out", "{root}/o"),
+        # where torch sees a GPU, the model's own sentence; else that there is none
+        r"OpenVINO model .*model\.xml runs on the CPU here; use --device cpu|torch sees no CUDA GPU here",
     ),
 ]

@@ -24,6 +24,9 @@
 * ``deploy`` (``tools/bench_deploy.py``): images/s of exported TorchScript and ONNX models against
   the checkpoint's eager ``Predictor``, export wall time, and ``python -m detlit.serve``'s
   throughput and latency at 1 and 8 concurrent clients.
+* ``runtimes`` (``tools/bench_runtimes.py``): a briefly trained model exported to ONNX and OpenVINO in
+  float32 and int8: images/s at batch 1 and 8 against the eager checkpoint, AP differences, and the
+  fastest float32 runtime's model FLOP/s against the machine's float32 matrix-product peak.
 * ``small_objects`` (``tools/bench_small.py``): a model trained on tiles (``detlit.data.tiling``) of
   large synthetic images with small objects: AP_small of the whole image against sliced inference,
   and sliced images/s against SAHI's ``get_sliced_prediction`` at equal detections.
@@ -100,6 +103,7 @@ from detectron2.engine.hooks import LRScheduler as D2LRScheduler  # isort: skip
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 from bench_deploy import bench_deploy  # noqa: E402
+from bench_runtimes import bench_runtimes  # noqa: E402
 from bench_scale import bench_scale  # noqa: E402
 from bench_small import bench_small_objects  # noqa: E402
 from benchkit import (  # noqa: E402
@@ -1129,6 +1133,7 @@ WEIGHTS = {
     "startup": 0.09,
     "scale": 0.36,
     "deploy": 0.12,
+    "runtimes": 0.2,
     "small_objects": 0.31,
 }
 BUDGET = {"cpu": 1380.0, "gpu": 270.0}  # seconds: 23 minutes for `make bench`, 4.5 for `make bench-gpu`
@@ -1142,6 +1147,7 @@ CPU_RUNNERS: dict[str, Callable[[Context], Result]] = {
     "startup": bench_startup,
     "scale": bench_scale,
     "deploy": bench_deploy,
+    "runtimes": bench_runtimes,
     "small_objects": bench_small_objects,
 }
 GPU_RUNNERS: dict[str, Callable[[Context], Result]] = {

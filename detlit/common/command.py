@@ -244,7 +244,7 @@ def add_model(parser: Options, required: bool = False, help: str | None = None) 
         required=required,
         metavar="MODEL",
         help=help
-        or "an exported model (.torchscript or .onnx, its metadata json beside it) of python -m detlit.export",
+        or "an exported model (.torchscript, .onnx or .xml, its metadata json beside it) of python -m detlit.export",
     )
 
 

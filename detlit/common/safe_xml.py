@@ -87,12 +87,14 @@ class _Builder(ContentHandler):
         element.text = "".join(text).strip()
 
 
-def parse_xml(data: bytes, source: str) -> Element:
+def parse_xml(data: bytes, source: str, kind: str = "label XML", remedy: str | None = None) -> Element:
     """The root element of an XML document, parsed without DTDs or entities.
 
     Args:
         data: the document's bytes (bounded by the caller).
         source: the file, for messages.
+        kind: what the document is, for messages (``label XML``, ``OpenVINO graphs``).
+        remedy: the fix the messages end with (default: remove the declaration, fix the file).
 
     Raises:
         DataError: the document declares a DTD or an entity, or is not well-formed XML (one
@@ -111,19 +113,19 @@ def parse_xml(data: bytes, source: str) -> Element:
     except (DTDForbidden, EntitiesForbidden) as err:
         what = "a DTD (<!DOCTYPE ...>)" if isinstance(err, DTDForbidden) else f"the entity {err.name!r}"
         raise DataError(
-            f"{source} line {builder.line()} declares {what}; detlit reads label XML without DTDs or entities "
-            "(they can expand a few bytes into gigabytes, or read other files): remove the declaration"
+            f"{source} line {builder.line()} declares {what}; detlit reads {kind} without DTDs or entities "
+            f"(they can expand a few bytes into gigabytes, or read other files): {remedy or 'remove the declaration'}"
         ) from None
     except DefusedXmlException as err:
         raise DataError(
-            f"{source} line {builder.line()} refers to an external entity ({type(err).__name__}); detlit reads label "
-            "XML without entities: remove the reference"
+            f"{source} line {builder.line()} refers to an external entity ({type(err).__name__}); detlit reads "
+            f"{kind} without entities: {remedy or 'remove the reference'}"
         ) from None
     except SAXParseException as err:
         raise DataError(
             f"{source} is not well-formed XML (line {err.getLineNumber()}, column {(err.getColumnNumber() or 0) + 1}: "
-            f"{err.getMessage()}); fix the file or export it again"
+            f"{err.getMessage()}); {remedy or 'fix the file or export it again'}"
         ) from None
     if builder.root is None:
-        raise DataError(f"{source} holds no XML element; export the labels again")
+        raise DataError(f"{source} holds no XML element; {remedy or 'export the labels again'}")
     return builder.root

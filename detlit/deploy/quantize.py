@@ -201,11 +201,11 @@ class Int8Check:
         }
 
 
-def _ap(runtime: Runtime, dataset: CocoDataset) -> dict[str, float]:
+def average_precision(predictor: Predictor, dataset: CocoDataset) -> dict[str, float]:
+    """AP and AP50 of a predictor (made with ``all_detections``) on a dataset, as ``evaluate`` computes them."""
     from detlit.evaluation.metric import DetectionMetrics
     from detlit.inference.evaluate import predict_dataset
 
-    predictor = Predictor(runtime, all_detections=True, batch_size=1)
     (preds, targets), _, label_map = predict_dataset(dataset, predictor, progress=False)
     metric = DetectionMetrics(label_map.names)
     metric.update(preds, targets)
@@ -230,7 +230,9 @@ def _speeds(runtimes: dict[str, Runtime], images: list[np.ndarray]) -> dict[str,
 def check_int8(fp32: Runtime, int8: Runtime, data: Int8Data) -> Int8Check:
     """The int8 model against the float32 export: AP, AP50 and speed on the check images."""
     started = time.perf_counter()
-    float_ap, int8_ap = _ap(fp32, data.check), _ap(int8, data.check)
+    float_ap, int8_ap = (
+        average_precision(Predictor(runtime, all_detections=True, batch_size=1), data.check) for runtime in (fp32, int8)
+    )
     records = data.check.images
     images = [load_image(data.check.image_root / records.record(i).file_name) for i in range(min(len(records), 32))]
     speed = _speeds({"fp32": fp32, "int8": int8}, images)

@@ -1,4 +1,5 @@
-"""The exported-model format: the metadata json beside a ``.torchscript`` or ``.onnx`` file, written and read here only.
+"""The exported-model format: the metadata json beside a ``.torchscript``, ``.onnx`` or ``.xml`` file,
+written and read here only.
 
 ``python -m detlit.export`` writes ``<model file>.json`` (:func:`metadata_path`) beside the model
 file; every loader reads it back before the model runs. :class:`ExportedModel` is that json as one
@@ -39,7 +40,7 @@ FORMATS: tuple[Format, ...] = get_args(Format)
 SUFFIXES: dict[Format, str] = {"torchscript": ".torchscript", "onnx": ".onnx", "openvino": ".xml"}
 WEIGHTS_SUFFIX = ".bin"
 """An OpenVINO model is two files: the graph (``.xml``) and its weights (``.bin``) beside it."""
-Precision = Literal["fp32", "int8", "fp16"]
+Precision = Literal["fp32", "int8"]
 PRECISIONS: tuple[Precision, ...] = get_args(Precision)
 METADATA_KIND = "detlit exported model"
 METADATA_VERSION = 2
@@ -85,9 +86,9 @@ class ExportedModel:
         file_bytes: the model file's size; None in version 1 metadata.
         weights_sha256: an OpenVINO model's weights file's (``.bin``) sha256; None for other formats.
         weights_bytes: the weights file's size; None for other formats.
-        precision: ``fp32``, or ``int8`` / ``fp16`` for a quantized or half-precision model.
-        accuracy: for ``int8`` and ``fp16``, the accuracy check against the fp32 model (its AP and
-            AP50, both models' figures) and the measured speed of both.
+        precision: ``fp32``, or ``int8`` for a quantized model.
+        accuracy: for ``int8``, the accuracy check against the fp32 model (its AP and AP50, both
+            models' figures) and the measured speed of both.
         version: the metadata version (:data:`METADATA_VERSION` when detlit writes it).
         created: when it was written (ISO 8601, UTC).
         source: the checkpoint it came from (path, sha256) and the run's dataset fingerprint.
@@ -213,7 +214,7 @@ class ExportedModel:
             )
         precision = document.get("precision", "fp32")
         if precision not in PRECISIONS:
-            raise WeightsError(f"{path} names precision {precision!r}; detlit runs {', '.join(PRECISIONS)}")
+            raise WeightsError(f"{path} names precision {precision!r}; detlit runs {', '.join(PRECISIONS)}: {FIX}")
         file, created = document.get("file"), document.get("created")
         return cls(
             format=cast(Format, kind),

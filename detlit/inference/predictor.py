@@ -222,7 +222,7 @@ class Predictor:
 
     @classmethod
     def from_exported(cls, path: str | Path, device: str = AUTO, **kwargs: Any) -> Predictor:
-        """A predictor for a model written by ``python -m detlit.export`` (``.torchscript`` or ``.onnx``,
+        """A predictor for a model written by ``python -m detlit.export`` (``.torchscript``, ``.onnx`` or ``.xml``,
         with its metadata json beside it); keyword arguments as for the class.
 
         Raises:

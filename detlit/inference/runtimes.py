@@ -380,9 +380,9 @@ class OpenVinoRuntime:
         graph = _read_within(path, MAX_OPENVINO_XML_BYTES)
         weights = _read_within(weights_path(path), MAX_WEIGHTS_DOWNLOAD)
         try:
-            parse_xml(graph, str(path))
+            parse_xml(graph, str(path), "OpenVINO graphs", FIX)
         except DataError as err:
-            raise WeightsError(f"{path} is not an OpenVINO graph detlit reads ({err}); {FIX}") from err
+            raise WeightsError(str(err)) from None
         core = openvino.Core()
         try:
             # OpenVINO reads the weights in place: they are kept as long as the model is
@@ -461,7 +461,7 @@ RUNTIMES: dict[Format, type[TorchScriptRuntime] | type[OnnxRuntime] | type[OpenV
 
 
 def load_exported(path: Path, device: str = AUTO) -> Runtime:
-    """The runtime of an exported model file (``.torchscript`` or ``.onnx``) and its metadata.
+    """The runtime of an exported model file (``.torchscript``, ``.onnx`` or ``.xml``) and its metadata.
 
     Raises:
         WeightsError: the file, its metadata or a fact is missing or out of range, the file is not
