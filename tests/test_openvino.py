@@ -151,6 +151,26 @@ def test_every_detection_above_the_floor_is_the_checkpoints(exported: Path, chec
     np.testing.assert_allclose(mine.scores[a][ours], other.scores[b][theirs], atol=SCORE_TOLERANCE, rtol=0)
 
 
+def test_sliced_inference_runs_the_openvino_model_like_the_checkpoint(
+    exported: Path, checkpoint: Path, sample_dir: Path
+) -> None:
+    """Slicing cuts and merges in detlit, the same for every runtime: tiles of 64 px of the val images."""
+    from detlit.inference.slicing import Slicing
+
+    slicing = Slicing(size=64, overlap=0.25)
+    images = _val_images(sample_dir)[:3]
+    reference = Predictor.load(checkpoint, device="cpu", all_detections=True, slicing=slicing)
+    mine = reference.predict(images)
+    theirs = Predictor.load(exported, all_detections=True, slicing=slicing).predict(images)
+    floor = np.full(len(reference.class_names), reference.facts.score_floor)
+    assert sum(len(p) for p in mine) > 10
+    for a, b in zip(mine, theirs, strict=True):
+        keep_a, keep_b = ~_near_a_cut(a, floor), ~_near_a_cut(b, floor)
+        assert keep_a.sum() == keep_b.sum()
+        ours, other = np.lexsort((a.scores[keep_a], a.labels[keep_a])), np.lexsort((b.scores[keep_b], b.labels[keep_b]))
+        np.testing.assert_allclose(a.scores[keep_a][ours], b.scores[keep_b][other], atol=SCORE_TOLERANCE, rtol=0)
+
+
 def test_a_model_that_finds_nothing_gives_no_row(
     reexported: tuple[Path, dict[str, tuple[int, str]]], blind: Path, sample_dir: Path
 ) -> None:

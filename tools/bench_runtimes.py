@@ -23,6 +23,7 @@ sample's val split and the same number of threads:
 from __future__ import annotations
 
 import functools
+import gc
 import importlib
 import json
 import time
@@ -200,6 +201,8 @@ def bench_runtimes(ctx: Context) -> Result:
     flops = flops_per_image(eager, images)
     peak, peak_rounds = peak_flops()
     metadata = {name: json.loads(metadata_path(path).read_text()) for name, path in written.items()}
+    del sides, eager  # the runtimes (OpenVINO's compiled models among them) go before the next benchmark
+    gc.collect()
 
     rows = []
     for name in written:

@@ -157,7 +157,7 @@ def _quantize_openvino(model: bytes, weights: bytes, inputs: Sequence[np.ndarray
         import openvino
     except ImportError:
         raise ConfigError("--int8 --format openvino needs OpenVINO and NNCF; run `make install`") from None
-    graph = openvino.Core().read_model(model.decode("utf-8"), openvino.Tensor(np.frombuffer(weights, np.uint8)))
+    graph = openvino.Core().read_model(model, weights)
     quantized = nncf.quantize(graph, nncf.Dataset(list(inputs)), subset_size=len(inputs))
     with tempfile.TemporaryDirectory(prefix="detlit-int8-") as folder:
         target = Path(folder) / "int8.xml"

@@ -385,9 +385,7 @@ class OpenVinoRuntime:
             raise WeightsError(str(err)) from None
         core = openvino.Core()
         try:
-            # OpenVINO reads the weights in place: they are kept as long as the model is
-            self.weights = np.frombuffer(weights, np.uint8)
-            model = core.read_model(graph.decode("utf-8"), openvino.Tensor(self.weights))
+            model = core.read_model(graph, weights)  # from the bytes checked (OpenVINO keeps its own copy)
             shapes = {
                 op.get_friendly_name(): tuple(int(d) for d in op.get_output_shape(0))
                 for op in model.get_ops()
