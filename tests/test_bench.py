@@ -26,6 +26,7 @@ CPU_BENCHMARKS = {
     "startup",
     "scale",
     "deploy",
+    "runtimes",
     "small_objects",
 }
 BEFORE = "# Our numbers\n\nHand-run results, kept as they are.\n\n"
@@ -71,7 +72,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         name: subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for name, command in commands.items()
     }
-    outputs = {name: process.communicate(timeout=300) for name, process in processes.items()}
+    outputs = {name: process.communicate(timeout=600) for name, process in processes.items()}
     for name, process in processes.items():
         assert process.returncode == 0, f"{name}: {outputs[name][1][-3000:]}"
     return {"quick": (quick_out, outputs["quick"][0]), "gpu": (gpu_out, outputs["gpu"][0])}
@@ -130,6 +131,14 @@ def test_quick_run_writes_every_benchmark_between_the_markers(runs: dict[str, An
     assert int(agreement[2].split()[0]) > 0
     assert 0 < float(small["slicing overhead, share of sliced time"][4].removesuffix("x")) < 1
     assert "cut into tiles of 96 px" in section and "`detlit.data.tiling.tile`: 3 images in" in section
+    # Runtimes: the float32 exports measured against the checkpoint (int8 needs more val images than
+    # --quick has: each refusal is named), and the utilisation of the fastest against the matmul peak.
+    runtimes = {row[1]: row for row in rows if row[0] == "runtimes"}
+    assert {"onnx images/s, batch 1 (and 8)", "openvino images/s, batch 1 (and 8)"} <= set(runtimes)
+    assert "AP +0.0000, AP50 +0.0000" in runtimes["openvino images/s, batch 1 (and 8)"][2]
+    utilisation = next(row for measure, row in runtimes.items() if measure.startswith("utilisation"))
+    assert 0 < float(utilisation[4]) < 2 and "GFLOP per image" in utilisation[2]
+    assert "onnx int8: not written: --int8 checks AP on the validation images" in section
     for name in CPU_BENCHMARKS:
         assert f"### {name}" in section
     # The console table shows the same verdicts.
@@ -189,7 +198,7 @@ def test_unknown_benchmark_and_missing_gpu_end_in_one_sentence(
     assert bench.run(bench.parse_args(["--only", "train_step,nope"])) == 2
     assert capsys.readouterr().err.strip() == (
         "unknown benchmark nope; choose from train_step, data_loading, metrics, predict, check, startup, scale, "
-        "deploy, small_objects"
+        "deploy, runtimes, small_objects"
     )
     if not torch.cuda.is_available():
         assert bench.run(bench.parse_args(["--gpu"])) == 2

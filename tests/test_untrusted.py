@@ -501,7 +501,7 @@ def exported_torchscript(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     module = tiny_module().eval()
     model = tmp_path_factory.mktemp("ts") / "tiny.torchscript"
-    model.write_bytes(write_model(module.model, torch.zeros(3, 128, 160, dtype=torch.uint8), "torchscript"))
+    model.write_bytes(write_model(module.model, torch.zeros(3, 128, 160, dtype=torch.uint8), "torchscript").model)
     exported = ExportedModel.of(model.read_bytes(), "torchscript", model.name, ModelFacts.from_module(module))
     metadata_path(model).write_bytes(exported.to_bytes())
     return model

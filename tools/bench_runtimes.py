@@ -22,17 +22,31 @@ sample's val split and the same number of threads:
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import gc
 import importlib
 import json
+import multiprocessing
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import yaml
-from benchkit import CPU_CONFIG, Context, Result, Row, Target, collected, listed, median
+from benchkit import (
+    CPU_CONFIG,
+    Context,
+    Result,
+    Row,
+    Target,
+    collected,
+    listed,
+    median,
+    portable,
+    quiet,
+    set_threads,
+)
 from lightning.pytorch import Trainer, seed_everything
 
 from detlit.data.coco import load_coco
@@ -128,7 +142,7 @@ def exports(checkpoint: Path, ctx: Context) -> tuple[dict[str, Path], dict[str, 
         try:
             written[name] = export(checkpoint, kind, out=out, overwrite=True, int8=int8, keep_slower=int8)  # type: ignore[arg-type]
         except (QuantizationError, ConfigError) as err:  # an int8 model refused by its check, or too few images
-            refused[name] = str(err)
+            refused[name] = portable(str(err), ctx.tmp)
     return written, refused
 
 
@@ -179,6 +193,16 @@ def peak_flops() -> tuple[float, list[float]]:
 
 
 def bench_runtimes(ctx: Context) -> Result:
+    """:func:`measure` in a process of its own (spawned): OpenVINO's and onnxruntime's thread pools
+    and compiled models live and end there, away from the benchmarks around it (a whole-suite run
+    once ended in a segmentation fault after the last benchmark; each part alone did not)."""
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(measure, ctx).result()
+
+
+def measure(ctx: Context) -> Result:
+    quiet()
+    set_threads(ctx.args.threads)
     folder = ctx.sample_folder()
     checkpoint, train_seconds = train(ctx, folder)
     written, refused = exports(checkpoint, ctx)
