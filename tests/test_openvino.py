@@ -366,3 +366,18 @@ def test_reexport_without_overwrite_is_refused_naming_the_file(
         error = capsys.readouterr().err.strip().splitlines()
         assert error == [f"error: {existing} already exists; choose another --out, or pass --overwrite to replace it"]
         assert {p.name: sha256_file(p) for p in folder.iterdir()} == before, "nothing written"
+
+
+def test_a_graph_or_weights_beyond_their_bounds_are_refused_before_they_are_read(
+    exported: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from detlit.inference import runtimes
+
+    graph = exported.stat().st_size
+    monkeypatch.setattr(runtimes, "MAX_OPENVINO_XML_BYTES", graph - 1)
+    with pytest.raises(WeightsError, match=rf"tiny\.xml is {graph:,} bytes, more than the {graph - 1:,} bytes detlit"):
+        load_exported(exported)
+    monkeypatch.setattr(runtimes, "MAX_OPENVINO_XML_BYTES", graph)
+    monkeypatch.setattr(runtimes, "MAX_WEIGHTS_DOWNLOAD", 2**20)
+    with pytest.raises(WeightsError, match=r"tiny\.bin is [\d,]+ bytes, more than the 1,048,576 bytes detlit reads"):
+        load_exported(exported)

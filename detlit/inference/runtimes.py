@@ -432,9 +432,8 @@ def _read_within(path: Path, limit: int) -> bytes:
     try:
         return read_at_most(path, limit)
     except TooLarge as err:
-        raise WeightsError(
-            f"{path} is larger than the {limit // 2**20} MiB detlit reads ({err.size} bytes); {FIX}"
-        ) from err
+        size = f"{err.size:,} bytes, more than" if err.size is not None else "more than"
+        raise WeightsError(f"{path} is {size} the {limit:,} bytes detlit reads of it; {FIX}") from None
     except OSError as err:
         raise WeightsError(f"{path} cannot be read ({err.strerror}); {FIX}") from err
 
