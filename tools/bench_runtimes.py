@@ -34,13 +34,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+from bench_deploy import rates, round_ratios
 from benchkit import (
     CPU_CONFIG,
     Context,
     Result,
     Row,
     Target,
-    collected,
     listed,
     median,
     portable,
@@ -146,25 +146,6 @@ def exports(checkpoint: Path, ctx: Context) -> tuple[dict[str, Path], dict[str, 
     return written, refused
 
 
-def rates(sides: dict[str, Predictor], images: list[np.ndarray], ctx: Context) -> dict[str, list[float]]:
-    """Images/s of each predictor per round, the sides in rotating order, after one warm-up pass each."""
-    for predictor in sides.values():
-        predictor.predict(images)
-    measured: dict[str, list[float]] = {side: [] for side in sides}
-    names = list(sides)
-    for turn in ctx.budget.rounds(ctx.scale.predict_turns, part=0.6):
-        for side in names[turn % len(names) :] + names[: turn % len(names)]:
-            collected()
-            started = time.perf_counter()
-            sides[side].predict(images)
-            measured[side].append(len(images) / (time.perf_counter() - started))
-    return measured
-
-
-def ratio(measured: dict[str, list[float]], side: str, baseline: str) -> float:
-    return median([a / b for a, b in zip(measured[side], measured[baseline], strict=False)])
-
-
 def flops_per_image(predictor: Predictor, images: list[np.ndarray]) -> float:
     """Mean floating-point operations of the eager model's inference per image (FlopCounterMode)."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -238,11 +219,11 @@ def measure(ctx: Context) -> Result:
             Row(
                 "runtimes",
                 f"{name} images/s, batch 1 (and 8)",
-                f"{rate1:.2f} img/s (batch 8: {rate8:.2f}, {ratio(measured[8], name, 'eager'):.2f}x); "
+                f"{rate1:.2f} img/s (batch 8: {rate8:.2f}, {round_ratios(measured[8], name, 'eager'):.2f}x); "
                 f"AP {ap:+.4f}, AP50 {ap50:+.4f}; {size / 2**20:.1f} MiB",
                 f"{median(measured[1]['eager']):.2f} img/s (checkpoint, eager; batch 8: "
                 f"{median(measured[8]['eager']):.2f})",
-                ratio(measured[1], name, "eager"),
+                round_ratios(measured[1], name, "eager"),
                 Target(">=", TARGETS["int8" if "int8" in name else "float32"]),
             )
         )
@@ -258,7 +239,7 @@ def measure(ctx: Context) -> Result:
                 f"{fastest}: {median(measured[1][fastest]):.2f} img/s, AP "
                 f"{accuracy[fastest]['ap'] - accuracy['eager']['ap']:+.4f}",
                 f"{median(measured[1]['eager']):.2f} img/s (checkpoint, eager)",
-                ratio(measured[1], fastest, "eager"),
+                round_ratios(measured[1], fastest, "eager"),
                 Target(">=", TARGETS[precision]),
             )
         )
