@@ -330,7 +330,7 @@ CASES: list[Case] = [
         "OpenVINO metadata naming precision int4",
         "predict",
         args("--model", OPENVINO % "int4", "{sample}/val", "--out", "{root}/ov-out"),
-        r"model\.xml\.json names precision 'int4'; detlit runs fp32, int8: export the model again",
+        r"model\.xml\.json names precision 'int4'; detlit runs fp32, int8, fp16: export the model again",
     ),
     Case(
         "OpenVINO model on a CUDA device",

@@ -5,13 +5,15 @@ The model is ``configs/sample_cpu.yaml``'s architecture (the unit tests' toy siz
 trained briefly on the synthetic sample, so that its AP means something, then exported with
 ``detlit.deploy.export.export`` to ONNX and OpenVINO in float32 and in int8 (``--int8
 --keep-slower``: an int8 model is measured even where it is not faster; one whose accuracy check
-fails is a row saying so). Every figure is measured in this run, on the same decoded images of the
-sample's val split and the same number of threads:
+fails is a row saying so), and to ONNX in float16 (``--half``: a model for GPUs, whose row here is
+its AP against the float32 ONNX model's, its CPU speed given for the record). Every figure is
+measured in this run, on the same decoded images of the sample's val split and the same number of
+threads:
 
 * images/s of each runtime through ``Predictor.predict`` at batch 1 and at batch 8, the sides in
   rotating order round after round, and the ratio of each to the checkpoint's eager Predictor at
   the same batch size (median of the per-round ratios);
-* AP and AP50 of each on the val split (``detlit.deploy.quantize.average_precision``: the
+* AP and AP50 of each on the val split (``detlit.deploy.precision.average_precision``: the
   ``evaluate`` path), as differences to the checkpoint's;
 * the utilisation of the fastest float32 runtime at batch 1: the model's floating-point operations
   per image (``torch.utils.flop_counter.FlopCounterMode`` over the eager model's inference on each
@@ -53,7 +55,7 @@ from detlit.data.coco import load_coco
 from detlit.data.datamodule import CocoDataModule
 from detlit.data.images import load_image
 from detlit.deploy.export import export
-from detlit.deploy.quantize import QuantizationError, average_precision
+from detlit.deploy.precision import PrecisionError, average_precision
 from detlit.errors import ConfigError
 from detlit.inference.predictor import Predictor
 from detlit.inference.runtimes import metadata_path
@@ -62,11 +64,12 @@ from detlit.model.module import DetectionModule
 QUICK_MODEL = {"MODEL.FPN.OUT_CHANNELS": 64, "MODEL.ROI_BOX_HEAD.FC_DIM": 64, "MODEL.RPN.POST_NMS_TOPK_TEST": 50}
 QUICK_SIZES = {"min_size_train": [128], "max_size_train": 192, "min_size_test": 128, "max_size_test": 192}
 TRAIN_STEPS = {True: 4, False: 300}  # by --quick
-EXPORTS = (("onnx", False), ("openvino", False), ("onnx", True), ("openvino", True))
+EXPORTS = (("onnx", "fp32"), ("openvino", "fp32"), ("onnx", "int8"), ("openvino", "int8"), ("onnx", "fp16"))
 BATCHES = (1, 8)
 MATMUL_SIDE = 2048
 MATMUL_ROUNDS = 5
 TARGETS = {"float32": 2.0, "int8": 3.0}  # the fastest runtime of each precision against eager, batch 1
+HALF_AP_DROP = 0.01  # float16 is for GPUs: on the CPU its row holds its AP against the float32 ONNX's
 
 
 def train(ctx: Context, folder: Path) -> tuple[Path, float]:
@@ -128,8 +131,13 @@ def train(ctx: Context, folder: Path) -> tuple[Path, float]:
     return path, seconds
 
 
-def side_name(kind: str, int8: bool) -> str:
-    return f"{kind} int8" if int8 else kind
+def side_name(kind: str, precision: str) -> str:
+    return kind if precision == "fp32" else f"{kind} {precision}"
+
+
+def precision_of(name: str) -> str:
+    """``float32``, ``int8`` or ``fp16``: the precision of a side named by :func:`side_name`."""
+    return name.split()[1] if " " in name else "float32"
 
 
 def exports(checkpoint: Path, ctx: Context) -> tuple[dict[str, Path], dict[str, str]]:
@@ -137,11 +145,18 @@ def exports(checkpoint: Path, ctx: Context) -> tuple[dict[str, Path], dict[str, 
     out = ctx.tmp / "runtimes"
     written: dict[str, Path] = {}
     refused: dict[str, str] = {}
-    for kind, int8 in EXPORTS:
-        name = side_name(kind, int8)
+    for kind, precision in EXPORTS:
+        name = side_name(kind, precision)
         try:
-            written[name] = export(checkpoint, kind, out=out, overwrite=True, int8=int8, keep_slower=int8)  # type: ignore[arg-type]
-        except (QuantizationError, ConfigError) as err:  # an int8 model refused by its check, or too few images
+            written[name] = export(
+                checkpoint,
+                kind,  # type: ignore[arg-type]
+                out=out,
+                overwrite=True,
+                precision=precision,  # type: ignore[arg-type]
+                keep_slower=precision == "int8",
+            )
+        except (PrecisionError, ConfigError) as err:  # a model refused by its check, or too few images
             refused[name] = portable(str(err), ctx.tmp)
     return written, refused
 
@@ -215,6 +230,21 @@ def measure(ctx: Context) -> Result:
         ap = accuracy[name]["ap"] - accuracy["eager"]["ap"]
         ap50 = accuracy[name]["ap50"] - accuracy["eager"]["ap50"]
         size = sum(p.stat().st_size for p in (written[name], written[name].with_suffix(".bin")) if p.is_file())
+        if precision_of(name) == "fp16" and "onnx" in accuracy:
+            reference = accuracy["onnx"]
+            rows.append(
+                Row(
+                    "runtimes",
+                    f"{name} AP against onnx float32 (float16 is for GPUs: its CPU speed for the record)",
+                    f"AP {accuracy[name]['ap']:.4f}, AP50 {accuracy[name]['ap50']:.4f}; {rate1:.2f} img/s on the CPU "
+                    f"({round_ratios(measured[1], name, 'eager'):.2f}x eager, "
+                    f"{round_ratios(measured[1], name, 'onnx'):.2f}x onnx); {size / 2**20:.1f} MiB",
+                    f"AP {reference['ap']:.4f}, AP50 {reference['ap50']:.4f} (onnx float32)",
+                    min(accuracy[name][key] - reference[key] for key in ("ap", "ap50")),
+                    Target(">=", -HALF_AP_DROP, unit=""),
+                )
+            )
+            continue
         rows.append(
             Row(
                 "runtimes",
@@ -224,11 +254,11 @@ def measure(ctx: Context) -> Result:
                 f"{median(measured[1]['eager']):.2f} img/s (checkpoint, eager; batch 8: "
                 f"{median(measured[8]['eager']):.2f})",
                 round_ratios(measured[1], name, "eager"),
-                Target(">=", TARGETS["int8" if "int8" in name else "float32"]),
+                Target(">=", TARGETS[precision_of(name)]),
             )
         )
     for precision in ("float32", "int8"):
-        chosen = [name for name in written if ("int8" in name) == (precision == "int8")]
+        chosen = [name for name in written if precision_of(name) == precision]
         if not chosen:
             continue
         fastest = max(chosen, key=lambda name: median(measured[1][name]))
@@ -243,7 +273,7 @@ def measure(ctx: Context) -> Result:
                 Target(">=", TARGETS[precision]),
             )
         )
-    fp32 = [name for name in written if "int8" not in name]
+    fp32 = [name for name in written if precision_of(name) == "float32"]
     fastest = max(fp32, key=lambda name: median(measured[1][name])) if fp32 else "eager"
     achieved = flops * median(measured[1][fastest])
     rows.append(
@@ -266,7 +296,7 @@ def measure(ctx: Context) -> Result:
         "- images/s per round, batch 8: " + "; ".join(f"{side} {listed(v)}" for side, v in measured[8].items()),
         f"- AP / AP50 on the {len(dataset.images)} val images: "
         + "; ".join(f"{side} {a['ap']:.4f} / {a['ap50']:.4f}" for side, a in accuracy.items()),
-        "- int8 exports' own checks (val images the calibration did not use): "
+        "- int8 and float16 exports' own checks (val images the calibration did not use): "
         + "; ".join(
             [f"{name}: {meta['accuracy']['verdict']}" for name, meta in metadata.items() if meta.get("accuracy")]
             + [f"{name}: not written: {why}" for name, why in refused.items()]

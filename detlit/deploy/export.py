@@ -55,6 +55,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from detlit.common.devices import AUTO
 from detlit.common.files import locate, sha256_file
 from detlit.common.outputs import atomic_write, check_folder, check_outputs, write_lock
 from detlit.common.paths import not_a_file
@@ -63,9 +64,17 @@ from detlit.data.coco import load_coco
 from detlit.data.images import load_image
 from detlit.data.sample import make_image
 from detlit.deploy.parity import Parity, compare
-from detlit.deploy.quantize import Int8Check, QuantizationError, check_int8, int8_data, quantize
+from detlit.deploy.precision import (
+    NAMES,
+    PrecisionCheck,
+    PrecisionError,
+    Reduced,
+    check_accuracy,
+    check_data,
+    reduce,
+)
 from detlit.errors import ConfigError, DataError, DetlitError
-from detlit.inference.exported import FORMATS, SUFFIXES, ExportedModel, Format, metadata_path, weights_path
+from detlit.inference.exported import FORMATS, SUFFIXES, ExportedModel, Format, Precision, metadata_path, weights_path
 from detlit.inference.predict import find_images
 from detlit.inference.predictor import Predictor
 from detlit.inference.runtimes import RUNTIMES, LoadedCheckpoint, Runtime
@@ -164,7 +173,8 @@ def _nms_without_branches(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch
 @contextmanager
 def branchless_nms() -> Iterator[None]:
     """Trace non-maximum suppression without torchvision's ``If`` for no boxes, whose empty branch
-    OpenVINO (2026.4) turns into one undefined row: an image without detections would get one."""
+    OpenVINO (2026.4) turns into one undefined row (an image without detections would get one) and
+    whose subgraphs onnxruntime's float16 converter leaves with dangling inputs."""
     from torchvision.ops import boxes as box_ops
 
     saved = box_ops.batched_nms
@@ -233,8 +243,7 @@ def write_model(model: torch.nn.Module, example: torch.Tensor, kind: Format) -> 
         import openvino
     except ImportError:
         raise ConfigError("--format openvino needs OpenVINO, which is not installed; run `make install`") from None
-    with branchless_nms(), concatenated_padding(model):
-        onnx = traced_bytes(model, example, "onnx")
+    onnx = traced_bytes(model, example, "onnx")
     with tempfile.TemporaryDirectory(prefix="detlit-openvino-") as folder:
         source = Path(folder) / "model.onnx"
         source.write_bytes(onnx)
@@ -247,8 +256,11 @@ def write_model(model: torch.nn.Module, example: torch.Tensor, kind: Format) -> 
 def traced_bytes(model: torch.nn.Module, example: torch.Tensor, kind: Format) -> bytes:
     """The TorchScript or ONNX file of ``model`` traced on ``example`` (:class:`TracedDetector`).
 
-    The file is written in memory: torch's writers fail on a full disk by aborting the process,
-    Python's file writes with one error that the command turns into a sentence.
+    The one ONNX graph, which onnxruntime runs and OpenVINO and the float16 converter start from, is
+    traced with :func:`branchless_nms` and :func:`concatenated_padding`: the same numbers, in
+    operators every one of them reads right. The file is written in memory: torch's writers fail on
+    a full disk by aborting the process, Python's file writes with one error that the command turns
+    into a sentence.
     """
     traced = TracedDetector(model).eval()
     buffer = io.BytesIO()
@@ -257,7 +269,8 @@ def traced_bytes(model: torch.nn.Module, example: torch.Tensor, kind: Format) ->
         warnings.simplefilter("ignore")
         if kind == "torchscript":
             torch.jit.save(torch.jit.trace(traced, (example,), check_trace=False), buffer)
-        else:
+            return buffer.getvalue()
+        with branchless_nms(), concatenated_padding(model):
             torch.onnx.export(
                 traced,
                 (example,),
@@ -372,10 +385,34 @@ def check_parity(eager: Predictor, runtime: Runtime, images: list[np.ndarray]) -
     )
 
 
-def output_paths(ckpt: Path, kind: Format, out: Path | None, int8: bool = False) -> tuple[Path, Path]:
-    """The model file and its metadata json (``<checkpoint name>.int8.onnx`` for an int8 model)."""
-    model = (out if out is not None else ckpt.parent) / f"{ckpt.stem}{'.int8' if int8 else ''}{SUFFIXES[kind]}"
+def output_paths(ckpt: Path, kind: Format, out: Path | None, precision: Precision = "fp32") -> tuple[Path, Path]:
+    """The model file and its metadata json (``<checkpoint name>.int8.onnx`` for an int8 model,
+    ``.fp16.onnx`` for a float16 one)."""
+    tag = "" if precision == "fp32" else f".{precision}"
+    model = (out if out is not None else ckpt.parent) / f"{ckpt.stem}{tag}{SUFFIXES[kind]}"
     return model, metadata_path(model)
+
+
+def require_options(kind: str, precision: Precision, keep_slower: bool) -> None:
+    """One sentence for a format, precision and ``--keep-slower`` that do not go together.
+
+    Raises:
+        ConfigError: an unknown format, int8 TorchScript, float16 other than ONNX, or
+            ``keep_slower`` in float32.
+    """
+    if kind not in FORMATS:
+        raise ConfigError(f"--format {kind} is unknown; use one of {', '.join(FORMATS)}")
+    if precision == "int8" and kind == "torchscript":
+        raise ConfigError("--int8 quantizes for the CPU runtimes: use --format onnx or --format openvino")
+    if precision == "fp16" and kind != "onnx":
+        raise ConfigError(
+            "--half writes a float16 ONNX model for GPUs (onnxruntime-gpu, TensorRT): use --format onnx; "
+            f"{kind} models run on the CPU here, in float32"
+        )
+    if keep_slower and precision == "fp32":
+        raise ConfigError(
+            "--keep-slower keeps an int8 or float16 model that is not faster: give it with --int8 or --half"
+        )
 
 
 def export(
@@ -384,29 +421,25 @@ def export(
     out: Path | None = None,
     images: Path | None = None,
     overwrite: bool = False,
-    int8: bool = False,
+    precision: Precision = "fp32",
     keep_slower: bool = False,
 ) -> Path:
     """``python -m detlit.export``: write ``ckpt`` as ``kind`` with its metadata, after a parity check;
-    with ``int8``, its int8 model instead, after the parity check of the float32 graph and the
-    accuracy check of the int8 one (:mod:`detlit.deploy.quantize`).
+    with ``precision`` ``int8`` or ``fp16``, its int8 or float16 model instead, after the parity
+    check of the float32 graph and the accuracy check of the reduced one (:mod:`detlit.deploy.precision`).
 
     Returns:
         The model file.
 
     Raises:
-        ConfigError: an unknown format, a missing input, or an output that exists.
+        ConfigError: an unknown format, options that do not go together, a missing input, or an
+            output that exists.
         WeightsError: the checkpoint cannot be loaded.
         ParityError: the exported model's detections are not the checkpoint's (nothing is written).
-        QuantizationError: the int8 model's AP is off, or it is not faster and ``keep_slower`` is
-            not set (nothing is written).
+        PrecisionError: the reduced model's AP is off, or it is not faster (where its speed counts)
+            and ``keep_slower`` is not set (nothing is written).
     """
-    if kind not in FORMATS:
-        raise ConfigError(f"--format {kind} is unknown; use one of {', '.join(FORMATS)}")
-    if int8 and kind == "torchscript":
-        raise ConfigError("--int8 quantizes for the CPU runtimes: use --format onnx or --format openvino")
-    if keep_slower and not int8:
-        raise ConfigError("--keep-slower keeps an int8 model that is not faster: give it with --int8")
+    require_options(kind, precision, keep_slower)
     problem = not_a_file(ckpt)  # a named pipe or a device would block, or never end
     if problem is not None:
         raise ConfigError(f"--ckpt {ckpt} {problem}; pass a .ckpt file of a training run")
@@ -414,7 +447,7 @@ def export(
         raise ConfigError(f"--images {images} is not a folder; name a folder of images for the parity check")
     if out is not None:
         check_folder(out)
-    model_path, meta_path = output_paths(ckpt, kind, out, int8)
+    model_path, meta_path = output_paths(ckpt, kind, out, precision)
     with write_lock(model_path.parent):
         outputs = [model_path, *([weights_path(model_path)] if kind == "openvino" else []), meta_path]
         check_outputs(outputs, inputs=[ckpt], overwrite=overwrite)
@@ -426,7 +459,7 @@ def export(
         example = eager.preprocess(chosen[0])["image"]
         written = write_model(checkpoint.module.model, example, kind)
         accuracy: dict[str, Any] | None = None
-        # Parity (and the int8 checks) run the files as written, from a temporary folder; the files
+        # Parity (and the int8 or float16 checks) run the files as written, from a temporary folder; the files
         # are moved into place only when every check passed.
         with tempfile.TemporaryDirectory(prefix="detlit-export-") as temporary:
             candidate = written.write(Path(temporary), f"float32{SUFFIXES[kind]}")
@@ -443,12 +476,14 @@ def export(
                 "export": round(exported_at - started, 2),
                 "parity": round(time.perf_counter() - exported_at, 2),
             }
-            if int8:
-                quantized_at = time.perf_counter()
-                written, check = quantized_export(checkpoint, eager, fp32, written, kind, images, Path(temporary))
-                verdict = require_int8(check, ckpt, keep_slower)
+            if precision != "fp32":
+                reduced_at = time.perf_counter()
+                written, check = reduced_export(
+                    checkpoint, eager, fp32, written, kind, precision, images, Path(temporary)
+                )
+                verdict = require_accuracy(check, ckpt, keep_slower)
                 accuracy = {**check.as_json(), "verdict": verdict}
-                seconds["int8"] = round(time.perf_counter() - quantized_at, 2)
+                seconds[precision] = round(time.perf_counter() - reduced_at, 2)
         described = ExportedModel.of(
             written.model,
             kind,
@@ -456,10 +491,14 @@ def export(
             eager.facts,
             source=source_document(checkpoint),
             versions={**_versions(), **({"onnx_opset": str(ONNX_OPSET)} if kind != "torchscript" else {})},
-            parity={**parity.as_json(), "images_from": image_source, **({"of": "the float32 model"} if int8 else {})},
+            parity={
+                **parity.as_json(),
+                "images_from": image_source,
+                **({"of": "the float32 model"} if precision != "fp32" else {}),
+            },
             seconds=seconds,
             weights=written.weights,
-            precision="int8" if int8 else "fp32",
+            precision=precision,
             accuracy=accuracy,
         )
         # The model (and its weights) are renamed into place first, the metadata last.
@@ -471,51 +510,67 @@ def export(
             metadata.write(described.to_bytes())
         print(f"parity ({image_source}): {parity.describe()}")
         if accuracy is not None:
-            print(f"int8: {accuracy['verdict']}")
+            print(f"{precision}: {accuracy['verdict']}")
         print(f"wrote {model_path} and {meta_path} in {time.perf_counter() - started:.1f} s")
         return model_path
 
 
-def quantized_export(
+def reduced_export(
     checkpoint: LoadedCheckpoint,
     eager: Predictor,
     fp32: Runtime,
     written: ModelFiles,
     kind: Format,
+    precision: Reduced,
     images: Path | None,
     folder: Path,
-) -> tuple[ModelFiles, Int8Check]:
-    """The int8 model of the float32 export ``written`` (running as ``fp32``), and its check."""
+) -> tuple[ModelFiles, PrecisionCheck]:
+    """The int8 or float16 model of the float32 export ``written`` (running as ``fp32`` on the
+    CPU), and its check. float16 is checked where onnxruntime runs it by default: on its CUDA
+    provider when it has one, else on the CPU."""
     anchors, data = list(checkpoint.path.resolve().parents), checkpoint.data
-    found = int8_data(
+    found = check_data(
         locate(data.get("val_json"), anchors),
         locate(data.get("val_images") or data.get("train_images"), anchors),
-        images,
+        images if precision == "int8" else None,
+        precision,
     )
-    log.info("int8: calibrating on %s", found.calibration_from)
+    if found.calibration_from is not None:
+        log.info("%s: calibrating on %s", NAMES[precision], found.calibration_from)
     inputs = [eager.preprocess(image)["image"].numpy() for image in found.calibration]
-    model, weights = quantize(written.model, written.weights, kind, inputs)
-    quantized = ModelFiles(model, weights)
-    candidate = quantized.write(folder, f"int8{SUFFIXES[kind]}")
-    check = check_int8(fp32, RUNTIMES[kind](candidate, eager.facts, "cpu"), found)
-    log.info("int8 %s", check.describe())
-    return quantized, check
+    model, weights = reduce(written.model, written.weights, kind, precision, inputs)
+    files = ModelFiles(model, weights)
+    candidate = files.write(folder, f"{precision}{SUFFIXES[kind]}")
+    device = "cpu" if precision == "int8" else AUTO
+    runtime = RUNTIMES[kind](candidate, eager.facts, device)
+    if runtime.device != fp32.device:  # the float32 reference on the same device
+        fp32 = RUNTIMES[kind](folder / f"float32{SUFFIXES[kind]}", eager.facts, device)
+    check = check_accuracy(fp32, runtime, found, precision)
+    log.info("%s %s", NAMES[precision], check.describe())
+    return files, check
 
 
-def require_int8(check: Int8Check, ckpt: Path, keep_slower: bool) -> str:
-    """The int8 verdict line, or one sentence when the int8 model is not to be written.
+def require_accuracy(check: PrecisionCheck, ckpt: Path, keep_slower: bool) -> str:
+    """The verdict line of a reduced model, or one sentence when it is not to be written.
 
     Raises:
-        QuantizationError: its AP is off, or it is not faster and ``keep_slower`` is not set.
+        PrecisionError: its AP is off, or it is not faster where its speed counts (int8 anywhere,
+            float16 on a GPU) and ``keep_slower`` is not set.
     """
+    name = NAMES[check.precision]
     if not check.accurate:
-        raise QuantizationError(
-            f"the int8 model of {ckpt} loses too much accuracy ({check.describe()}); no model was written: use the "
-            "float32 export, or calibrate on other images with --images"
+        raise PrecisionError(
+            f"the {name} model of {ckpt} loses too much accuracy ({check.describe()}); no model was written: use the "
+            f"float32 export{', or calibrate on other images with --images' if check.precision == 'int8' else ''}"
+        )
+    if not check.speed_counts:
+        return (
+            f"accurate ({check.describe()}); float16 is for GPUs: its speed on the CPU says nothing, measure it on the "
+            "GPU it will run on"
         )
     if check.speedup <= 1.0:
         line = f"not faster than float32 on this machine ({check.describe()})"
         if not keep_slower:
-            raise QuantizationError(f"the int8 model is {line}; no model was written: pass --keep-slower to keep it")
+            raise PrecisionError(f"the {name} model is {line}; no model was written: pass --keep-slower to keep it")
         return f"kept, though {line}"
     return f"accurate and {check.speedup:.2f}x as fast as float32 ({check.describe()})"

@@ -40,7 +40,7 @@ FORMATS: tuple[Format, ...] = get_args(Format)
 SUFFIXES: dict[Format, str] = {"torchscript": ".torchscript", "onnx": ".onnx", "openvino": ".xml"}
 WEIGHTS_SUFFIX = ".bin"
 """An OpenVINO model is two files: the graph (``.xml``) and its weights (``.bin``) beside it."""
-Precision = Literal["fp32", "int8"]
+Precision = Literal["fp32", "int8", "fp16"]
 PRECISIONS: tuple[Precision, ...] = get_args(Precision)
 METADATA_KIND = "detlit exported model"
 METADATA_VERSION = 2
@@ -86,9 +86,9 @@ class ExportedModel:
         file_bytes: the model file's size; None in version 1 metadata.
         weights_sha256: an OpenVINO model's weights file's (``.bin``) sha256; None for other formats.
         weights_bytes: the weights file's size; None for other formats.
-        precision: ``fp32``, or ``int8`` for a quantized model.
-        accuracy: for ``int8``, the accuracy check against the fp32 model (its AP and AP50, both
-            models' figures) and the measured speed of both.
+        precision: ``fp32``, ``int8`` for a quantized model, or ``fp16`` for a float16 one.
+        accuracy: for ``int8`` and ``fp16``, the accuracy check against the fp32 model (its AP and
+            AP50, both models' figures) and the measured speed of both, with the device measured on.
         version: the metadata version (:data:`METADATA_VERSION` when detlit writes it).
         created: when it was written (ISO 8601, UTC).
         source: the checkpoint it came from (path, sha256) and the run's dataset fingerprint.

@@ -1,4 +1,4 @@
-"""Exporting int8: post-training static quantization, calibrated on images, kept on its accuracy.
+"""Exporting in reduced precision: int8 and float16 models, kept on their measured accuracy.
 
 ``python -m detlit.export --int8`` quantizes the float32 export (after its parity check) for the CPU:
 
@@ -8,16 +8,21 @@
 * OpenVINO: NNCF's post-training quantization (``nncf.quantize``, its defaults: symmetric int8
   weights and activations, fast bias correction).
 
-Exact parity cannot hold for int8, so the check is accuracy (:func:`check_int8`): AP and AP50 of the
-int8 model and of the float32 export on validation images the calibration did not see, through the
-one inference and metric path (:class:`~detlit.inference.predictor.Predictor`,
-:func:`~detlit.inference.evaluate.predict_dataset`, :class:`~detlit.evaluation.metric.DetectionMetrics`):
-neither may be more than :data:`MAX_AP_DROP` below the float32 figure (a higher one, which a few
-images can give, is recorded, not refused); and speed, images/s of both on the same decoded images
-after one pass over them. The
-calibration images are the checkpoint's validation images (a seeded half, at most
-:data:`CALIBRATION_IMAGES`; the other half checks accuracy), or the images of ``--images`` (then
-every validation image checks accuracy).
+``--half`` converts the float32 ONNX export to float16 for GPUs (onnxruntime-gpu, TensorRT):
+onnxruntime's float16 converter, float32 kept at the model's input and outputs and around the
+operators it has no float16 form for (non-maximum suppression, top-k, ROIAlign, resizing). No
+calibration: every validation image checks it.
+
+Exact parity cannot hold in reduced precision, so the check is accuracy (:func:`check_accuracy`):
+AP and AP50 of the reduced model and of the float32 export on validation images the calibration
+did not see, through the one inference and metric path
+(:class:`~detlit.inference.predictor.Predictor`, :func:`~detlit.inference.evaluate.predict_dataset`,
+:class:`~detlit.evaluation.metric.DetectionMetrics`): neither may be more than :data:`MAX_AP_DROP`
+below the float32 figure (a higher one, which a few images can give, is recorded, not refused);
+and speed, images/s of both on the same decoded images after one pass over them, on the device
+the check ran on. For int8 the calibration images are the checkpoint's validation images (a
+seeded half, at most :data:`CALIBRATION_IMAGES`; the other half checks accuracy), or the images
+of ``--images`` (then every validation image checks accuracy).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeAlias
 
 import numpy as np
 
@@ -42,45 +47,59 @@ from detlit.inference.runtimes import Runtime
 
 log = logging.getLogger(__name__)
 
+Reduced: TypeAlias = Literal["int8", "fp16"]
+OPTIONS: dict[Reduced, str] = {"int8": "--int8", "fp16": "--half"}
+NAMES: dict[Reduced, str] = {"int8": "int8", "fp16": "float16"}
+
 CALIBRATION_IMAGES = 64
-"""Most images the activation ranges are calibrated on."""
+"""Most images the int8 activation ranges are calibrated on."""
 MIN_CHECK_IMAGES = 4
 """Fewest validation images the accuracy check takes."""
 MAX_AP_DROP = 0.01
-"""Most the int8 model's AP, and its AP50, may be below the float32 export's."""
+"""Most the reduced model's AP, and its AP50, may be below the float32 export's."""
 SPEED_ROUNDS = 3
 SPLIT_SEED = 0
 
 
-class QuantizationError(DetlitError):
-    """The int8 model is not accurate enough, or not faster and not asked to be kept."""
+class PrecisionError(DetlitError):
+    """The int8 or float16 model is not accurate enough, or not faster and not asked to be kept."""
 
 
 @dataclass(frozen=True)
-class Int8Data:
-    """Images to calibrate on (RGB uint8) and the validation images that check accuracy."""
+class CheckData:
+    """Images to calibrate on (RGB uint8; none for float16) and the validation images that check accuracy."""
 
     calibration: list[np.ndarray]
     check: CocoDataset
-    calibration_from: str
+    calibration_from: str | None
 
 
-def int8_data(val_json: Path | None, val_images: Path | None, folder: Path | None) -> Int8Data:
+def check_data(
+    val_json: Path | None, val_images: Path | None, folder: Path | None, precision: Reduced = "int8"
+) -> CheckData:
     """The calibration images and the accuracy check's dataset (module docstring).
 
     Raises:
         ConfigError: the validation json cannot be found or read, or holds too few images.
     """
+    option = OPTIONS[precision]
     if val_json is None or val_images is None:
         raise ConfigError(
-            "--int8 checks the int8 model's AP on the run's validation images, and the checkpoint's val_json or its "
-            "images cannot be found; export from the run folder the checkpoint was written in"
+            f"{option} checks the {NAMES[precision]} model's AP on the run's validation images, and the checkpoint's "
+            "val_json or its images cannot be found; export from the run folder the checkpoint was written in"
         )
     try:
         dataset = load_coco(val_json, val_images)
     except DataError as err:
-        raise ConfigError(f"--int8 checks AP on the run's validation images: {err}") from err
+        raise ConfigError(f"{option} checks AP on the run's validation images: {err}") from err
     count = len(dataset.images)
+    if precision == "fp16":
+        if count < MIN_CHECK_IMAGES:
+            raise ConfigError(
+                f"--half checks AP on the run's validation images, and {val_json} holds {count} (at least "
+                f"{MIN_CHECK_IMAGES}); train with a larger validation split"
+            )
+        return CheckData([], dataset, None)
     if folder is not None:
         paths = [image.path for image in find_images([str(folder)])][:CALIBRATION_IMAGES]
         calibration = [load_image(path) for path in paths]
@@ -99,23 +118,39 @@ def int8_data(val_json: Path | None, val_images: Path | None, folder: Path | Non
             f"--int8 checks AP on the validation images the calibration does not use, and {val_json} leaves "
             f"{len(check.images)} (at least {MIN_CHECK_IMAGES}); pass --images to calibrate on other images"
         )
-    return Int8Data(calibration, check, source)
+    return CheckData(calibration, check, source)
 
 
-def quantize(
-    model: bytes, weights: bytes | None, kind: Format, inputs: Sequence[np.ndarray]
+def reduce(
+    model: bytes, weights: bytes | None, kind: Format, precision: Reduced, inputs: Sequence[np.ndarray]
 ) -> tuple[bytes, bytes | None]:
-    """The int8 model (and OpenVINO weights) of a float32 export, calibrated on model inputs (uint8 CHW).
+    """The int8 or float16 model (and OpenVINO weights) of a float32 export; int8 calibrated on model
+    inputs (uint8 CHW).
 
     Raises:
-        ConfigError: ``kind`` is TorchScript, or the runtime's quantization tools are missing.
+        ConfigError: the format has no such precision here, or the runtime's tools are missing.
     """
+    if precision == "fp16":
+        if kind != "onnx":
+            raise ConfigError("--half writes a float16 ONNX model for GPUs: use --format onnx")
+        return _float16_onnx(model), None
     if kind == "onnx":
         return _quantize_onnx(model, inputs), None
     if kind == "openvino":
         assert weights is not None
         return _quantize_openvino(model, weights, inputs)
     raise ConfigError("--int8 quantizes for the CPU runtimes: use --format onnx or --format openvino")
+
+
+def _float16_onnx(model: bytes) -> bytes:
+    """The ONNX model in float16, float32 kept at its inputs and outputs and around the operators
+    onnxruntime's converter blocks (its default list)."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    graph = onnx.load_from_string(model)
+    del graph.graph.value_info[:]  # the exporter's float32 annotations of intermediate values
+    return bytes(convert_float_to_float16(graph, keep_io_types=True).SerializeToString())
 
 
 def _quantize_onnx(model: bytes, inputs: Sequence[np.ndarray]) -> bytes:
@@ -166,38 +201,47 @@ def _quantize_openvino(model: bytes, weights: bytes, inputs: Sequence[np.ndarray
 
 
 @dataclass(frozen=True)
-class Int8Check:
-    """AP, AP50 and images/s of the float32 export and of its int8 model on the same images."""
+class PrecisionCheck:
+    """AP, AP50 and images/s of the float32 export and of its reduced model on the same images."""
 
+    precision: Reduced
     fp32: dict[str, float]
-    int8: dict[str, float]
+    reduced: dict[str, float]
     images: int
-    calibration_from: str
+    calibration_from: str | None
+    device: str = "cpu"
 
     @property
     def accurate(self) -> bool:
-        return all(self.fp32[key] - self.int8[key] <= MAX_AP_DROP for key in ("ap", "ap50"))
+        return all(self.fp32[key] - self.reduced[key] <= MAX_AP_DROP for key in ("ap", "ap50"))
 
     @property
     def speedup(self) -> float:
-        return self.int8["images_per_second"] / self.fp32["images_per_second"]
+        return self.reduced["images_per_second"] / self.fp32["images_per_second"]
+
+    @property
+    def speed_counts(self) -> bool:
+        """Whether the speed was measured where the model is meant to run: float16 is for GPUs."""
+        return self.precision == "int8" or self.device != "cpu"
 
     def describe(self) -> str:
+        images = "validation images the calibration did not use" if self.calibration_from else "validation images"
         return (
-            f"on {self.images} validation images the calibration did not use: AP {self.int8['ap']:.4f} against "
-            f"{self.fp32['ap']:.4f} in float32, AP50 {self.int8['ap50']:.4f} against {self.fp32['ap50']:.4f} "
-            f"(at most {MAX_AP_DROP:g} lower); {self.int8['images_per_second']:.2f} images/s against "
-            f"{self.fp32['images_per_second']:.2f} ({self.speedup:.2f}x)"
+            f"on {self.images} {images}: AP {self.reduced['ap']:.4f} against {self.fp32['ap']:.4f} in float32, AP50 "
+            f"{self.reduced['ap50']:.4f} against {self.fp32['ap50']:.4f} (at most {MAX_AP_DROP:g} lower); "
+            f"{self.reduced['images_per_second']:.2f} images/s against {self.fp32['images_per_second']:.2f} "
+            f"({self.speedup:.2f}x, on the {self.device})"
         )
 
     def as_json(self) -> dict[str, Any]:
         return {
             "float32": self.fp32,
-            "int8": self.int8,
+            self.precision: self.reduced,
             "max_ap_drop": MAX_AP_DROP,
             "images": self.images,
-            "calibrated_on": self.calibration_from,
+            **({"calibrated_on": self.calibration_from} if self.calibration_from else {}),
             "speedup": round(self.speedup, 3),
+            "device": self.device,
         }
 
 
@@ -227,19 +271,22 @@ def _speeds(runtimes: dict[str, Runtime], images: list[np.ndarray]) -> dict[str,
     return {name: round(value, 3) for name, value in best.items()}
 
 
-def check_int8(fp32: Runtime, int8: Runtime, data: Int8Data) -> Int8Check:
-    """The int8 model against the float32 export: AP, AP50 and speed on the check images."""
+def check_accuracy(fp32: Runtime, reduced: Runtime, data: CheckData, precision: Reduced) -> PrecisionCheck:
+    """The reduced model against the float32 export (both on one device): AP, AP50 and speed on the check images."""
     started = time.perf_counter()
-    float_ap, int8_ap = (
-        average_precision(Predictor(runtime, all_detections=True, batch_size=1), data.check) for runtime in (fp32, int8)
+    float_ap, reduced_ap = (
+        average_precision(Predictor(runtime, all_detections=True, batch_size=1), data.check)
+        for runtime in (fp32, reduced)
     )
     records = data.check.images
     images = [load_image(data.check.image_root / records.record(i).file_name) for i in range(min(len(records), 32))]
-    speed = _speeds({"fp32": fp32, "int8": int8}, images)
-    log.info("int8 accuracy and speed checked in %.1f s", time.perf_counter() - started)
-    return Int8Check(
+    speed = _speeds({"fp32": fp32, "reduced": reduced}, images)
+    log.info("%s accuracy and speed checked in %.1f s", NAMES[precision], time.perf_counter() - started)
+    return PrecisionCheck(
+        precision,
         {**float_ap, "images_per_second": speed["fp32"]},
-        {**int8_ap, "images_per_second": speed["int8"]},
+        {**reduced_ap, "images_per_second": speed["reduced"]},
         len(records),
         data.calibration_from,
+        reduced.device.type,
     )
