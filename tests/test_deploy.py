@@ -300,6 +300,30 @@ def test_failed_parity_leaves_no_model_file(
     assert not out.exists(), "neither the model, nor its metadata, nor a temporary file, nor the folder export made"
 
 
+def test_parity_of_a_model_that_detects_nothing_is_said_to_check_nothing(
+    sample_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from .conftest import TINY_OVERRIDES
+
+    # an untrained model scores about 1 / 4 everywhere: nothing reaches a score floor of 0.99
+    module = tiny_module(overrides={**TINY_OVERRIDES, "MODEL.ROI_HEADS.SCORE_THRESH_TEST": 0.99})
+    trainer = quiet_trainer(max_steps=1, limit_val_batches=0)
+    trainer.fit(module, datamodule=tiny_datamodule(sample_dir))
+    trainer.save_checkpoint(tmp_path / "blind.ckpt")
+    with caplog.at_level("WARNING"), pytest.raises(SystemExit) as info:
+        export_main(["--ckpt", str(tmp_path / "blind.ckpt"), "--format", "onnx"])
+    assert info.value.code == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(
+        m.startswith(f"parity compared nothing: {tmp_path / 'blind.ckpt'} detects nothing above its score floor 0.99")
+        and "the exported model is unchecked; pass --images" in m
+        for m in warnings
+    ), warnings
+    parity = json.loads(metadata_path(tmp_path / "blind.onnx").read_text())["parity"]
+    assert parity["passed"] is True and parity["compared"] is False
+    assert parity["detections"] == parity["exported_detections"] == parity["pairs"] == 0
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -467,6 +467,15 @@ def export(
             fp32 = RUNTIMES[kind](candidate, eager.facts, "cpu")
             parity = check_parity(eager, fp32, chosen)
             log.info("parity on %s: %s", image_source, parity.describe())
+            if not parity.compared:
+                log.warning(
+                    "parity compared nothing: %s detects nothing above its score floor %g on %s, so the exported "
+                    "model is unchecked; pass --images with images that hold the objects it was trained on, or train "
+                    "it longer",
+                    ckpt,
+                    eager.facts.score_floor,
+                    image_source,
+                )
             if not parity.passed:
                 raise ParityError(
                     f"the exported {kind} model does not match {ckpt} on {image_source} ({parity.describe()}); no "

@@ -18,6 +18,9 @@ A detection without a partner is one of two kinds:
   proposals or in the final NMS. At most :data:`DIFFERING_SHARE` of the checkpoint's detections
   may differ; a broken export differs everywhere.
 
+Parity with no detections on either side compares nothing (:attr:`Parity.compared` is False):
+it passes, and the exporter says that the model is unchecked.
+
 TorchScript runs PyTorch's own kernels and matches exactly (differences 0.0); ONNX Runtime's
 kernels round differently, by about 1e-5 in score and 1e-3 px in box on the sample model.
 """
@@ -68,6 +71,12 @@ class Parity:
         return math.floor(DIFFERING_SHARE * self.detections)
 
     @property
+    def compared(self) -> bool:
+        """Whether either model detected anything on the parity images: without detections, parity
+        holds but checks nothing."""
+        return self.detections > 0 or self.exported_detections > 0
+
+    @property
     def passed(self) -> bool:
         return (
             self.max_box_difference <= BOX_TOLERANCE
@@ -88,6 +97,7 @@ class Parity:
     def as_json(self) -> dict[str, Any]:
         return {
             "passed": self.passed,
+            "compared": self.compared,
             "images": self.images,
             "input_sizes": [list(size) for size in self.sizes],
             "detections": self.detections,
