@@ -225,6 +225,10 @@ def test_int8_and_half_options_out_of_place_are_one_sentence(trained: Path) -> N
             f"--half writes a float16 ONNX model for GPUs (onnxruntime-gpu, TensorRT): use --format onnx; {kind}"
             in (result.stderr)
         )
+    # too few validation images for the int8 check: said before anything is traced
+    result = _export("--ckpt", str(trained), "--format", "onnx", "--int8", "--out", str(trained.parent / "few"))
+    assert result.returncode == 2 and "leaves 3 (at least 4); pass --images" in result.stderr
+    assert "parity" not in result.stderr + result.stdout and not (trained.parent / "few").exists()
     result = _export("--ckpt", str(trained), "--format", "onnx", "--half", "--int8")
     assert result.returncode == 2 and "not allowed with argument" in result.stderr
     assert not list(trained.parent.glob("tiny.*.torchscript")) and not trained.with_name("tiny.fp16.xml").exists()

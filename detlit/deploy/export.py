@@ -66,6 +66,7 @@ from detlit.data.sample import make_image
 from detlit.deploy.parity import Parity, compare
 from detlit.deploy.precision import (
     NAMES,
+    CheckData,
     PrecisionCheck,
     PrecisionError,
     Reduced,
@@ -455,6 +456,8 @@ def export(
         checkpoint = LoadedCheckpoint.read(ckpt)
         require_exportable(checkpoint.module)
         eager = Predictor(checkpoint.module, device="cpu", all_detections=True, batch_size=1)
+        # the reduced model's check data first: too few validation images end the export before tracing
+        found = None if precision == "fp32" else reduced_data(checkpoint, precision, images)
         chosen, image_source = parity_images(checkpoint, images, eager)
         example = eager.preprocess(chosen[0])["image"]
         written = write_model(checkpoint.module.model, example, kind)
@@ -485,11 +488,9 @@ def export(
                 "export": round(exported_at - started, 2),
                 "parity": round(time.perf_counter() - exported_at, 2),
             }
-            if precision != "fp32":
+            if found is not None:
                 reduced_at = time.perf_counter()
-                written, check = reduced_export(
-                    checkpoint, eager, fp32, written, kind, precision, images, Path(temporary)
-                )
+                written, check = reduced_export(eager, fp32, written, kind, found, Path(temporary))
                 verdict = require_accuracy(check, ckpt, keep_slower)
                 accuracy = {**check.as_json(), "verdict": verdict}
                 seconds[precision] = round(time.perf_counter() - reduced_at, 2)
@@ -524,26 +525,25 @@ def export(
         return model_path
 
 
-def reduced_export(
-    checkpoint: LoadedCheckpoint,
-    eager: Predictor,
-    fp32: Runtime,
-    written: ModelFiles,
-    kind: Format,
-    precision: Reduced,
-    images: Path | None,
-    folder: Path,
-) -> tuple[ModelFiles, PrecisionCheck]:
-    """The int8 or float16 model of the float32 export ``written`` (running as ``fp32`` on the
-    CPU), and its check. float16 is checked where onnxruntime runs it by default: on its CUDA
-    provider when it has one, else on the CPU."""
+def reduced_data(checkpoint: LoadedCheckpoint, precision: Reduced, images: Path | None) -> CheckData:
+    """The calibration images (int8: ``images``, else half the run's validation images) and the
+    validation images that check the reduced model (:func:`~detlit.deploy.precision.check_data`)."""
     anchors, data = list(checkpoint.path.resolve().parents), checkpoint.data
-    found = check_data(
+    return check_data(
         locate(data.get("val_json"), anchors),
         locate(data.get("val_images") or data.get("train_images"), anchors),
         images if precision == "int8" else None,
         precision,
     )
+
+
+def reduced_export(
+    eager: Predictor, fp32: Runtime, written: ModelFiles, kind: Format, found: CheckData, folder: Path
+) -> tuple[ModelFiles, PrecisionCheck]:
+    """The int8 or float16 model (``found.precision``) of the float32 export ``written`` (running as
+    ``fp32`` on the CPU), and its check. float16 is checked where onnxruntime runs it by default: on
+    its CUDA provider when it has one, else on the CPU."""
+    precision = found.precision
     if found.calibration_from is not None:
         log.info("%s: calibrating on %s", NAMES[precision], found.calibration_from)
     inputs = [eager.preprocess(image)["image"].numpy() for image in found.calibration]
@@ -554,7 +554,7 @@ def reduced_export(
     runtime = RUNTIMES[kind](candidate, eager.facts, device)
     if runtime.device != fp32.device:  # the float32 reference on the same device
         fp32 = RUNTIMES[kind](folder / f"float32{SUFFIXES[kind]}", eager.facts, device)
-    check = check_accuracy(fp32, runtime, found, precision)
+    check = check_accuracy(fp32, runtime, found)
     log.info("%s %s", NAMES[precision], check.describe())
     return files, check
 

@@ -72,6 +72,7 @@ class CheckData:
     calibration: list[np.ndarray]
     check: CocoDataset
     calibration_from: str | None
+    precision: Reduced = "int8"
 
 
 def check_data(
@@ -99,7 +100,7 @@ def check_data(
                 f"--half checks AP on the run's validation images, and {val_json} holds {count} (at least "
                 f"{MIN_CHECK_IMAGES}); train with a larger validation split"
             )
-        return CheckData([], dataset, None)
+        return CheckData([], dataset, None, "fp16")
     if folder is not None:
         paths = [image.path for image in find_images([str(folder)])][:CALIBRATION_IMAGES]
         calibration = [load_image(path) for path in paths]
@@ -271,7 +272,7 @@ def _speeds(runtimes: dict[str, Runtime], images: list[np.ndarray]) -> dict[str,
     return {name: round(value, 3) for name, value in best.items()}
 
 
-def check_accuracy(fp32: Runtime, reduced: Runtime, data: CheckData, precision: Reduced) -> PrecisionCheck:
+def check_accuracy(fp32: Runtime, reduced: Runtime, data: CheckData) -> PrecisionCheck:
     """The reduced model against the float32 export (both on one device): AP, AP50 and speed on the check images."""
     started = time.perf_counter()
     float_ap, reduced_ap = (
@@ -281,9 +282,9 @@ def check_accuracy(fp32: Runtime, reduced: Runtime, data: CheckData, precision: 
     records = data.check.images
     images = [load_image(data.check.image_root / records.record(i).file_name) for i in range(min(len(records), 32))]
     speed = _speeds({"fp32": fp32, "reduced": reduced}, images)
-    log.info("%s accuracy and speed checked in %.1f s", NAMES[precision], time.perf_counter() - started)
+    log.info("%s accuracy and speed checked in %.1f s", NAMES[data.precision], time.perf_counter() - started)
     return PrecisionCheck(
-        precision,
+        data.precision,
         {**float_ap, "images_per_second": speed["fp32"]},
         {**reduced_ap, "images_per_second": speed["reduced"]},
         len(records),
