@@ -136,7 +136,8 @@ def test_the_metrics_file_is_read_bounded_and_survives_a_cut_line(tmp_path: Path
     with pytest.raises(ConfigError) as raised:
         read_metrics(run)
     assert str(raised.value) == (
-        f"{run.metrics} is 67,108,865 bytes, more than the 67,108,864 of a metrics file; it is not detlit's"
+        f"{run.metrics} is 67,108,865 bytes, more than the 67,108,864 bytes detlit reads of it; a run folder "
+        "holds the metrics file detlit writes: remove this one or train the run again"
     )
 
 
@@ -390,5 +391,8 @@ def test_the_report_of_a_folder_with_crafted_records_names_them(
     assert stopped.value.code == 0, capsys.readouterr().err
     text = (run.path / "report.md").read_text()
     assert f"{run.record} is not a detlit run record (nests or holds 30000 arrays and objects, more than" in text
-    assert f"{run.metrics} is 67,108,865 bytes, more than the 67,108,864 of a metrics file; it is not detlit's." in text
+    assert (
+        f"{run.metrics} is 67,108,865 bytes, more than the 67,108,864 bytes detlit reads of it; a run folder holds "
+        "the metrics file detlit writes: remove this one or train the run again." in text
+    )
     assert "metrics.jsonl holds no values: no curves." in text

@@ -18,8 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from detlit.auditing.ranking import KINDS, Mistake
-from detlit.common.files import TooLarge, read_at_most
-from detlit.common.paths import not_a_file
+from detlit.common.files import read_bounded
 from detlit.errors import DataError
 
 COLUMNS = (
@@ -144,18 +143,12 @@ def read_csv(path: Path) -> list[Edit]:
     """Every row of an edited ``mistakes.csv``, checked one by one.
 
     Raises:
-        DataError: the file is missing or not a CSV of the audit, or a row is unreadable (one sentence
-            with its line number).
+        DataError: the file is missing, unreadable, larger than :data:`MAX_CSV_BYTES` or not a CSV of
+            the audit, or a row is unreadable (one sentence with its line number).
     """
-    problem = not_a_file(path)
-    if problem is not None:
-        raise DataError(f"{path} {problem}; pass the mistakes.csv of python -m detlit.audit")
+    data = read_bounded(path, MAX_CSV_BYTES, DataError, "pass the mistakes.csv of python -m detlit.audit")
     try:
-        text = read_at_most(path, MAX_CSV_BYTES).decode("utf-8-sig")
-    except TooLarge:
-        raise DataError(
-            f"{path} is larger than {MAX_CSV_BYTES >> 20} MiB; pass the mistakes.csv of python -m detlit.audit"
-        ) from None
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         raise DataError(f"{path} is not a UTF-8 text file ({err.reason}); save it as CSV (UTF-8)") from err
     reader = csv.DictReader(io.StringIO(text, newline=""))

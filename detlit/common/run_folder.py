@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeAlias
 
-from detlit.common.files import TooLarge, read_at_most
+from detlit.common.files import read_bounded
 from detlit.common.outputs import write_text
 from detlit.common.paths import not_a_file
 from detlit.common.safe_json import parse
@@ -306,10 +306,10 @@ def read_record(folder: RunFolder) -> dict[str, Any]:
 
     Raises:
         ConfigError: ``run.json`` is missing, not a regular file, larger than :data:`MAX_RECORD_BYTES`,
-            nested deeper or wider than a record is, not JSON, or not a detlit run record.
+            unreadable, nested deeper or wider than a record is, not JSON, or not a detlit run record.
     """
     path = folder.record
-    data = _read_bounded(path, MAX_RECORD_BYTES, "a run record")
+    data = read_bounded(path, MAX_RECORD_BYTES, ConfigError, _not_detlits("run record"))
     try:
         document = parse(data, MAX_RECORD_CONTAINERS)
     except ValueError as err:
@@ -334,16 +334,9 @@ def recorded_data(checkpoint: Path, split: str) -> dict[str, Any]:
     return entry if isinstance(entry, dict) else {}
 
 
-def _read_bounded(path: Path, limit: int, what: str) -> bytes:
-    """The bytes of a regular file of at most ``limit`` bytes (checked before reading)."""
-    problem = not_a_file(path)
-    if problem is not None:
-        raise ConfigError(f"{path} {problem}; a run folder holds {what} there")
-    try:
-        return read_at_most(path, limit)
-    except TooLarge as err:
-        size = f"{err.size:,} bytes, more than" if err.size is not None else "more than"
-        raise ConfigError(f"{path} is {size} the {limit:,} of {what}; it is not detlit's") from None
+def _not_detlits(what: str) -> str:
+    """The fix for a record file that is not the one detlit writes (a folder, a pipe, too large)."""
+    return f"a run folder holds the {what} detlit writes: remove this one or train the run again"
 
 
 # === the metrics: metrics.jsonl ======================================================================
@@ -392,11 +385,11 @@ def read_metrics(folder: RunFolder) -> Metrics:
     an empty :class:`Metrics` without the file.
 
     Raises:
-        ConfigError: the file is not a regular file or larger than :data:`MAX_METRICS_BYTES`.
+        ConfigError: the file is not a regular file, larger than :data:`MAX_METRICS_BYTES` or unreadable.
     """
     if not folder.metrics.exists():
         return Metrics({}, None)
-    data = _read_bounded(folder.metrics, MAX_METRICS_BYTES, "a metrics file")
+    data = read_bounded(folder.metrics, MAX_METRICS_BYTES, ConfigError, _not_detlits("metrics file"))
     by_name: dict[str, dict[int, float]] = {}
     times: list[float] = []
     unreadable = 0

@@ -45,8 +45,7 @@ import torch
 
 from detlit.common.archives import check_archive
 from detlit.common.devices import AUTO, resolve_device
-from detlit.common.files import TooLarge, read_at_most, sha256_file
-from detlit.common.paths import not_a_file
+from detlit.common.files import read_bounded, sha256_file
 from detlit.common.ranges import MAX_WEIGHTS_DOWNLOAD
 from detlit.common.safe_torchscript import check_torchscript
 from detlit.errors import ConfigError, DetlitError, WeightsError
@@ -377,8 +376,8 @@ class OpenVinoRuntime:
                 f"OpenVINO model {path} runs on the CPU here; use --device cpu (or auto), or export --format onnx to "
                 "run on a GPU with onnxruntime-gpu"
             )
-        graph = _read_within(path, MAX_OPENVINO_XML_BYTES)
-        weights = _read_within(weights_path(path), MAX_WEIGHTS_DOWNLOAD)
+        graph = read_bounded(path, MAX_OPENVINO_XML_BYTES, WeightsError, FIX)
+        weights = read_bounded(weights_path(path), MAX_WEIGHTS_DOWNLOAD, WeightsError, FIX)
         try:
             parse_xml(graph, str(path), "OpenVINO graphs", FIX)
         except DataError as err:
@@ -418,24 +417,6 @@ class OpenVinoRuntime:
 OUTPUT_NAMES = ("boxes", "scores", "classes")
 MAX_OPENVINO_XML_BYTES = 64 * 2**20
 """Largest OpenVINO graph (``.xml``) read: a Faster R-CNN's is about 1 MB; the weights are in the ``.bin``."""
-
-
-def _read_within(path: Path, limit: int) -> bytes:
-    """A file of an exported model, read whole within ``limit`` bytes.
-
-    Raises:
-        WeightsError: it is missing, not a regular file, larger than ``limit`` or unreadable.
-    """
-    problem = not_a_file(path)
-    if problem is not None:
-        raise WeightsError(f"{path} {problem}; {FIX}")
-    try:
-        return read_at_most(path, limit)
-    except TooLarge as err:
-        size = f"{err.size:,} bytes, more than" if err.size is not None else "more than"
-        raise WeightsError(f"{path} is {size} the {limit:,} bytes detlit reads of it; {FIX}") from None
-    except OSError as err:
-        raise WeightsError(f"{path} cannot be read ({err.strerror}); {FIX}") from err
 
 
 def _onnx_shapes(path: Path, *names: str) -> dict[str, tuple[int, ...]]:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from detlit.common.files import TooLarge, read_at_most
+from detlit.common import files
 from detlit.common.paths import not_a_file
 from detlit.common.safe_yaml import read_yaml
 from detlit.data.checks import escapes_root
@@ -80,16 +80,9 @@ def read_bounded(path: Path, what: str) -> bytes:
     """The bytes of a label file of at most :data:`MAX_LABEL_BYTES` bytes, checked before it is read.
 
     Raises:
-        DataError: the file is missing, not a regular file, or too large.
+        DataError: the file is missing, not a regular file, too large or unreadable.
     """
-    problem = not_a_file(path)
-    if problem is not None:
-        raise DataError(f"{path} {problem}; pass {what}")
-    try:
-        return read_at_most(path, MAX_LABEL_BYTES)
-    except TooLarge as err:
-        size = f"{err.size:,} bytes, more than" if err.size is not None else "more than"
-        raise DataError(f"{path} is {size} the {MAX_LABEL_BYTES:,} a label file may have; pass {what}") from None
+    return files.read_bounded(path, MAX_LABEL_BYTES, DataError, f"pass {what}")
 
 
 def line_of(data: bytes | str, offset: int) -> int:
