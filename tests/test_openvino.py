@@ -293,7 +293,7 @@ CRAFTED = {
         _no_weights_sha256,
         r"tiny\.xml\.json lacks the weights file's sha256 and size \(weights_sha256, weights_bytes\)",
     ),
-    "precision int4": (_int4, r"tiny\.xml\.json names precision 'int4'; detlit runs fp32, int8, fp16: export the model"),
+    "precision int4": (_int4, r"tiny\.xml\.json names precision 'int4'; detlit runs fp32, int8, fp16: export"),
 }
 
 
