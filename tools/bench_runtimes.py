@@ -57,8 +57,8 @@ from detlit.data.images import load_image
 from detlit.deploy.export import export
 from detlit.deploy.precision import PrecisionError, average_precision
 from detlit.errors import ConfigError
+from detlit.inference.exported import metadata_path, weights_path
 from detlit.inference.predictor import Predictor
-from detlit.inference.runtimes import metadata_path
 from detlit.model.module import DetectionModule
 
 QUICK_MODEL = {"MODEL.FPN.OUT_CHANNELS": 64, "MODEL.ROI_BOX_HEAD.FC_DIM": 64, "MODEL.RPN.POST_NMS_TOPK_TEST": 50}
@@ -229,7 +229,8 @@ def measure(ctx: Context) -> Result:
         rate1, rate8 = median(measured[1][name]), median(measured[8][name])
         ap = accuracy[name]["ap"] - accuracy["eager"]["ap"]
         ap50 = accuracy[name]["ap50"] - accuracy["eager"]["ap50"]
-        size = sum(p.stat().st_size for p in (written[name], written[name].with_suffix(".bin")) if p.is_file())
+        files = [written[name], *([weights_path(written[name])] if metadata[name]["format"] == "openvino" else [])]
+        size = sum(path.stat().st_size for path in files)  # an ONNX model beside OpenVINO's .bin is one file
         if precision_of(name) == "fp16" and "onnx" in accuracy:
             reference = accuracy["onnx"]
             rows.append(
