@@ -168,6 +168,16 @@ def test_float16_is_checked_on_every_validation_image(sample_dir: Path, tmp_path
         check_data(None, None, None, "fp16")
 
 
+def test_a_model_the_converters_cannot_read_is_one_sentence() -> None:
+    from detlit.deploy.precision import reduce
+
+    for precision in ("fp16", "int8"):
+        with pytest.raises(PrecisionError, match=r"conversion of the exported onnx model failed \(.*\); no model was"):
+            reduce(b"not an onnx model", None, "onnx", precision, [np.zeros((3, 32, 32), np.uint8)])  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="--half writes a float16 ONNX model for GPUs: use --format onnx"):
+        reduce(b"", None, "openvino", "fp16", [])
+
+
 def test_export_half_writes_a_float16_onnx_model_that_detects_as_the_float32_one(
     trained: Path, sample_dir: Path
 ) -> None:

@@ -130,17 +130,26 @@ def reduce(
 
     Raises:
         ConfigError: the format has no such precision here, or the runtime's tools are missing.
+        PrecisionError: the converter or quantizer failed on the model (its own error in the sentence).
     """
-    if precision == "fp16":
-        if kind != "onnx":
-            raise ConfigError("--half writes a float16 ONNX model for GPUs: use --format onnx")
-        return _float16_onnx(model), None
-    if kind == "onnx":
-        return _quantize_onnx(model, inputs), None
-    if kind == "openvino":
+    if precision == "fp16" and kind != "onnx":
+        raise ConfigError("--half writes a float16 ONNX model for GPUs: use --format onnx")
+    if precision == "int8" and kind not in ("onnx", "openvino"):
+        raise ConfigError("--int8 quantizes for the CPU runtimes: use --format onnx or --format openvino")
+    try:
+        if precision == "fp16":
+            return _float16_onnx(model), None
+        if kind == "onnx":
+            return _quantize_onnx(model, inputs), None
         assert weights is not None
         return _quantize_openvino(model, weights, inputs)
-    raise ConfigError("--int8 quantizes for the CPU runtimes: use --format onnx or --format openvino")
+    except DetlitError:
+        raise
+    except Exception as err:  # the converters raise their own exception types (protobuf, onnx, OpenVINO)
+        raise PrecisionError(
+            f"the {NAMES[precision]} conversion of the exported {kind} model failed ({type(err).__name__}: {err}); no "
+            "model was written: use the float32 export, and report this with python -m detlit.env's output"
+        ) from err
 
 
 def _float16_onnx(model: bytes) -> bytes:
