@@ -174,7 +174,10 @@ def test_a_model_the_converters_cannot_read_is_one_sentence() -> None:
     for precision in ("fp16", "int8"):
         with pytest.raises(PrecisionError, match=r"conversion of the exported onnx model failed \(.*\); no model was"):
             reduce(b"not an onnx model", None, "onnx", precision, [np.zeros((3, 32, 32), np.uint8)])  # type: ignore[arg-type]
-    with pytest.raises(ConfigError, match="--half writes a float16 ONNX model for GPUs: use --format onnx"):
+    with pytest.raises(
+        ConfigError,
+        match=r"--half writes a float16 ONNX model for GPUs \(onnxruntime-gpu, TensorRT\): use --format onnx; openvino",
+    ):
         reduce(b"", None, "openvino", "fp16", [])
 
 

@@ -73,6 +73,7 @@ from detlit.deploy.precision import (
     check_accuracy,
     check_data,
     reduce,
+    require_format,
 )
 from detlit.errors import ConfigError, DataError, DetlitError
 from detlit.inference.exported import FORMATS, SUFFIXES, ExportedModel, Format, Precision, metadata_path, weights_path
@@ -403,13 +404,8 @@ def require_options(kind: str, precision: Precision, keep_slower: bool) -> None:
     """
     if kind not in FORMATS:
         raise ConfigError(f"--format {kind} is unknown; use one of {', '.join(FORMATS)}")
-    if precision == "int8" and kind == "torchscript":
-        raise ConfigError("--int8 quantizes for the CPU runtimes: use --format onnx or --format openvino")
-    if precision == "fp16" and kind != "onnx":
-        raise ConfigError(
-            "--half writes a float16 ONNX model for GPUs (onnxruntime-gpu, TensorRT): use --format onnx; "
-            f"{kind} models run on the CPU here, in float32"
-        )
+    if precision != "fp32":
+        require_format(kind, precision)
     if keep_slower and precision == "fp32":
         raise ConfigError(
             "--keep-slower keeps an int8 or float16 model that is not faster: give it with --int8 or --half"

@@ -122,6 +122,21 @@ def check_data(
     return CheckData(calibration, check, source)
 
 
+def require_format(kind: str, precision: Reduced) -> None:
+    """One sentence for a format that has no such precision here.
+
+    Raises:
+        ConfigError: int8 TorchScript, or float16 other than ONNX.
+    """
+    if precision == "int8" and kind not in ("onnx", "openvino"):
+        raise ConfigError("--int8 quantizes for the CPU runtimes: use --format onnx or --format openvino")
+    if precision == "fp16" and kind != "onnx":
+        raise ConfigError(
+            "--half writes a float16 ONNX model for GPUs (onnxruntime-gpu, TensorRT): use --format onnx; "
+            f"{kind} models run on the CPU here, in float32"
+        )
+
+
 def reduce(
     model: bytes, weights: bytes | None, kind: Format, precision: Reduced, inputs: Sequence[np.ndarray]
 ) -> tuple[bytes, bytes | None]:
@@ -132,10 +147,7 @@ def reduce(
         ConfigError: the format has no such precision here, or the runtime's tools are missing.
         PrecisionError: the converter or quantizer failed on the model (its own error in the sentence).
     """
-    if precision == "fp16" and kind != "onnx":
-        raise ConfigError("--half writes a float16 ONNX model for GPUs: use --format onnx")
-    if precision == "int8" and kind not in ("onnx", "openvino"):
-        raise ConfigError("--int8 quantizes for the CPU runtimes: use --format onnx or --format openvino")
+    require_format(kind, precision)
     try:
         if precision == "fp16":
             return _float16_onnx(model), None
